@@ -1,0 +1,135 @@
+"""Model directories: the unit every stage reads and writes.
+
+    DIR/config.json              ModelConfig
+    DIR/model.safetensors        weights (no pickle: loading can never run code)
+    DIR/tokenizer.json           byte-level BPE
+    DIR/tokenizer_config.json    special tokens and the chat template
+
+Weights load strictly: a missing, unexpected or mis-shaped tensor is an error naming it,
+never a silent partial load (MiniMind's `strict=False` trains half-random models unnoticed).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import ModelConfig
+from .errors import MiniMindError
+from .model import MiniMindForCausalLM
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call `write(tmp_path)`, fsync, then rename over `path`: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def weights_state_dict(model: MiniMindForCausalLM) -> dict[str, torch.Tensor]:
+    """The state dict as stored on disk: tied lm_head left out (it *is* the embedding)."""
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        sd.pop("lm_head.weight", None)
+    return sd
+
+
+def save_weights(model: MiniMindForCausalLM, path: str | Path, dtype: torch.dtype | None = None) -> None:
+    sd = weights_state_dict(model)
+    if dtype is not None:
+        sd = {k: v.to(dtype) for k, v in sd.items()}
+    sd = {k: v.cpu() for k, v in sd.items()}
+    atomic_write(path, lambda tmp: save_file(sd, tmp, metadata={"format": "pt"}))
+
+
+def save_model_dir(model: MiniMindForCausalLM, out_dir: str | Path, tokenizer=None, dtype=None) -> Path:
+    """Write config, weights and (if given) the tokenizer files into `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / CONFIG_NAME, lambda tmp: model.config.save(tmp))
+    save_weights(model, out / WEIGHTS_NAME, dtype)
+    if tokenizer is not None:
+        tokenizer.save(out)
+    return out
+
+
+def load_weights(model: MiniMindForCausalLM, path: str | Path) -> None:
+    """Load a safetensors file into `model`, strictly (every tensor, every shape)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MiniMindError(f"{path}: weights file not found")
+    try:
+        sd = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise MiniMindError(f"{path}: not a valid safetensors file ({e})") from None
+    expected = model.state_dict()
+    tied = model.config.tie_word_embeddings
+    if tied and "lm_head.weight" in sd:
+        # A tied model saved by a tool that writes both names: accept only a true copy.
+        if "model.embed_tokens.weight" in sd and not torch.equal(sd["lm_head.weight"], sd["model.embed_tokens.weight"]):
+            raise MiniMindError(f"{path}: tie_word_embeddings is true but lm_head.weight differs from model.embed_tokens.weight")
+        sd.pop("lm_head.weight")
+    wanted = set(expected) - ({"lm_head.weight"} if tied else set())
+    missing, unexpected = sorted(wanted - set(sd)), sorted(set(sd) - wanted)
+    problems = []
+    if missing:
+        problems.append(f"missing tensors {_short(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors {_short(unexpected)}")
+    for k in sorted(wanted & set(sd)):
+        if sd[k].shape != expected[k].shape:
+            problems.append(f"{k} has shape {tuple(sd[k].shape)}, config needs {tuple(expected[k].shape)}")
+    if problems:
+        raise MiniMindError(f"{path}: weights do not match config.json: " + "; ".join(problems[:5]))
+    with torch.no_grad():
+        for k, v in sd.items():
+            expected[k].copy_(v)
+
+
+def _short(names: list[str], n: int = 4) -> str:
+    more = f" and {len(names) - n} more" if len(names) > n else ""
+    return ", ".join(names[:n]) + more
+
+
+def load_model(model_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> MiniMindForCausalLM:
+    """Build the model from DIR/config.json and load DIR/model.safetensors into it."""
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise MiniMindError(f"{d}: model directory not found")
+    config = ModelConfig.load(d / CONFIG_NAME)
+    with torch.device("meta"):  # no time spent on a random init that is overwritten anyway
+        model = MiniMindForCausalLM(config)
+    model = model.to_empty(device="cpu")
+    load_weights(model, d / WEIGHTS_NAME)
+    model.eval()
+    return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+
+
+def load(model_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+    """`model, tokenizer = minimind.load(DIR)`: a ready-to-use model (eval mode) and tokenizer."""
+    from .tokenizer import Tokenizer
+
+    model = load_model(model_dir, device, dtype)
+    tokenizer = Tokenizer.from_dir(model_dir)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise MiniMindError(
+            f"{model_dir}: tokenizer has {tokenizer.vocab_size} tokens but config.json vocab_size is {model.config.vocab_size}"
+        )
+    return model, tokenizer

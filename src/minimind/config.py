@@ -1,0 +1,197 @@
+"""ModelConfig: every number that defines a model's shape, saved as `config.json`.
+
+Field names follow transformers' Qwen3Config (hidden_size, num_key_value_heads, ...) so a
+model directory reads naturally to anyone who knows Hugging Face, and export to Qwen3 is a
+rename-free copy. Our own fields (qk_norm, use_moe, ...) cover the MiniMind generations.
+
+The presets reproduce the original MiniMind sizes exactly (parameter counts are checked by
+tests/test_model.py), plus two small presets for CPU experiments and tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .errors import MiniMindError
+
+
+@dataclass
+class ModelConfig:
+    # --- shape (Qwen3Config names) ---
+    vocab_size: int = 6400
+    hidden_size: int = 768
+    intermediate_size: int = 2432  # SwiGLU width
+    num_hidden_layers: int = 8
+    num_attention_heads: int = 8
+    num_key_value_heads: int = 4  # grouped-query attention: heads share K/V in groups
+    head_dim: int = 96
+    max_position_embeddings: int = 32768
+    rope_theta: float = 1e6
+    # None, or {"type": "yarn", "factor": 16, "original_max_position_embeddings": 2048,
+    #           "beta_fast": 32, "beta_slow": 1, "attention_factor": 1.0}
+    rope_scaling: dict | None = None
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = True
+    hidden_act: str = "silu"
+    attention_bias: bool = False
+    # --- ours ---
+    qk_norm: bool = True  # per-head RMSNorm on q and k before RoPE (minimind-3 / Qwen3)
+    dropout: float = 0.0
+    use_moe: bool = False
+    num_experts: int = 4  # routed experts per MoE layer
+    num_experts_per_tok: int = 1  # top-k
+    n_shared_experts: int = 0  # always-on experts (MiniMind2 MoE uses 1)
+    moe_intermediate_size: int = 2432
+    norm_topk_prob: bool = True  # renormalise the k selected router probabilities
+    router_aux_loss_coef: float = 5e-4
+    # --- special tokens (MiniMind tokenizer) ---
+    bos_token_id: int = 1
+    eos_token_id: int = 2
+    pad_token_id: int = 0
+    model_type: str = "minimind"
+    extra: dict = field(default_factory=dict)  # unknown keys found in config.json, kept verbatim
+
+    def __post_init__(self):
+        problems = []
+        if self.num_attention_heads % self.num_key_value_heads:
+            problems.append(
+                f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                f"num_key_value_heads ({self.num_key_value_heads})"
+            )
+        if self.head_dim % 2:
+            problems.append(f"head_dim ({self.head_dim}) must be even for rotary embeddings")
+        if self.use_moe and not 1 <= self.num_experts_per_tok <= self.num_experts:
+            problems.append(
+                f"num_experts_per_tok ({self.num_experts_per_tok}) must be between 1 and "
+                f"num_experts ({self.num_experts})"
+            )
+        if self.hidden_act != "silu":
+            problems.append(f"hidden_act {self.hidden_act!r} is not supported (only 'silu')")
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads", "head_dim"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        if self.rope_scaling is not None:
+            kind = self.rope_scaling.get("type", self.rope_scaling.get("rope_type"))
+            if kind != "yarn":
+                problems.append(f"rope_scaling type {kind!r} is not supported (only 'yarn')")
+        if problems:
+            raise MiniMindError("invalid model config: " + "; ".join(problems))
+
+    # ---------------------------------------------------------------- save / load
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        extra = d.pop("extra")
+        return {**extra, **d}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> "ModelConfig":
+        known = {f.name for f in fields(cls)} - {"extra"}
+        kwargs = {k: v for k, v in d.items() if k in known}
+        extra = {k: v for k, v in d.items() if k not in known}
+        try:
+            return cls(**kwargs, extra=extra)
+        except TypeError as e:
+            raise MiniMindError(f"{source}: {e}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ModelConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise MiniMindError(f"{path}: config file not found")
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise MiniMindError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+        if not isinstance(d, dict):
+            raise MiniMindError(f"{path}: expected a JSON object, got {type(d).__name__}")
+        type_errors = [
+            f"{k} should be a number, got {d[k]!r}"
+            for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                      "num_attention_heads", "num_key_value_heads", "head_dim")
+            if k in d and (not isinstance(d[k], int) or isinstance(d[k], bool))
+        ]
+        if type_errors:
+            raise MiniMindError(f"{path}: " + "; ".join(type_errors))
+        try:
+            return cls.from_dict(d, source=str(path))
+        except MiniMindError as e:
+            msg = str(e)
+            raise MiniMindError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+
+    # ---------------------------------------------------------------- sizes
+    def yarn(self, factor: float = 16.0, original_max_position_embeddings: int = 2048) -> "ModelConfig":
+        """A copy with MiniMind's YaRN settings, to run on contexts longer than training."""
+        d = self.to_dict()
+        d["rope_scaling"] = {
+            "type": "yarn", "factor": factor,
+            "original_max_position_embeddings": original_max_position_embeddings,
+            "beta_fast": 32.0, "beta_slow": 1.0, "attention_factor": 1.0,
+        }
+        return ModelConfig.from_dict(d)
+
+
+def minimind3_ffn(hidden: int) -> int:
+    """minimind-3's SwiGLU width: ceil(hidden * pi / 64) * 64 (2432 for 768)."""
+    return math.ceil(hidden * math.pi / 64) * 64
+
+
+def minimind2_ffn(hidden: int) -> int:
+    """MiniMind2's SwiGLU width: 64 * ceil(int(8 * hidden / 3) / 64) (1408 for 512)."""
+    return 64 * math.ceil(int(8 * hidden / 3) / 64)
+
+
+def _minimind3(hidden=768, layers=8, heads=8, kv_heads=4, **kw) -> ModelConfig:
+    ffn = kw.pop("intermediate_size", minimind3_ffn(hidden))
+    return ModelConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                       num_key_value_heads=kv_heads, head_dim=hidden // heads,
+                       intermediate_size=ffn, moe_intermediate_size=ffn, **kw)
+
+
+def _minimind2(hidden=512, layers=8, heads=8, kv_heads=2, **kw) -> ModelConfig:
+    ffn = minimind2_ffn(hidden)
+    return ModelConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                       num_key_value_heads=kv_heads, head_dim=hidden // heads,
+                       intermediate_size=ffn, moe_intermediate_size=ffn,
+                       rms_norm_eps=1e-5, qk_norm=False, **kw)
+
+
+# name -> (builder, one-line description)
+PRESETS = {
+    "minimind3": (lambda: _minimind3(), "minimind-3, 63.91M dense (the current MiniMind)"),
+    "minimind3-moe": (
+        lambda: _minimind3(use_moe=True, num_experts=4, num_experts_per_tok=1),
+        "minimind-3-moe, 198.42M total / 63.94M active, 4 experts top-1",
+    ),
+    "minimind2-small": (lambda: _minimind2(512, 8), "MiniMind2-Small, 25.83M dense"),
+    "minimind2": (lambda: _minimind2(768, 16), "MiniMind2, 104.03M dense"),
+    "minimind2-moe": (
+        lambda: _minimind2(640, 8, use_moe=True, num_experts=4, num_experts_per_tok=2,
+                           n_shared_experts=1, router_aux_loss_coef=0.01),
+        "MiniMind2-MoE, 145.03M total, 4 routed + 1 shared expert, top-2",
+    ),
+    # Small presets for CPUs, the quickstart and tests (minimind-3 layout, smaller dials).
+    "tiny": (lambda: _minimind3(256, 4, 8, 4, intermediate_size=768), "about 5M parameters, for CPU experiments"),
+    "nano": (lambda: _minimind3(128, 2, 4, 2, intermediate_size=384), "about 1M parameters, for tests"),
+    "tiny-moe": (
+        lambda: _minimind3(256, 4, 8, 4, intermediate_size=768, use_moe=True,
+                           num_experts=4, num_experts_per_tok=1),
+        "a tiny 4-expert top-1 MoE, for CPU experiments",
+    ),
+}
+
+
+def preset(name: str, **overrides) -> ModelConfig:
+    """The named preset's config, with any field overridden (e.g. vocab_size)."""
+    if name not in PRESETS:
+        raise MiniMindError(f"unknown preset {name!r}; choose from: {', '.join(PRESETS)}")
+    cfg = PRESETS[name][0]()
+    if overrides:
+        cfg = ModelConfig.from_dict({**cfg.to_dict(), **overrides})
+    return cfg

@@ -1,0 +1,147 @@
+"""The building blocks of a MiniMind / Qwen3 decoder layer.
+
+RMSNorm, rotary position embeddings (with optional YaRN scaling), grouped-query attention
+that always runs through `F.scaled_dot_product_attention`, and the SwiGLU feed-forward.
+Shapes in comments: B batch, L new tokens, T all keys (cache + new), H query heads,
+K key/value heads, D head_dim.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight, computed in float32 and cast back (as MiniMind and Qwen3 do)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+# ---------------------------------------------------------------------------- RoPE
+
+
+def rope_inv_freq(config: ModelConfig) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies for each pair of head dimensions, and the attention factor.
+
+    With `rope_scaling = {"type": "yarn", ...}` the frequencies are blended per dimension
+    (YaRN): fast-rotating dimensions (which already see many periods inside the training
+    context) keep their frequency, slow ones are divided by `factor`, with a linear ramp in
+    between. That lets a model trained on short contexts read longer ones at inference.
+    """
+    dim, base = config.head_dim, config.rope_theta
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    scaling = config.rope_scaling
+    if not scaling:
+        return inv_freq, 1.0
+    factor = float(scaling.get("factor", 16.0))
+    orig_max = int(scaling.get("original_max_position_embeddings", 2048))
+    beta_fast = float(scaling.get("beta_fast", 32.0))
+    beta_slow = float(scaling.get("beta_slow", 1.0))
+    attention_factor = scaling.get("attention_factor")
+    if attention_factor is None:  # YaRN paper's default, as transformers uses
+        attention_factor = 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
+
+    def correction_dim(num_rotations: float) -> float:
+        # the dimension index whose wavelength fits `num_rotations` times into orig_max
+        return dim * math.log(orig_max / (num_rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low = max(math.floor(correction_dim(beta_fast)), 0)
+    high = min(math.ceil(correction_dim(beta_slow)), dim - 1)
+    if low == high:
+        high += 0.001  # avoid a division by zero in the ramp
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    inv_freq = inv_freq * (1 - ramp) + (inv_freq / factor) * ramp
+    return inv_freq, float(attention_factor)
+
+
+def rope_cos_sin(inv_freq: torch.Tensor, position_ids: torch.Tensor, scale: float, dtype: torch.dtype):
+    """cos/sin tables [B, 1, L, D] for the given positions [B, L], computed in float32.
+
+    Computed per forward from the positions (cheap: B*L*D/2 products) instead of a 32K-row
+    table, so any position works and padded batches can start each row at 0.
+    """
+    freqs = position_ids[:, :, None].float() * inv_freq[None, None, :].to(position_ids.device)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return (emb.cos() * scale).to(dtype)[:, None], (emb.sin() * scale).to(dtype)[:, None]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each (x_i, x_{i+D/2}) pair by its position's angle ("rotate half" layout)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+# ---------------------------------------------------------------------------- attention
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention: H query heads share K key/value heads (H/K per group)."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads = config.num_attention_heads
+        self.n_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        bias = config.attention_bias
+        h, d = config.hidden_size, config.head_dim
+        self.q_proj = nn.Linear(h, self.n_heads * d, bias=bias)
+        self.k_proj = nn.Linear(h, self.n_kv_heads * d, bias=bias)
+        self.v_proj = nn.Linear(h, self.n_kv_heads * d, bias=bias)
+        self.o_proj = nn.Linear(self.n_heads * d, h, bias=bias)
+        if config.qk_norm:  # Qwen3 / minimind-3: per-head RMSNorm keeps q.k logits tame
+            self.q_norm = RMSNorm(d, config.rms_norm_eps)
+            self.k_norm = RMSNorm(d, config.rms_norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
+        self.dropout = config.dropout
+
+    def forward(self, x, cos, sin, mask=None, is_causal=False, cache=None):
+        B, L, _ = x.shape
+        q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(B, L, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(B, L, self.n_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, L, D]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:  # write the new K/V into the preallocated cache, read all of it
+            k, v = cache.update(self.layer_idx, k, v)  # [B, K, T, D]
+        if self.n_kv_heads != self.n_heads:  # share each K/V head across its query group
+            groups = self.n_heads // self.n_kv_heads
+            k = k.repeat_interleave(groups, dim=1)
+            v = v.repeat_interleave(groups, dim=1)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        return self.o_proj(out.transpose(1, 2).reshape(B, L, -1))
+
+
+class SwiGLU(nn.Module):
+    """The feed-forward: down(silu(gate(x)) * up(x)), no biases."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
