@@ -117,6 +117,7 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu", dtype:
     with torch.device("meta"):  # no time spent on a random init that is overwritten anyway
         model = MiniMindForCausalLM(config)
     model = model.to_empty(device="cpu")
+    model.tie_weights()
     load_weights(model, d / WEIGHTS_NAME)
     model.eval()
     return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)

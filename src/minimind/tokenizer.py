@@ -10,6 +10,7 @@ package never needs transformers at run time yet produces byte-identical prompts
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -135,8 +136,7 @@ MINIMIND3_CHAT_TEMPLATE = r"""{%- if tools %}
 def _read_json(path: Path):
     """Read a JSON file, turning every user-side problem into one clear MiniMindError line."""
     if not path.is_file():
-        raise MiniMindError(f"{path}: file not found (a tokenizer directory needs "
-                            "tokenizer.json and tokenizer_config.json)")
+        raise MiniMindError(f"{path}: file not found")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -186,14 +186,14 @@ def _compile_template(source: str):
     return env.from_string(source)
 
 
-def _parse_json_field(value, what: str, index: int):
+def _parse_json_field(value, where: str):
     """MiniMind data stores `tools`/`tool_calls` as JSON strings; the template wants lists."""
     if not isinstance(value, str):
         return value
     try:
         return json.loads(value)
     except json.JSONDecodeError as e:
-        raise MiniMindError(f"message {index}: `{what}` is not valid JSON ({e.msg} at column {e.colno})") from None
+        raise MiniMindError(f"chat template: {where} is not valid JSON ({e.msg} at column {e.colno})") from None
 
 
 def _prepare_messages(messages, tools):
@@ -204,6 +204,8 @@ def _prepare_messages(messages, tools):
     into `reasoning_content`. Like MiniMind's SFTDataset we take `tools` from a system message
     when the caller gave none, and parse JSON-string `tool_calls` into a list.
     """
+    if isinstance(tools, str):
+        tools = _parse_json_field(tools, "the tools argument")
     if not isinstance(messages, (list, tuple)) or not messages:
         raise MiniMindError("chat template: messages must be a non-empty list of {role, content} dicts")
     out = []
@@ -212,10 +214,10 @@ def _prepare_messages(messages, tools):
             raise MiniMindError(f"message {i}: expected a dict with role and content, got {type(message).__name__}")
         m = {k: v for k, v in message.items() if v is not None}
         if m.get("role") == "system" and m.get("tools") and tools is None:
-            found = _parse_json_field(m["tools"], "tools", i)
+            found = _parse_json_field(m["tools"], f"`tools` of message {i}")
             tools = found if isinstance(found, list) else [found]
         if m.get("tool_calls"):
-            m["tool_calls"] = _parse_json_field(m["tool_calls"], "tool_calls", i)
+            m["tool_calls"] = _parse_json_field(m["tool_calls"], f"`tool_calls` of message {i}")
         reasoning = next((m[k] for k in ("reasoning_content", "thinking", "reasoning") if k in m), None)
         if reasoning is not None:  # same aliasing (and key order) as transformers 5
             m = {"thinking": reasoning, **m, "reasoning_content": reasoning}
@@ -396,7 +398,8 @@ def _documents(path: Path, max_lines: int | None):
         if not isinstance(records, list):
             raise MiniMindError(f"{path}: expected a JSON array of records with `paragraphs`")
         for record in records[:max_lines]:
-            lines = record.get("paragraphs") or record.get("content") if isinstance(record, dict) else None
+            record = record if isinstance(record, dict) else {}
+            lines = record.get("paragraphs") or record.get("content")
             if isinstance(lines, list):
                 head = next((record[k] for k in ("title", "rhythmic", "chapter") if isinstance(record.get(k), str)), "")
                 yield "\n".join([head] * bool(head) + [str(x) for x in lines])
@@ -515,7 +518,9 @@ def train_tokenizer(files: list[str], vocab_size: int = 6400, *, out_dir: str,
     tok = Tokenizer(tokenizers.Tokenizer.from_str(json.dumps(spec)), minimind_tokenizer_config(), str(out_dir))
     tok.save(out_dir)
 
-    measured = heldout or [doc for i, doc in zip(range(1000), training_docs())]  # no holdout: train text
+    # Without a holdout, measure on the first 1,000 training documents instead.
+    measured = heldout or list(itertools.islice(
+        (d for f in files for d in _documents(Path(f), max_lines) if d.strip()), 1000))
     report = {"vocab_size": tok.vocab_size, "train_docs": counts["train"], "heldout_docs": len(heldout),
               "chars_per_token": _chars_per_token(tok, measured)}
     zh = [d for d in measured if len(_CJK.findall(d)) > len(_LATIN.findall(d))]

@@ -159,7 +159,12 @@ class MiniMindForCausalLM(nn.Module):
         self.config = config
         self.model = MiniMindModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        if config.tie_word_embeddings:
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Make lm_head use the embedding matrix itself (again after `to_empty`, which
+        allocates every parameter separately)."""
+        if self.config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def init_weights(self, seed: int | None = None) -> "MiniMindForCausalLM":
