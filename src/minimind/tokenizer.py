@@ -19,7 +19,10 @@ from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 
+import jinja2
 import tokenizers
+from jinja2.ext import loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from .errors import MiniMindError
@@ -41,94 +44,7 @@ SPECIAL_TOKENS = [
 ]
 NUM_SPECIAL_TOKENS = 21  # ids 0..20 are special, 21..35 are plain added tokens
 
-# The minimind-3 chat template, copied verbatim from MiniMind's tokenizer_config.json
-# (ChatML + Qwen3-style tools, <think> blocks, open_thinking). tests/test_tokenizer.py checks
-# that it still equals the shipped file.
-MINIMIND3_CHAT_TEMPLATE = r"""{%- if tools %}
-    {{- '<|im_start|>system\n' }}
-    {%- if messages[0].role == 'system' %}
-        {{- messages[0].content + '\n\n' }}
-    {%- endif %}
-    {{- "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
-    {%- for tool in tools %}
-        {{- "\n" }}
-        {{- tool | tojson }}
-    {%- endfor %}
-    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
-{%- else %}
-    {%- if messages[0].role == 'system' %}
-        {{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}
-    {%- endif %}
-{%- endif %}
-{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
-{%- for message in messages[::-1] %}
-    {%- set index = (messages|length - 1) - loop.index0 %}
-    {%- if ns.multi_step_tool and message.role == "user" and message.content is string and not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
-        {%- set ns.multi_step_tool = false %}
-        {%- set ns.last_query_index = index %}
-    {%- endif %}
-{%- endfor %}
-{%- for message in messages %}
-    {%- if message.content is string %}
-        {%- set content = message.content %}
-    {%- else %}
-        {%- set content = '' %}
-    {%- endif %}
-    {%- if (message.role == "user") or (message.role == "system" and not loop.first) %}
-        {{- '<|im_start|>' + message.role + '\n' + content + '<|im_end|>' + '\n' }}
-    {%- elif message.role == "assistant" %}
-        {%- set reasoning_content = '' %}
-        {%- if message.reasoning_content is string %}
-            {%- set reasoning_content = message.reasoning_content %}
-        {%- else %}
-            {%- if '</think>' in content %}
-                {%- set reasoning_content = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}
-                {%- set content = content.split('</think>')[-1].lstrip('\n') %}
-            {%- endif %}
-        {%- endif %}
-        {%- if true %}
-            {{- '<|im_start|>' + message.role + '\n<think>\n' + reasoning_content.strip('\n') + '\n</think>\n\n' + content.lstrip('\n') }}
-        {%- endif %}
-        {%- if message.tool_calls %}
-            {%- for tool_call in message.tool_calls %}
-                {%- if (loop.first and content) or (not loop.first) %}
-                    {{- '\n' }}
-                {%- endif %}
-                {%- if tool_call.function %}
-                    {%- set tool_call = tool_call.function %}
-                {%- endif %}
-                {{- '<tool_call>\n{"name": "' }}
-                {{- tool_call.name }}
-                {{- '", "arguments": ' }}
-                {%- if tool_call.arguments is string %}
-                    {{- tool_call.arguments }}
-                {%- else %}
-                    {{- tool_call.arguments | tojson }}
-                {%- endif %}
-                {{- '}\n</tool_call>' }}
-            {%- endfor %}
-        {%- endif %}
-        {{- '<|im_end|>\n' }}
-    {%- elif message.role == "tool" %}
-        {%- if loop.first or (messages[loop.index0 - 1].role != "tool") %}
-            {{- '<|im_start|>user' }}
-        {%- endif %}
-        {{- '\n<tool_response>\n' }}
-        {{- content }}
-        {{- '\n</tool_response>' }}
-        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
-            {{- '<|im_end|>\n' }}
-        {%- endif %}
-    {%- endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}
-    {{- '<|im_start|>assistant\n' }}
-    {%- if open_thinking is defined and open_thinking is true %}
-        {{- '<think>\n' }}
-    {%- else %}
-        {{- '<think>\n\n</think>\n\n' }}
-    {%- endif %}
-{%- endif %}"""
+# MINIMIND3_CHAT_TEMPLATE (the minimind-3 Jinja chat template) is at the end of this file.
 
 
 # --------------------------------------------------------------------------------- files ---
@@ -165,10 +81,6 @@ def _token_str(value) -> str | None:
 @lru_cache(maxsize=8)
 def _compile_template(source: str):
     """Compile a chat template once, in the same sandboxed environment transformers uses."""
-    from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-    import jinja2
-
     def raise_exception(message):
         raise jinja2.exceptions.TemplateError(message)
 
@@ -295,7 +207,8 @@ class Tokenizer:
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         """Ids to text. skip_special_tokens drops ids 0..20 but keeps <think>, <tool_call>, ..."""
-        return self._tk.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+        ids = ids.tolist() if hasattr(ids, "tolist") else [int(i) for i in ids]  # tensors too
+        return self._tk.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def token_to_id(self, token: str) -> int | None:
         return self._tk.token_to_id(token)
@@ -320,18 +233,17 @@ class Tokenizer:
             raise MiniMindError(f"{self.source}/tokenizer_config.json: no chat_template")
         try:
             template = _compile_template(self.chat_template)
-        except Exception as e:  # jinja2.TemplateSyntaxError carries the template line
-            line = getattr(e, "lineno", "?")
-            raise MiniMindError(f"{self.source}/tokenizer_config.json: chat_template line {line}: {e}") from None
+        except jinja2.TemplateSyntaxError as e:
+            raise MiniMindError(f"{self.source}/tokenizer_config.json: chat_template line {e.lineno}: "
+                                f"{e.message}") from None
         open_thinking = bool(open_thinking or kwargs.get("enable_thinking", False))
         messages, tools = _prepare_messages(messages, tools)
-        variables = {**self._template_tokens, **kwargs}  # kwargs win, as in transformers
-        from jinja2.exceptions import TemplateError
+        # Special tokens first, then the caller's kwargs (they win, as in transformers).
+        variables = {**self._template_tokens, **kwargs, "open_thinking": open_thinking}
         try:
             return template.render(messages=messages, tools=tools, documents=None,
-                                   add_generation_prompt=add_generation_prompt,
-                                   **{**variables, "open_thinking": open_thinking})
-        except TemplateError as e:  # raise_exception() inside the template: bad messages
+                                   add_generation_prompt=add_generation_prompt, **variables)
+        except jinja2.TemplateError as e:  # raise_exception() inside the template: bad messages
             raise MiniMindError(f"chat template of {self.source}: {e}") from None
 
     def encode_chat(self, messages, tools=None, add_generation_prompt=False,
@@ -388,10 +300,16 @@ _LATIN = re.compile(r"[A-Za-z]")
 _TXT_CHUNK_CHARS = 4000  # a .txt "document" is cut at a line boundary after this many chars
 
 
-def _documents(path: Path, max_lines: int | None):
-    """Yield the training documents of one file (see train_tokenizer for the formats)."""
+def _check_corpus_file(path: Path) -> None:
+    """Fail before training, not halfway through, when an input file is unusable."""
+    if path.suffix.lower() not in (".txt", ".jsonl", ".json"):
+        raise MiniMindError(f"{path}: unsupported file type (use .txt, .jsonl or .json)")
     if not path.is_file():
         raise MiniMindError(f"{path}: file not found")
+
+
+def _documents(path: Path, max_lines: int | None):
+    """Yield the training documents of one file (see train_tokenizer for the formats)."""
     suffix = path.suffix.lower()
     if suffix == ".json":
         records = _read_json(path)
@@ -404,8 +322,6 @@ def _documents(path: Path, max_lines: int | None):
                 head = next((record[k] for k in ("title", "rhythmic", "chapter") if isinstance(record.get(k), str)), "")
                 yield "\n".join([head] * bool(head) + [str(x) for x in lines])
         return
-    if suffix not in (".txt", ".jsonl"):
-        raise MiniMindError(f"{path}: unsupported file type (use .txt, .jsonl or .json)")
     with path.open(encoding="utf-8", errors="replace") as f:
         paragraph: list[str] = []
         size = 0
@@ -438,7 +354,7 @@ def _documents(path: Path, max_lines: int | None):
             yield "".join(paragraph).rstrip("\n")
 
 
-def minimind_tokenizer_config(chat_template: str = MINIMIND3_CHAT_TEMPLATE) -> dict:
+def minimind_tokenizer_config(chat_template: str | None = None) -> dict:
     """The tokenizer_config.json MiniMind ships, rebuilt (same keys, same order)."""
     entry = dict(lstrip=False, normalized=False, rstrip=False, single_word=False)
     return {
@@ -452,7 +368,7 @@ def minimind_tokenizer_config(chat_template: str = MINIMIND3_CHAT_TEMPLATE) -> d
         "image_token": "<|image_pad|>", "audio_token": "<|audio_pad|>", "video_token": "<|video_pad|>",
         "vision_bos_token": "<|vision_start|>", "vision_eos_token": "<|vision_end|>",
         "audio_bos_token": "<|audio_start|>", "audio_eos_token": "<|audio_end|>",
-        "chat_template": chat_template, "tokenizer_class": "PreTrainedTokenizerFast",
+        "chat_template": chat_template or MINIMIND3_CHAT_TEMPLATE, "tokenizer_class": "PreTrainedTokenizerFast",
     }
 
 
@@ -484,6 +400,8 @@ def train_tokenizer(files: list[str], vocab_size: int = 6400, *, out_dir: str,
         raise MiniMindError(f"holdout_fraction {holdout_fraction} must be between 0 and 0.5")
     if not files:
         raise MiniMindError("train_tokenizer: no input files given")
+    for file in files:
+        _check_corpus_file(Path(file))
     every = round(1 / holdout_fraction) if holdout_fraction > 0 else 0
     heldout: list[str] = []
     counts = {"train": 0}
@@ -523,10 +441,103 @@ def train_tokenizer(files: list[str], vocab_size: int = 6400, *, out_dir: str,
         (d for f in files for d in _documents(Path(f), max_lines) if d.strip()), 1000))
     report = {"vocab_size": tok.vocab_size, "train_docs": counts["train"], "heldout_docs": len(heldout),
               "chars_per_token": _chars_per_token(tok, measured)}
+    # A document counts as Chinese or English by which script has more characters in it.
     zh = [d for d in measured if len(_CJK.findall(d)) > len(_LATIN.findall(d))]
-    en = [d for d in measured if len(_CJK.findall(d)) <= len(_LATIN.findall(d))]
+    en = [d for d in measured if len(_LATIN.findall(d)) > len(_CJK.findall(d))]
     if zh and en:
         report["chars_per_token_zh"] = _chars_per_token(tok, zh)
         report["chars_per_token_en"] = _chars_per_token(tok, en)
     report["out_dir"] = str(out_dir)
     return report
+
+
+# ------------------------------------------------------------------------- the template ---
+
+# The minimind-3 chat template, copied verbatim from MiniMind's tokenizer_config.json
+# (ChatML + Qwen3-style tools, <think> blocks, open_thinking). tests/test_tokenizer.py checks
+# that it still equals the shipped file.
+MINIMIND3_CHAT_TEMPLATE = r"""{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages[0].role == 'system' %}
+        {{- messages[0].content + '\n\n' }}
+    {%- endif %}
+    {{- "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
+{%- else %}
+    {%- if messages[0].role == 'system' %}
+        {{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}
+    {%- endif %}
+{%- endif %}
+{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
+{%- for message in messages[::-1] %}
+    {%- set index = (messages|length - 1) - loop.index0 %}
+    {%- if ns.multi_step_tool and message.role == "user" and message.content is string and not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
+        {%- set ns.multi_step_tool = false %}
+        {%- set ns.last_query_index = index %}
+    {%- endif %}
+{%- endfor %}
+{%- for message in messages %}
+    {%- if message.content is string %}
+        {%- set content = message.content %}
+    {%- else %}
+        {%- set content = '' %}
+    {%- endif %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) %}
+        {{- '<|im_start|>' + message.role + '\n' + content + '<|im_end|>' + '\n' }}
+    {%- elif message.role == "assistant" %}
+        {%- set reasoning_content = '' %}
+        {%- if message.reasoning_content is string %}
+            {%- set reasoning_content = message.reasoning_content %}
+        {%- else %}
+            {%- if '</think>' in content %}
+                {%- set reasoning_content = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}
+                {%- set content = content.split('</think>')[-1].lstrip('\n') %}
+            {%- endif %}
+        {%- endif %}
+        {%- if true %}
+            {{- '<|im_start|>' + message.role + '\n<think>\n' + reasoning_content.strip('\n') + '\n</think>\n\n' + content.lstrip('\n') }}
+        {%- endif %}
+        {%- if message.tool_calls %}
+            {%- for tool_call in message.tool_calls %}
+                {%- if (loop.first and content) or (not loop.first) %}
+                    {{- '\n' }}
+                {%- endif %}
+                {%- if tool_call.function %}
+                    {%- set tool_call = tool_call.function %}
+                {%- endif %}
+                {{- '<tool_call>\n{"name": "' }}
+                {{- tool_call.name }}
+                {{- '", "arguments": ' }}
+                {%- if tool_call.arguments is string %}
+                    {{- tool_call.arguments }}
+                {%- else %}
+                    {{- tool_call.arguments | tojson }}
+                {%- endif %}
+                {{- '}\n</tool_call>' }}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if loop.first or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\n<tool_response>\n' }}
+        {{- content }}
+        {{- '\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+    {%- if open_thinking is defined and open_thinking is true %}
+        {{- '<think>\n' }}
+    {%- else %}
+        {{- '<think>\n\n</think>\n\n' }}
+    {%- endif %}
+{%- endif %}"""

@@ -1,0 +1,146 @@
+"""The `minimind` command: parse arguments, call one function per verb.
+
+Every verb imports what it needs when it runs, so `minimind --help` is instant. A problem
+with the user's input (MiniMindError) is printed as one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import MiniMindError
+
+
+# ---------------------------------------------------------------------------- verbs
+
+
+def cmd_info(args) -> None:
+    from .config import ModelConfig, preset
+    from .info import format_info, model_info
+
+    if args.model:
+        cfg, name = ModelConfig.load(Path(args.model) / "config.json"), args.model
+    else:
+        cfg, name = preset(args.preset), args.preset
+    info = model_info(cfg, args.batch_size, args.seq_len)
+    print(json.dumps(info, indent=2) if args.json else format_info(name, info))
+
+
+def cmd_init(args) -> None:
+    from .checkpoint import save_model_dir
+    from .config import preset
+    from .model import MiniMindForCausalLM, count_parameters
+    from .tokenizer import Tokenizer
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise MiniMindError(f"{out}: directory exists and is not empty (use --force to overwrite)")
+    tokenizer = Tokenizer.from_dir(args.tokenizer)
+    cfg = preset(args.preset, vocab_size=tokenizer.vocab_size, bos_token_id=tokenizer.bos_token_id,
+                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = MiniMindForCausalLM(cfg).init_weights(args.seed)
+    save_model_dir(model, out, tokenizer)
+    total, active = count_parameters(cfg)
+    print(f"wrote {out}: {args.preset}, {total / 1e6:.2f}M parameters"
+          + (f" ({active / 1e6:.2f}M active)" if active != total else "") + f", vocab {cfg.vocab_size}, seed {args.seed}")
+
+
+def cmd_chat(args) -> None:
+    from .infer.chat import chat_main
+
+    chat_main(args)
+
+
+def cmd_tokenizer_train(args) -> None:
+    from .tokenizer import train_tokenizer
+
+    report = train_tokenizer(args.data, vocab_size=args.vocab_size, out_dir=args.out, max_lines=args.max_lines)
+    print(f"wrote {report['out_dir']}: vocab {report['vocab_size']}, trained on {report['train_docs']} documents, "
+          f"held out {report['heldout_docs']}")
+    line = f"compression on held-out text: {report['chars_per_token']:.2f} characters per token"
+    parts = [f"{lang} {report[key]:.2f}" for lang, key in (("Chinese", "chars_per_token_zh"), ("English", "chars_per_token_en"))
+             if report.get(key)]
+    print(line + (f" ({', '.join(parts)})" if parts else ""))
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("generation")
+    g.add_argument("--max-new-tokens", type=int, default=1024, help="most tokens per reply (default 1024)")
+    g.add_argument("--temperature", type=float, default=0.85, help="0 = greedy (default 0.85, MiniMind's)")
+    g.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default 0.95)")
+    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens, 0 = off")
+    g.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (default 1.0 = off)")
+    g.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="minimind", description="Train and run small language models from scratch.")
+    parser.add_argument("--version", action="version", version=f"minimind {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="COMMAND")
+
+    p = verbs.add_parser("info", help="parameters and memory of a preset or model directory")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--preset", help="a preset name (minimind3, minimind3-moe, minimind2-small, minimind2, minimind2-moe, tiny, nano, tiny-moe)")
+    src.add_argument("--model", help="a model directory")
+    p.add_argument("--batch-size", type=int, default=8, help="batch for the memory estimate (default 8)")
+    p.add_argument("--seq-len", type=int, default=512, help="tokens per sequence for the memory estimate (default 512)")
+    p.add_argument("--json", action="store_true", help="print JSON (keys params_total, params_active, memory, config)")
+    p.set_defaults(func=cmd_info)
+
+    p = verbs.add_parser("init", help="write a randomly initialised model directory")
+    p.add_argument("--preset", required=True, help="model size, e.g. tiny or minimind3")
+    p.add_argument("--tokenizer", required=True, help="directory with tokenizer.json and tokenizer_config.json")
+    p.add_argument("--out", required=True, help="the model directory to create")
+    p.add_argument("--seed", type=int, default=42, help="initialisation seed (default 42)")
+    p.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
+    p.set_defaults(func=cmd_init)
+
+    p = verbs.add_parser("chat", help="talk to a model (a REPL, or one answer with --prompt)")
+    p.add_argument("--model", required=True, help="a model directory")
+    p.add_argument("--prompt", help="answer this once and exit")
+    p.add_argument("--system", help="a system prompt")
+    p.add_argument("--think", action="store_true", help="let the model reason in a <think> block first (open_thinking)")
+    p.add_argument("--raw", action="store_true", help="no chat template: continue the text (for pretrained-only models)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default auto)")
+    p.add_argument("--dtype", default="auto", help="auto, fp32, bf16, fp16 (default: fp32 on CPU, bf16 on GPU)")
+    add_sampling_args(p)
+    p.set_defaults(func=cmd_chat)
+
+    p = verbs.add_parser("tokenizer", help="train a tokenizer")
+    tverbs = p.add_subparsers(dest="tokenizer_verb", metavar="ACTION", required=True)
+    t = tverbs.add_parser("train", help="train a byte-level BPE tokenizer with MiniMind's special tokens")
+    t.add_argument("--data", nargs="+", required=True, help=".txt, .jsonl ({text} or {conversations}) or chinese-poetry .json files")
+    t.add_argument("--vocab-size", type=int, default=6400, help="vocabulary size (default 6400, MiniMind's)")
+    t.add_argument("--out", required=True, help="directory for tokenizer.json and tokenizer_config.json")
+    t.add_argument("--max-lines", type=int, default=None, help="read at most this many documents per file")
+    t.set_defaults(func=cmd_tokenizer_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        args.func(args)
+    except MiniMindError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""Shared pytest fixtures."""
+
+from pathlib import Path
+
+import pytest
+
+# The offline test data lives beside the project, at ../shared/data (see its README.md).
+# A user's checkout has no ../shared, so tests that need it skip instead of failing.
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path to ../shared/data; skips the test when the folder is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared test data not found at {SHARED_DATA}")
+    return SHARED_DATA
