@@ -64,3 +64,65 @@ def test_console_script_is_installed():
     assert script.exists(), "the `minimind` console script is not installed"
     done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "info" in done.stdout and "chat" in done.stdout
+
+
+# ---------------------------------------------------------------- chat
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, shared_data):
+    out = tmp_path_factory.mktemp("chat") / "nano"
+    assert main(["init", "--preset", "nano", "--tokenizer", str(shared_data / "tokenizer" / "minimind3"), "--out", str(out)]) == 0
+    return out
+
+
+def chat_cli(model_dir, *extra, stdin=None):
+    script = Path(sys.executable).parent / "minimind"
+    return subprocess.run([str(script), "chat", "--model", str(model_dir), "--max-new-tokens", "12", *extra],
+                          input=stdin, capture_output=True, text=True, timeout=120)
+
+
+def test_chat_prompt_answers_once_and_is_seeded(tiny_model_dir):
+    first = chat_cli(tiny_model_dir, "--prompt", "你好", "--seed", "3")
+    again = chat_cli(tiny_model_dir, "--prompt", "你好", "--seed", "3")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == again.stdout and first.stdout.strip()
+    assert "tokens/s" in first.stderr and "12 tokens" in first.stderr
+
+
+def test_chat_repl_commands(tiny_model_dir):
+    done = chat_cli(tiny_model_dir, "--temperature", "0", stdin="hello\n/think\nwhy?\n/reset\n/bogus\n/help\n/exit\nnot read\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("tokens/s") == 2  # two replies, then /exit stops reading
+    assert "(thinking on)" in done.stderr and "(conversation cleared)" in done.stderr
+    assert "unknown command /bogus" in done.stderr and "/reset" in done.stderr
+    assert "<think>" in done.stdout  # the thinking reply shows its opened block
+
+
+def test_chat_session_keeps_history_and_thinking(tiny_model_dir):
+    import io
+
+    import minimind
+    from minimind.infer import SamplingParams
+    from minimind.infer.chat import ChatSession
+
+    model, tokenizer = minimind.load(tiny_model_dir)
+    out, status = io.StringIO(), io.StringIO()
+    session = ChatSession(model, tokenizer, SamplingParams(max_new_tokens=5, temperature=0), system="be brief",
+                          out=out, status=status)
+    first = session.reply("hi")
+    assert [m["role"] for m in session.history] == ["user", "assistant"]
+    assert session.history[1]["content"] == first
+    ids = session.prompt_ids("again")
+    text = tokenizer.decode(ids)
+    assert text.startswith("<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nhi<|im_end|>")
+    assert text.endswith("<|im_start|>user\nagain<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    session.think = True
+    assert tokenizer.decode(session.prompt_ids("x")).endswith("<|im_start|>assistant\n<think>\n")
+    session.raw = True
+    assert session.prompt_ids("once upon") == [tokenizer.bos_token_id] + tokenizer.encode("once upon")
+
+
+def test_chat_with_missing_model_is_one_line_error(tmp_path):
+    done = chat_cli(tmp_path / "none", "--prompt", "hi")
+    assert done.returncode == 2 and done.stderr.startswith("error:") and done.stderr.count("\n") == 1
