@@ -122,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="directory for tokenizer.json and tokenizer_config.json")
     t.add_argument("--max-lines", type=int, default=None, help="read at most this many documents per file")
     t.set_defaults(func=cmd_tokenizer_train)
+
+    from .train.commands import add_train_parser
+
+    add_train_parser(verbs, "pretrain")
+    add_train_parser(verbs, "sft")
     return parser
 
 

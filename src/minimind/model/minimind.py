@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..config import ModelConfig
 from .layers import Attention, RMSNorm, SwiGLU, rope_cos_sin, rope_inv_freq
@@ -85,6 +86,7 @@ class MiniMindModel(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.gradient_checkpointing = False  # recompute each layer in backward to save memory
         self.init_rope()
 
     def init_rope(self) -> None:
@@ -105,7 +107,10 @@ class MiniMindModel(nn.Module):
         cos, sin = rope_cos_sin(self.inv_freq, position_ids, self.rope_scale, h.dtype)
         aux_total = h.new_zeros((), dtype=torch.float32)
         for layer in self.layers:
-            h, aux = layer(h, cos, sin, mask, is_causal, cache)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                h, aux = checkpoint(layer, h, cos, sin, mask, is_causal, cache, use_reentrant=False)
+            else:
+                h, aux = layer(h, cos, sin, mask, is_causal, cache)
             if aux is not None:
                 aux_total = aux_total + aux
         if cache is not None:

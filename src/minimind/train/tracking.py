@@ -1,0 +1,88 @@
+"""Where training numbers go: OUT/metrics.jsonl always, wandb / SwanLab / TensorBoard on request.
+
+metrics.jsonl has one JSON object per line: a training step
+`{"step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", ...}`, an evaluation
+`{"step", "val_loss"}` or a sample `{"step", "sample": {...}}`. On resume, lines logged after
+the checkpoint (by the run that was killed) are dropped, so the file reads as one clean run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+from ..errors import MiniMindError
+
+TRACKERS = ("wandb", "swanlab", "tensorboard")
+
+
+class MetricsLog:
+    def __init__(self, path: str | Path, resume_step: int | None = None):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is None:
+            self.path.write_text("")
+        elif self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _require(module: str, tracker: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MiniMindError(f"--tracker {tracker} needs the {module.split('.')[0]} package: pip install {tracker}") from None
+
+
+class Trackers:
+    """The experiment trackers asked for with --tracker, each imported only then."""
+
+    def __init__(self, names: list[str], project: str, run_name: str, config: dict, out_dir: Path,
+                 run_ids: dict | None = None):
+        self.run_ids = dict(run_ids or {})
+        self._loggers, self._finish = [], []
+        for name in names:
+            if name not in TRACKERS:
+                raise MiniMindError(f"unknown tracker {name!r}; choose from {', '.join(TRACKERS)}")
+            if name == "wandb":
+                wandb = _require("wandb", "wandb")
+                run = wandb.init(project=project, name=run_name, config=config, dir=str(out_dir),
+                                 id=self.run_ids.get("wandb"), resume="allow")
+                self.run_ids["wandb"] = run.id
+                self._loggers.append(lambda m, s, run=run: run.log(m, step=s))
+                self._finish.append(run.finish)
+            elif name == "swanlab":
+                swanlab = _require("swanlab", "swanlab")
+                run = swanlab.init(project=project, experiment_name=run_name, config=config, logdir=str(out_dir / "swanlog"))
+                self._loggers.append(lambda m, s: swanlab.log(m, step=s))
+                self._finish.append(swanlab.finish)
+            else:
+                tb = _require("torch.utils.tensorboard", "tensorboard")
+                writer = tb.SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+
+                def log_tb(m, s, writer=writer):
+                    for k, v in m.items():
+                        writer.add_scalar(k, v, s)
+                    writer.flush()
+
+                self._loggers.append(log_tb)
+                self._finish.append(writer.close)
+
+    def log(self, metrics: dict, step: int) -> None:
+        numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}
+        for log in self._loggers:
+            log(numeric, step)
+
+    def finish(self) -> None:
+        for fn in self._finish:
+            fn()

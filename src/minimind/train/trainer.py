@@ -1,0 +1,377 @@
+"""The one training loop. Every stage (pretrain, SFT, and later LoRA, DPO, distillation, RL)
+runs through `train(cfg, objective)`; only the objective (its data and loss) differs.
+
+One optimizer step:
+  1. take the next `grad_accum` micro-batches (this rank's share of the global batch);
+  2. count the loss tokens of the whole global batch (all micro-batches, all ranks);
+  3. forward + backward each micro-batch with loss = summed token loss / that count, so the
+     gradient is the exact token mean whatever the accumulation or number of processes
+     (under DDP the all-reduce happens only on the last micro-batch: `no_sync`);
+  4. clip, step, zero; log, evaluate, sample and checkpoint when due.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import MiniMindError
+from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
+from .flops import flops_per_token, measured_peak_flops
+from .objectives import LMObjective, real_tokens, to_device
+from .optim import lr_at, make_optimizer
+from .state import list_checkpoints, load_checkpoint, save_checkpoint, save_rng, staging_dir
+from .tracking import MetricsLog, Trackers
+
+# Settings that must not change when resuming, or the run would not continue exactly.
+RESUME_FIXED = ("stage", "data", "seq_len", "batch_size", "grad_accum", "seed", "world_size", "val_fraction")
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "pretrain"
+    data: list[str] = field(default_factory=list)
+    out: str = "out/run"
+    init: str | None = None  # a model directory to start from ...
+    preset: str | None = None  # ... or a preset plus a tokenizer directory
+    tokenizer: str | None = None
+    max_steps: int | None = None  # optimizer steps; else computed from epochs
+    epochs: float = 1.0
+    batch_size: int = 32  # rows per micro-batch per process
+    grad_accum: int = 1
+    seq_len: int = 512
+    lr: float = 5e-4
+    min_lr: float | None = None  # default lr / 10 (where MiniMind's schedule ends)
+    warmup_steps: int | None = None  # default 1% of the steps
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    save_every: int = 1000
+    keep_last: int = 3
+    eval_every: int = 0  # 0: only at the end
+    eval_batches: int = 20
+    val_fraction: float = 0.01
+    log_every: int = 10
+    sample_every: int = 0  # 0: never
+    seed: int = 42
+    resume: bool = False
+    device: str = "auto"
+    dtype: str = "auto"
+    compile: bool = False
+    grad_checkpointing: bool = False
+    tracker: list[str] = field(default_factory=list)
+    project: str = "minimind"
+    run_name: str | None = None
+    on_bad_record: str = "error"
+    cache_dir: str | None = None
+    random_system_prompt: bool = False
+    strip_empty_think: bool = False
+    progress: bool = True
+
+
+def build_model(cfg: TrainConfig):
+    """The starting model and tokenizer: a model directory (--init) or a fresh preset."""
+    from ..checkpoint import load_model
+    from ..config import preset
+    from ..model import MiniMindForCausalLM
+    from ..tokenizer import Tokenizer
+
+    if cfg.init:
+        return load_model(cfg.init), Tokenizer.from_dir(cfg.init)
+    if not (cfg.preset and cfg.tokenizer):
+        raise MiniMindError("say where the model starts: --init DIR, or --preset NAME with --tokenizer DIR")
+    tokenizer = Tokenizer.from_dir(cfg.tokenizer)
+    config = preset(cfg.preset, vocab_size=tokenizer.vocab_size, bos_token_id=tokenizer.bos_token_id,
+                    eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return MiniMindForCausalLM(config).init_weights(cfg.seed), tokenizer
+
+
+class StopRequested:
+    """SIGINT/SIGTERM during training: finish the current step, checkpoint, exit cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _micro_batches(objective, ds, cfg: TrainConfig, dist: DistInfo, epoch: int, index: int):
+    """Endless stream of (epoch, index-after-this-batch, batch), continuing at (epoch, index)."""
+    from ..data import iterate_batches
+
+    iterate = getattr(objective, "iterate_batches", iterate_batches)
+    while True:
+        for batch in iterate(ds, cfg.batch_size, cfg.seed, epoch, start=index, rank=dist.rank, world_size=dist.world_size):
+            index += 1
+            yield epoch, index, batch
+        epoch, index = epoch + 1, 0
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, objective=None):
+        self.cfg, self.objective = cfg, objective or LMObjective()
+        self.out = Path(cfg.out)
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self):
+        from ..device import resolve_device, resolve_train_dtype
+
+        cfg = self.cfg
+        self.dist, self.device = init_distributed(resolve_device(cfg.device))
+        self.dtype = resolve_train_dtype(cfg.dtype, self.device)
+        seed = cfg.seed + self.dist.rank
+        torch.manual_seed(seed), random.seed(seed), np.random.seed(seed % 2**32)
+
+        self.model, self.tokenizer = build_model(cfg)
+        self.model.to(self.device).train()
+        self.model.model.gradient_checkpointing = cfg.grad_checkpointing
+
+        # Rank 0 tokenizes (and caches) first; the others then read its cache.
+        if not self.dist.is_main:
+            barrier(self.dist)
+        self.train_ds, self.val_ds = self.objective.build_data(cfg, self.tokenizer)
+        if self.dist.is_main:
+            barrier(self.dist)
+
+        global_rows = cfg.batch_size * self.dist.world_size
+        self.micro_per_epoch = len(self.train_ds) // global_rows
+        if self.micro_per_epoch == 0:
+            raise MiniMindError(f"the training data packs into {len(self.train_ds)} rows of {cfg.seq_len} tokens, "
+                                f"fewer than one batch of {global_rows}: lower --batch-size or --seq-len, or add data")
+        self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.micro_per_epoch / cfg.grad_accum))
+        self.warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, self.total_steps // 100)
+        self.min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.lr / 10
+
+        self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay, device_type=self.device.type)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.step, self.position, tracker_ids = 0, (0, 0), {}
+        self.resumed_from = self._maybe_resume()
+        if self.resumed_from:
+            state = json.loads((self.resumed_from / "train_state" / "state.json").read_text())
+            self.step, self.position, tracker_ids = state["step"], (state["epoch"], state["batch_in_epoch"]), state.get("tracker_ids", {})
+
+        self.forward_model = self.model
+        if cfg.compile:
+            self.forward_model = torch.compile(self.forward_model)
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.forward_model = DDP(self.forward_model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                                     find_unused_parameters=self.model.config.use_moe)  # an expert may get no tokens
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.metrics = MetricsLog(self.out / "metrics.jsonl", resume_step=self.step if self.resumed_from else None)
+            self.trackers = Trackers(cfg.tracker, cfg.project, cfg.run_name or self.out.name, asdict(cfg), self.out, tracker_ids)
+
+    def _run_settings(self) -> dict:
+        d = asdict(self.cfg)
+        return {**{k: d[k] for k in RESUME_FIXED if k in d}, "world_size": self.dist.world_size}
+
+    def _maybe_resume(self) -> Path | None:
+        existing = list_checkpoints(self.out)
+        if not existing:
+            return None
+        if not self.cfg.resume:
+            raise MiniMindError(f"{self.out} already holds checkpoints of a run: pass --resume to continue it, "
+                                "or choose another --out")
+        latest = existing[-1]
+        saved = json.loads((latest / "train_state" / "state.json").read_text()).get("run", {})
+        for key, now in self._run_settings().items():
+            if key in saved and saved[key] != now:
+                raise MiniMindError(f"cannot resume {latest} exactly: {key} was {saved[key]!r}, now {now!r}")
+        load_checkpoint(latest, self.model, self.optimizer, self.scaler, self.dist.rank)
+        return latest
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> Path:
+        cfg, dist = self.cfg, self.dist
+        autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+        batches = _micro_batches(self.objective, self.train_ds, cfg, dist, *self.position)
+        flops_tok = flops_per_token(self.model.config, cfg.seq_len)
+        peak = measured_peak_flops(self.device, self.dtype) * dist.world_size
+        self._announce()
+        bar = self._progress_bar()
+        window = {"loss": torch.zeros((), dtype=torch.float64), "count": 0, "tokens": 0, "time": 0.0}
+        with StopRequested() as stop:
+            while self.step < self.total_steps:
+                started = time.perf_counter()
+                group = [next(batches) for _ in range(cfg.grad_accum)]
+                lr = lr_at(self.step, self.total_steps, cfg.lr, self.min_lr, self.warmup)
+                for g in self.optimizer.param_groups:
+                    g["lr"] = lr
+                count = all_reduce_sum(torch.tensor(float(sum(self.objective.count(b) for _, _, b in group))), dist).item()
+                for i, (_, _, batch) in enumerate(group):
+                    batch = to_device(batch, self.device)
+                    last = i == len(group) - 1
+                    sync = contextlib.nullcontext() if last or not dist.enabled else self.forward_model.no_sync()
+                    with sync:
+                        with autocast:
+                            loss_sum, aux, _ = self.objective.loss_sum(self.forward_model, batch)
+                        # DDP averages gradients over ranks; * world_size turns that into the sum.
+                        loss = loss_sum * dist.world_size / max(count, 1) + aux / len(group)
+                        self.scaler.scale(loss).backward()
+                    window["loss"] += loss_sum.detach().double().cpu()
+                    window["tokens"] += real_tokens(batch)
+                window["count"] += count
+                self.scaler.unscale_(self.optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip).item()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                self.position = group[-1][0], group[-1][1]
+                window["time"] += time.perf_counter() - started
+
+                last_step = self.step == self.total_steps
+                if self.step % cfg.log_every == 0 or last_step:
+                    self._log(window, lr, grad_norm, flops_tok, peak, bar)
+                    window = {"loss": torch.zeros((), dtype=torch.float64), "count": 0, "tokens": 0, "time": 0.0}
+                if (cfg.eval_every and self.step % cfg.eval_every == 0) or last_step:
+                    self._evaluate()
+                if cfg.sample_every and self.step % cfg.sample_every == 0 and dist.is_main:
+                    self._sample()
+                if self.step % cfg.save_every == 0 or last_step or stop.requested:
+                    self._save()
+                if stop.requested:
+                    if dist.is_main:
+                        print(f"\nstopped at step {self.step}; continue with --resume", flush=True)
+                    break
+        if bar is not None:
+            bar.close()
+        if self.dist.is_main:
+            if self.step == self.total_steps:
+                from ..checkpoint import save_model_dir
+
+                save_model_dir(self.model, self.out, self.tokenizer)  # OUT itself is the final model
+            self.metrics.close()
+            self.trackers.finish()
+        shutdown(dist)
+        return self.out
+
+    # ------------------------------------------------------------------ reporting
+    def _announce(self):
+        if not self.dist.is_main:
+            return
+        from ..model import count_parameters
+
+        total, active = count_parameters(self.model.config)
+        stats = getattr(self.train_ds, "stats", {})
+        where = f"resuming from {self.resumed_from.name}" if self.resumed_from else "starting"
+        print(f"{self.cfg.stage}: {total / 1e6:.2f}M parameters"
+              + (f" ({active / 1e6:.2f}M active)" if active != total else "")
+              + f" on {self.device} in {str(self.dtype).replace('torch.', '')}"
+              + (f" x {self.dist.world_size} processes" if self.dist.enabled else ""), flush=True)
+        if stats:
+            print(f"data: {len(self.train_ds)} rows of {self.cfg.seq_len} tokens from {stats.get('docs', '?')} documents, "
+                  f"{stats.get('padding_fraction', 0) * 100:.1f}% padding"
+                  + (f", {len(self.val_ds)} validation rows" if self.val_ds is not None else ""), flush=True)
+        print(f"{where}: {self.total_steps} optimizer steps of {self.cfg.batch_size * self.dist.world_size * self.cfg.grad_accum} "
+              f"rows, lr {self.cfg.lr:g} -> {self.min_lr:g}, warmup {self.warmup}", flush=True)
+
+    def _progress_bar(self):
+        if not (self.cfg.progress and self.dist.is_main):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.total_steps, initial=self.step, desc=self.cfg.stage, dynamic_ncols=True)
+
+    def _log(self, window, lr, grad_norm, flops_tok, peak, bar):
+        loss_sum = all_reduce_sum(window["loss"].to(self.device), self.dist).item()
+        tokens = all_reduce_sum(torch.tensor(float(window["tokens"]), device=self.device), self.dist).item()
+        tokens_per_s = tokens / max(window["time"], 1e-9)
+        record = {"step": self.step, "loss": loss_sum / max(window["count"], 1), "lr": lr, "grad_norm": grad_norm,
+                  "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops_tok / peak,
+                  "epoch": self.position[0] + self.position[1] / self.micro_per_epoch}
+        if not self.dist.is_main:
+            return
+        self.metrics.write(record)
+        self.trackers.log(record, self.step)
+        if bar is not None:
+            bar.update(self.step - bar.n)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
+
+    @torch.no_grad()
+    def _evaluate(self):
+        """Mean loss over (up to eval_batches) batches of the held-out split."""
+        if self.val_ds is None or len(self.val_ds) == 0:
+            return
+        from ..data import iterate_batches
+
+        self.model.eval()
+        autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        iterate = getattr(self.objective, "iterate_batches", iterate_batches)
+        batch_size = min(self.cfg.batch_size, max(1, len(self.val_ds) // self.dist.world_size))
+        for i, batch in enumerate(iterate(self.val_ds, batch_size, self.cfg.seed, 0, start=0,
+                                          rank=self.dist.rank, world_size=self.dist.world_size)):
+            if i >= self.cfg.eval_batches:
+                break
+            batch = to_device(batch, self.device)
+            with autocast:
+                loss_sum, _, _ = self.objective.loss_sum(self.model, batch)
+            total += torch.tensor([loss_sum.item(), self.objective.count(batch)], dtype=torch.float64, device=self.device)
+        all_reduce_sum(total, self.dist)
+        self.model.train()
+        if self.dist.is_main and total[1] > 0:
+            record = {"step": self.step, "val_loss": (total[0] / total[1]).item()}
+            self.metrics.write(record)
+            self.trackers.log(record, self.step)
+
+    def _sample(self):
+        """Greedy continuations of a few fixed prompts, to see what the model has learnt."""
+        from ..infer import SamplingParams, generate
+
+        tok = self.tokenizer
+        if self.cfg.stage == "pretrain":
+            prompts = [[tok.bos_token_id] + tok.encode(p) for p in ("The capital of France is", "中国的首都是")]
+        else:
+            prompts = [tok.encode_chat([{"role": "user", "content": p}], add_generation_prompt=True)
+                       for p in ("Hello, who are you?", "你好，请介绍一下你自己。")]
+        self.model.eval()
+        done = generate(self.model, tok, prompts, SamplingParams(max_new_tokens=32, temperature=0.0))
+        self.model.train()
+        for prompt, c in zip(prompts, done):
+            self.metrics.write({"step": self.step, "sample": {"prompt": tok.decode(prompt), "completion": c.text}})
+            print(f"\n[step {self.step}] {tok.decode(prompt)!r} -> {c.text!r}", flush=True)
+
+    def _save(self):
+        stage = staging_dir(self.out, self.step)
+        if self.dist.is_main:
+            stage.mkdir(parents=True, exist_ok=True)
+        barrier(self.dist)
+        save_rng(stage, self.dist.rank)
+        barrier(self.dist)
+        if self.dist.is_main:
+            state = {"epoch": self.position[0], "batch_in_epoch": self.position[1], "run": self._run_settings(),
+                     "tracker_ids": self.trackers.run_ids, "total_steps": self.total_steps}
+            save_checkpoint(self.out, self.step, self.model, self.tokenizer, self.optimizer, self.scaler,
+                            state, self.cfg.keep_last)
+        barrier(self.dist)
+
+
+def train(cfg: TrainConfig, objective=None) -> Path:
+    """Run a whole training stage; returns the output model directory."""
+    trainer = Trainer(cfg, objective)
+    trainer.setup()
+    return trainer.fit()
