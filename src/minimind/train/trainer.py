@@ -313,27 +313,24 @@ class Trainer:
 
     @torch.no_grad()
     def _evaluate(self):
-        """Mean loss over (up to eval_batches) batches of the held-out split."""
+        """Mean loss over the first eval_batches x batch_size x world_size held-out rows. Rows
+        are dealt round-robin to ranks and none is dropped, so the figure does not depend on
+        the number of processes."""
         if self.val_ds is None or len(self.val_ds) == 0:
             return
-        from ..data import iterate_batches
-
+        cfg, dist = self.cfg, self.dist
+        rows = list(range(min(len(self.val_ds), cfg.eval_batches * cfg.batch_size * dist.world_size)))[dist.rank::dist.world_size]
         self.model.eval()
         autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
-        iterate = getattr(self.objective, "iterate_batches", iterate_batches)
-        batch_size = min(self.cfg.batch_size, max(1, len(self.val_ds) // self.dist.world_size))
-        for i, batch in enumerate(iterate(self.val_ds, batch_size, self.cfg.seed, 0, start=0,
-                                          rank=self.dist.rank, world_size=self.dist.world_size)):
-            if i >= self.cfg.eval_batches:
-                break
-            batch = to_device(batch, self.device)
+        for i in range(0, len(rows), cfg.batch_size):
+            batch = to_device(self.val_ds.get_batch(rows[i:i + cfg.batch_size]), self.device)
             with autocast:
                 loss_sum, _, _ = self.objective.loss_sum(self.model, batch)
             total += torch.tensor([loss_sum.item(), self.objective.count(batch)], dtype=torch.float64, device=self.device)
-        all_reduce_sum(total, self.dist)
+        all_reduce_sum(total, dist)
         self.model.train()
-        if self.dist.is_main and total[1] > 0:
+        if dist.is_main and total[1] > 0:
             record = {"step": self.step, "val_loss": (total[0] / total[1]).item()}
             self.metrics.write(record)
             self.trackers.log(record, self.step)
