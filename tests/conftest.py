@@ -15,3 +15,17 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared test data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_token_cache(tmp_path_factory):
+    """Tokenized-data caches go to a temporary folder, never the user's ~/.cache/minimind."""
+    import os
+
+    old = os.environ.get("MINIMIND_CACHE")
+    os.environ["MINIMIND_CACHE"] = str(tmp_path_factory.mktemp("token-cache"))
+    yield
+    if old is None:
+        os.environ.pop("MINIMIND_CACHE", None)
+    else:
+        os.environ["MINIMIND_CACHE"] = old

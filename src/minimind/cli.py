@@ -48,6 +48,13 @@ def cmd_init(args) -> None:
           + (f" ({active / 1e6:.2f}M active)" if active != total else "") + f", vocab {cfg.vocab_size}, seed {args.seed}")
 
 
+def cmd_quickstart(args) -> None:
+    from .quickstart import quickstart
+
+    quickstart(out=args.out, data=args.data, preset=args.preset, seed=args.seed, device=args.device,
+               pretrain_steps=args.pretrain_steps, sft_steps=args.sft_steps, progress=not args.no_progress)
+
+
 def cmd_chat(args) -> None:
     from .infer.chat import chat_main
 
@@ -85,6 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minimind", description="Train and run small language models from scratch.")
     parser.add_argument("--version", action="version", version=f"minimind {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="COMMAND")
+
+    p = verbs.add_parser("quickstart", help="the whole pipeline offline on a CPU: tokenizer, pretrain, SFT, exam")
+    p.add_argument("--out", default="out/quickstart", help="where everything goes (default out/quickstart)")
+    p.add_argument("--data", default="demo", help="demo (generated, offline; default) or minimind (downloaded)")
+    p.add_argument("--preset", default="tiny", help="model size (default tiny)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--pretrain-steps", type=int, default=None, help="override the number of pretraining steps")
+    p.add_argument("--sft-steps", type=int, default=None, help="override the number of SFT steps")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_quickstart)
 
     p = verbs.add_parser("info", help="parameters and memory of a preset or model directory")
     src = p.add_mutually_exclusive_group(required=True)
@@ -127,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_parser(verbs, "pretrain")
     add_train_parser(verbs, "sft")
+    from .data.commands import register as register_data
+
+    register_data(verbs)
     return parser
 
 
