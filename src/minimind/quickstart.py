@@ -16,6 +16,23 @@ from pathlib import Path
 from .errors import MiniMindError
 
 
+MINIMIND_LINES = 20000
+
+
+def head_lines(path: Path, n: int) -> Path:
+    """Copy the first n lines of a JSONL file next to it (once) and return the copy."""
+    out = path.with_name(f"{path.stem}.head{n}{path.suffix}")
+    if not out.exists():
+        tmp = out.with_suffix(".tmp")
+        with open(path, "rb") as src, open(tmp, "wb") as dst:
+            for i, line in enumerate(src):
+                if i >= n:
+                    break
+                dst.write(line)
+        tmp.replace(out)
+    return out
+
+
 def exam_accuracy(model_dir: Path, questions, batch_size: int = 32) -> tuple[float, list[str]]:
     """Greedy answers to every exam question; the fraction judged correct, and the replies."""
     from .checkpoint import load
@@ -67,8 +84,10 @@ def quickstart(out: str = "out/quickstart", data: str = "demo", preset: str = "t
     elif data == "minimind":
         from .data.download import download
 
-        pretrain_files = [str(download("pretrain_t2t_mini", root / "data"))]
-        sft_files = [str(download("sft_t2t_mini", root / "data"))]
+        # The full files hold billions of tokens; a CPU quickstart trains on their first lines.
+        pretrain_files = [str(head_lines(download("pretrain_t2t_mini", root / "data")[0], MINIMIND_LINES))]
+        sft_files = [str(head_lines(download("sft_t2t_mini", root / "data")[0], MINIMIND_LINES))]
+        print(f"training on the first {MINIMIND_LINES} records of each file")
         exam, vocab_size = [], 6400
     else:
         raise MiniMindError(f"unknown --data {data!r}: use demo (generated, offline) or minimind (downloaded)")
