@@ -237,3 +237,17 @@ def test_bad_config_values_are_clear_errors():
     with pytest.raises(MiniMindError, match="unknown preset"):
         preset("gpt5")
     assert set(ORIGINAL_SIZES) <= set(PRESETS)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    model = make("tiny-moe").train()
+    ids = torch.randint(0, 6400, (2, 24), generator=torch.Generator().manual_seed(0))
+    grads = []
+    for recompute in (False, True):
+        model.zero_grad()
+        model.model.gradient_checkpointing = recompute
+        out = model(ids, labels=ids)
+        (out.loss + out.aux_loss).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, atol=1e-6, rtol=1e-5)
