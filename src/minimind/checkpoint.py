@@ -43,35 +43,40 @@ def atomic_write(path: str | Path, write) -> None:
             os.remove(tmp)
 
 
-def weights_state_dict(model: MiniMindForCausalLM) -> dict[str, torch.Tensor]:
+def weights_state_dict(model: MiniMindForCausalLM, state_dict: dict | None = None) -> dict[str, torch.Tensor]:
     """The state dict as stored on disk: tied lm_head left out (it *is* the embedding)."""
-    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    sd = state_dict if state_dict is not None else model.state_dict()
+    sd = {k: v.detach().contiguous() for k, v in sd.items()}
     if model.config.tie_word_embeddings:
         sd.pop("lm_head.weight", None)
     return sd
 
 
-def save_weights(model: MiniMindForCausalLM, path: str | Path, dtype: torch.dtype | None = None) -> None:
-    sd = weights_state_dict(model)
+def save_weights(model: MiniMindForCausalLM, path: str | Path, dtype: torch.dtype | None = None,
+                 state_dict: dict | None = None) -> None:
+    sd = weights_state_dict(model, state_dict)
     if dtype is not None:
         sd = {k: v.to(dtype) for k, v in sd.items()}
     sd = {k: v.cpu() for k, v in sd.items()}
     atomic_write(path, lambda tmp: save_file(sd, tmp, metadata={"format": "pt"}))
 
 
-def save_model_dir(model: MiniMindForCausalLM, out_dir: str | Path, tokenizer=None, dtype=None) -> Path:
-    """Write config, weights and (if given) the tokenizer files into `out_dir`."""
+def save_model_dir(model: MiniMindForCausalLM, out_dir: str | Path, tokenizer=None, dtype=None,
+                   state_dict: dict | None = None) -> Path:
+    """Write config, weights and (if given) the tokenizer files into `out_dir`. `state_dict`
+    replaces model.state_dict() (e.g. one gathered from shards by FSDP)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / CONFIG_NAME, lambda tmp: model.config.save(tmp))
-    save_weights(model, out / WEIGHTS_NAME, dtype)
+    save_weights(model, out / WEIGHTS_NAME, dtype, state_dict)
     if tokenizer is not None:
         tokenizer.save(out)
     return out
 
 
-def load_weights(model: MiniMindForCausalLM, path: str | Path) -> None:
-    """Load a safetensors file into `model`, strictly (every tensor, every shape)."""
+def read_weights(path: str | Path, config: ModelConfig) -> dict[str, torch.Tensor]:
+    """Read a safetensors file and check it strictly against `config` (every tensor, every
+    shape); returns the full state dict, tied lm_head included."""
     path = Path(path)
     if not path.is_file():
         raise MiniMindError(f"{path}: weights file not found")
@@ -79,8 +84,9 @@ def load_weights(model: MiniMindForCausalLM, path: str | Path) -> None:
         sd = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise MiniMindError(f"{path}: not a valid safetensors file ({e})") from None
-    expected = model.state_dict()
-    tied = model.config.tie_word_embeddings
+    with torch.device("meta"):  # names and shapes only, nothing allocated
+        expected = MiniMindForCausalLM(config).state_dict()
+    tied = config.tie_word_embeddings
     if tied and "lm_head.weight" in sd:
         # A tied model saved by a tool that writes both names: accept only a true copy.
         if "model.embed_tokens.weight" in sd and not torch.equal(sd["lm_head.weight"], sd["model.embed_tokens.weight"]):
@@ -98,9 +104,14 @@ def load_weights(model: MiniMindForCausalLM, path: str | Path) -> None:
             problems.append(f"{k} has shape {tuple(sd[k].shape)}, config needs {tuple(expected[k].shape)}")
     if problems:
         raise MiniMindError(f"{path}: weights do not match config.json: " + "; ".join(problems[:5]))
-    with torch.no_grad():
-        for k, v in sd.items():
-            expected[k].copy_(v)
+    if tied:
+        sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
+    return sd
+
+
+def load_weights(model: MiniMindForCausalLM, path: str | Path) -> None:
+    """Load a safetensors file into `model`, strictly (every tensor, every shape)."""
+    model.load_state_dict(read_weights(path, model.config), strict=True)
 
 
 def _short(names: list[str], n: int = 4) -> str:

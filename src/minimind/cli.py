@@ -146,8 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(verbs, "pretrain")
     add_train_parser(verbs, "sft")
     from .data.commands import register as register_data
+    from .export.commands import register as register_export
 
     register_data(verbs)
+    register_export(verbs)
     return parser
 
 

@@ -53,6 +53,7 @@ FLAG_HELP = {
     "dtype": "auto, fp32, bf16, fp16 (auto: bf16 on GPUs and on CPUs with bf16 units, else fp32)",
     "compile": "torch.compile the model",
     "grad_checkpointing": "recompute activations in backward (less memory, ~30%% slower)",
+    "fsdp": "shard the model over the torchrun processes (FSDP) instead of replicating it (DDP)",
     "tracker": "also log to wandb, swanlab and/or tensorboard",
     "project": "project name for trackers",
     "run_name": "run name for trackers (default: the --out folder name)",

@@ -23,11 +23,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import load_weights, save_model_dir
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_model_state_dict,
+                                                     set_optimizer_state_dict)
+
+from ..checkpoint import read_weights, save_model_dir
 from ..errors import MiniMindError
 
 CHECKPOINTS = "checkpoints"
 STATE = "train_state"
+
+
+# Whole (unsharded) state dicts keyed by parameter name, the same for one process, DDP and
+# FSDP, so a checkpoint of any of them resumes in any of them.
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def gather_state(model, optimizer) -> tuple[dict, dict]:
+    """Full model and optimizer state dicts. Under FSDP this gathers the shards (a collective:
+    every rank must call it) and only rank 0 receives them."""
+    return get_model_state_dict(model, options=FULL), get_optimizer_state_dict(model, optimizer, options=FULL)
 
 
 def checkpoint_name(step: int) -> str:
@@ -82,16 +97,16 @@ def save_rng(stage: Path, rank: int) -> None:
     torch.save(rng_state(), stage / STATE / f"rng-rank{rank}.pt")
 
 
-def save_checkpoint(out_dir: str | Path, step: int, model, tokenizer, optimizer, scaler,
-                    state: dict, keep_last: int) -> Path:
-    """Rank 0: write weights, optimizer and run state into the staging folder (where every
-    rank already wrote its RNG state), make it durable, rename it into place, and delete the
-    oldest checkpoints beyond `keep_last`."""
+def save_checkpoint(out_dir: str | Path, step: int, model, model_state: dict, optimizer_state: dict,
+                    tokenizer, scaler, state: dict, keep_last: int) -> Path:
+    """Rank 0: write weights, optimizer and run state (from gather_state) into the staging
+    folder (where every rank already wrote its RNG state), make it durable, rename it into
+    place, and delete the oldest checkpoints beyond `keep_last`."""
     stage = staging_dir(out_dir, step)
     final = Path(out_dir) / CHECKPOINTS / checkpoint_name(step)
-    save_model_dir(model, stage, tokenizer)
+    save_model_dir(model, stage, tokenizer, state_dict=model_state)
     extra = {"scaler": scaler.state_dict()} if scaler is not None and scaler.is_enabled() else {}
-    torch.save({"optimizer": optimizer.state_dict(), **extra}, stage / STATE / "optimizer.pt")
+    torch.save({"optimizer": optimizer_state, **extra}, stage / STATE / "optimizer.pt")
     (stage / STATE / "state.json").write_text(json.dumps({**state, "step": step}, indent=2) + "\n")
     _fsync_tree(stage)
     if final.exists():  # e.g. the final save coincides with a periodic one
@@ -103,6 +118,15 @@ def save_checkpoint(out_dir: str | Path, step: int, model, tokenizer, optimizer,
     return final
 
 
+def publish(checkpoint: Path, out_dir: str | Path) -> None:
+    """Copy a checkpoint's model files to OUT itself (each atomically): the run's result."""
+    from ..checkpoint import atomic_write
+
+    for f in checkpoint.iterdir():
+        if f.is_file():
+            atomic_write(Path(out_dir) / f.name, lambda tmp, f=f: shutil.copyfile(f, tmp))
+
+
 def load_checkpoint(path: Path, model, optimizer, scaler, rank: int) -> dict:
     """Restore weights, optimizer, scaler and this rank's RNG states; return state.json."""
     state_dir = path / STATE
@@ -111,8 +135,9 @@ def load_checkpoint(path: Path, model, optimizer, scaler, rank: int) -> dict:
         opt = torch.load(state_dir / "optimizer.pt", map_location="cpu", weights_only=True)
     except (OSError, ValueError, RuntimeError) as e:
         raise MiniMindError(f"{state_dir}: cannot read the training state ({e})") from None
-    load_weights(model, path / "model.safetensors")
-    optimizer.load_state_dict(opt["optimizer"])
+    whole = StateDictOptions(full_state_dict=True)  # every rank reads the file, FSDP keeps its shard
+    set_model_state_dict(model, read_weights(path / "model.safetensors", model.config), options=whole)
+    set_optimizer_state_dict(model, optimizer, opt["optimizer"], options=whole)
     if scaler is not None and "scaler" in opt:
         scaler.load_state_dict(opt["scaler"])
     rng_file = state_dir / f"rng-rank{rank}.pt"

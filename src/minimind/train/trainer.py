@@ -29,7 +29,8 @@ from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, sh
 from .flops import flops_per_token, measured_peak_flops
 from .objectives import LMObjective, real_tokens, to_device
 from .optim import lr_at, make_optimizer
-from .state import list_checkpoints, load_checkpoint, save_checkpoint, save_rng, staging_dir
+from .state import (gather_state, list_checkpoints, load_checkpoint, publish, save_checkpoint, save_rng,
+                    staging_dir)
 from .tracking import MetricsLog, Trackers
 
 # Settings that must not change when resuming, or the run would not continue exactly.
@@ -67,6 +68,7 @@ class TrainConfig:
     dtype: str = "auto"
     compile: bool = False
     grad_checkpointing: bool = False
+    fsdp: bool = False  # shard weights, gradients and optimizer state over the processes
     tracker: list[str] = field(default_factory=list)
     project: str = "minimind"
     run_name: str | None = None
@@ -163,6 +165,8 @@ class Trainer:
         self.warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, self.total_steps // 100)
         self.min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.lr / 10
 
+        if cfg.fsdp:
+            self._shard()
         self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay, device_type=self.device.type)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.step, self.position, tracker_ids = 0, (0, 0), {}
@@ -174,7 +178,7 @@ class Trainer:
         self.forward_model = self.model
         if cfg.compile:
             self.forward_model = torch.compile(self.forward_model)
-        if self.dist.enabled:
+        if self.dist.enabled and not cfg.fsdp:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.forward_model = DDP(self.forward_model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -183,6 +187,18 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             self.metrics = MetricsLog(self.out / "metrics.jsonl", resume_step=self.step if self.resumed_from else None)
             self.trackers = Trackers(cfg.tracker, cfg.project, cfg.run_name or self.out.name, asdict(cfg), self.out, tracker_ids)
+
+    def _shard(self):
+        """FSDP (PyTorch's fully_shard): each process keeps 1/N of every layer's weights,
+        gradients and AdamW state and gathers a layer's weights only while it runs. For models
+        that do not fit one device; the checkpoints are the same as without it."""
+        if not self.dist.enabled:
+            raise MiniMindError("--fsdp shards over several processes: launch with torchrun --nproc_per_node N")
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in self.model.model.layers:
+            fully_shard(layer)
+        fully_shard(self.model)
 
     def _run_settings(self) -> dict:
         d = asdict(self.cfg)
@@ -224,8 +240,7 @@ class Trainer:
                 for i, (_, _, batch) in enumerate(group):
                     batch = to_device(batch, self.device)
                     last = i == len(group) - 1
-                    sync = contextlib.nullcontext() if last or not dist.enabled else self.forward_model.no_sync()
-                    with sync:
+                    with self._grad_sync(last):
                         with autocast:
                             loss_sum, aux, _ = self.objective.loss_sum(self.forward_model, batch)
                         # DDP averages gradients over ranks; * world_size turns that into the sum.
@@ -235,7 +250,8 @@ class Trainer:
                     window["tokens"] += real_tokens(batch)
                 window["count"] += count
                 self.scaler.unscale_(self.optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip).item()
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                grad_norm = (grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm).item()
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -249,7 +265,7 @@ class Trainer:
                     window = {"loss": torch.zeros((), dtype=torch.float64), "count": 0, "tokens": 0, "time": 0.0}
                 if (cfg.eval_every and self.step % cfg.eval_every == 0) or last_step:
                     self._evaluate()
-                if cfg.sample_every and self.step % cfg.sample_every == 0 and dist.is_main:
+                if cfg.sample_every and self.step % cfg.sample_every == 0 and (dist.is_main or cfg.fsdp):
                     self._sample()
                 if self.step % cfg.save_every == 0 or last_step or stop.requested:
                     self._save()
@@ -261,13 +277,22 @@ class Trainer:
             bar.close()
         if self.dist.is_main:
             if self.step == self.total_steps:
-                from ..checkpoint import save_model_dir
-
-                save_model_dir(self.model, self.out, self.tokenizer)  # OUT itself is the final model
+                publish(list_checkpoints(self.out)[-1], self.out)  # OUT itself is the final model
             self.metrics.close()
             self.trackers.finish()
         shutdown(dist)
         return self.out
+
+    def _grad_sync(self, last: bool):
+        """Accumulating micro-batches: all-reduce gradients only on the last one."""
+        if not self.dist.enabled or last:
+            if self.cfg.fsdp:
+                self.model.set_requires_gradient_sync(True)
+            return contextlib.nullcontext()
+        if self.cfg.fsdp:
+            self.model.set_requires_gradient_sync(False)
+            return contextlib.nullcontext()
+        return self.forward_model.no_sync()
 
     # ------------------------------------------------------------------ reporting
     def _announce(self):
@@ -319,12 +344,20 @@ class Trainer:
         if self.val_ds is None or len(self.val_ds) == 0:
             return
         cfg, dist = self.cfg, self.dist
-        rows = list(range(min(len(self.val_ds), cfg.eval_batches * cfg.batch_size * dist.world_size)))[dist.rank::dist.world_size]
+        n = min(len(self.val_ds), cfg.eval_batches * cfg.batch_size * dist.world_size)
+        rows = list(range(n))[dist.rank::dist.world_size]
+        # Under FSDP every rank must run every forward: a short share gets a dummy last row
+        # whose labels are all ignored, so the figure is still the mean over the first n rows.
+        dummy = len(rows) < -(-n // dist.world_size)
+        rows += [0] * dummy
         self.model.eval()
         autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
         for i in range(0, len(rows), cfg.batch_size):
-            batch = to_device(self.val_ds.get_batch(rows[i:i + cfg.batch_size]), self.device)
+            batch = self.val_ds.get_batch(rows[i:i + cfg.batch_size])
+            if dummy and i + cfg.batch_size >= len(rows):
+                batch["labels"][-1] = -100
+            batch = to_device(batch, self.device)
             with autocast:
                 loss_sum, _, _ = self.objective.loss_sum(self.model, batch)
             total += torch.tensor([loss_sum.item(), self.objective.count(batch)], dtype=torch.float64, device=self.device)
@@ -345,9 +378,11 @@ class Trainer:
         else:
             prompts = [tok.encode_chat([{"role": "user", "content": p}], add_generation_prompt=True)
                        for p in ("Hello, who are you?", "你好，请介绍一下你自己。")]
-        self.model.eval()
+        self.model.eval()  # (under FSDP every rank generates: each forward gathers weights)
         done = generate(self.model, tok, prompts, SamplingParams(max_new_tokens=32, temperature=0.0))
         self.model.train()
+        if not self.dist.is_main:
+            return
         for prompt, c in zip(prompts, done):
             self.metrics.write({"step": self.step, "sample": {"prompt": tok.decode(prompt), "completion": c.text}})
             print(f"\n[step {self.step}] {tok.decode(prompt)!r} -> {c.text!r}", flush=True)
@@ -358,12 +393,13 @@ class Trainer:
             stage.mkdir(parents=True, exist_ok=True)
         barrier(self.dist)
         save_rng(stage, self.dist.rank)
+        model_state, optimizer_state = gather_state(self.model, self.optimizer)  # every rank: FSDP gathers
         barrier(self.dist)
         if self.dist.is_main:
             state = {"epoch": self.position[0], "batch_in_epoch": self.position[1], "run": self._run_settings(),
                      "tracker_ids": self.trackers.run_ids, "total_steps": self.total_steps}
-            save_checkpoint(self.out, self.step, self.model, self.tokenizer, self.optimizer, self.scaler,
-                            state, self.cfg.keep_last)
+            save_checkpoint(self.out, self.step, self.model, model_state, optimizer_state, self.tokenizer,
+                            self.scaler, state, self.cfg.keep_last)
         barrier(self.dist)
 
 
