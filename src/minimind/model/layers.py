@@ -16,6 +16,9 @@ from torch import nn
 
 from ..config import ModelConfig
 
+# SDPA shares K/V heads itself since torch 2.5, without copying them per query head.
+SDPA_HAS_GQA = torch.torch_version.TorchVersion(torch.__version__) >= (2, 5)
+
 
 class RMSNorm(nn.Module):
     """x / rms(x) * weight, computed in float32 and cast back (as MiniMind and Qwen3 do)."""
@@ -26,6 +29,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:  # one fused kernel instead of five elementwise passes
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -70,21 +75,24 @@ def rope_inv_freq(config: ModelConfig) -> tuple[torch.Tensor, float]:
 
 
 def rope_cos_sin(inv_freq: torch.Tensor, position_ids: torch.Tensor, scale: float, dtype: torch.dtype):
-    """cos/sin tables [B, 1, L, D] for the given positions [B, L], computed in float32.
+    """cos and *signed* sin tables [B, 1, L, D] for the given positions [B, L], in float32.
 
     Computed per forward from the positions (cheap: B*L*D/2 products) instead of a 32K-row
-    table, so any position works and padded batches can start each row at 0.
+    table, so any position works and padded batches can start each row at 0. The first half
+    of sin is negated so that apply_rope needs no negation (see there).
     """
-    freqs = position_ids[:, :, None].float() * inv_freq[None, None, :].to(position_ids.device)
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return (emb.cos() * scale).to(dtype)[:, None], (emb.sin() * scale).to(dtype)[:, None]
+    freqs = position_ids[:, :, None].float() * inv_freq[None, None, :]
+    cos, sin = freqs.cos(), freqs.sin()
+    cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
+    if scale != 1.0:
+        cos, sin = cos * scale, sin * scale
+    return cos.to(dtype)[:, None], sin.to(dtype)[:, None]
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each (x_i, x_{i+D/2}) pair by its position's angle ("rotate half" layout)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each (x_i, x_{i+D/2}) pair by its position's angle ("rotate half" layout):
+    x * cos + (-x2, x1) * sin. Rolling x by D/2 gives (x2, x1); the sign sits in signed_sin."""
+    return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * signed_sin
 
 
 # ---------------------------------------------------------------------------- attention
@@ -123,13 +131,13 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:  # write the new K/V into the preallocated cache, read all of it
             k, v = cache.update(self.layer_idx, k, v)  # [B, K, T, D]
-        if self.n_kv_heads != self.n_heads:  # share each K/V head across its query group
-            groups = self.n_heads // self.n_kv_heads
-            k = k.repeat_interleave(groups, dim=1)
-            v = v.repeat_interleave(groups, dim=1)
+        gqa = self.n_kv_heads != self.n_heads  # each K/V head serves a group of query heads
+        if gqa and not SDPA_HAS_GQA:  # torch < 2.5: copy K/V out to every query head
+            k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+            v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal,
-            dropout_p=self.dropout if self.training else 0.0,
+            dropout_p=self.dropout if self.training else 0.0, **({"enable_gqa": gqa} if SDPA_HAS_GQA else {}),
         )
         return self.o_proj(out.transpose(1, 2).reshape(B, L, -1))
 

@@ -67,13 +67,17 @@ class DecoderLayer(nn.Module):
         self.self_attn = Attention(config, layer_idx)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MoEFeedForward(config) if config.use_moe else SwiGLU(config.hidden_size, config.intermediate_size)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = config.dropout
 
     def forward(self, h, cos, sin, mask, is_causal, cache):
-        h = h + self.dropout(self.self_attn(self.input_layernorm(h), cos, sin, mask, is_causal, cache))
+        h = h + self._drop(self.self_attn(self.input_layernorm(h), cos, sin, mask, is_causal, cache))
         out = self.mlp(self.post_attention_layernorm(h))
         out, aux = out if isinstance(out, tuple) else (out, None)
-        return h + self.dropout(out), aux
+        return h + self._drop(out), aux
+
+    def _drop(self, x):
+        # skipped entirely when off: at one token per step every call counts
+        return F.dropout(x, self.dropout, training=True) if self.dropout and self.training else x
 
 
 class MiniMindModel(nn.Module):
@@ -83,7 +87,7 @@ class MiniMindModel(nn.Module):
         super().__init__()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = config.dropout
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.gradient_checkpointing = False  # recompute each layer in backward to save memory
@@ -98,23 +102,27 @@ class MiniMindModel(nn.Module):
     def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None):
         B, L = input_ids.shape
         past = cache.length if cache is not None else 0
-        h = self.dropout(self.embed_tokens(input_ids))
+        h = self.embed_tokens(input_ids)
+        if self.dropout and self.training:
+            h = F.dropout(h, self.dropout, training=True)
         mask, is_causal = build_attention_mask(attention_mask, B, L, past, h.device)
         if position_ids is None:
             position_ids = default_position_ids(attention_mask, B, L, past, h.device)
         if self.inv_freq.device != h.device:
             self.inv_freq = self.inv_freq.to(h.device)
         cos, sin = rope_cos_sin(self.inv_freq, position_ids, self.rope_scale, h.dtype)
-        aux_total = h.new_zeros((), dtype=torch.float32)
+        aux_total = None  # summed MoE balance losses (None for dense models)
         for layer in self.layers:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 h, aux = checkpoint(layer, h, cos, sin, mask, is_causal, cache, use_reentrant=False)
             else:
                 h, aux = layer(h, cos, sin, mask, is_causal, cache)
             if aux is not None:
-                aux_total = aux_total + aux
+                aux_total = aux if aux_total is None else aux_total + aux
         if cache is not None:
             cache.length += L
+        if aux_total is None:
+            aux_total = torch.zeros((), device=h.device)
         return self.norm(h), aux_total
 
 
