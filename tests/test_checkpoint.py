@@ -48,7 +48,7 @@ def test_public_load_returns_model_and_tokenizer(model_dir, shared_data):
 
 @pytest.mark.parametrize("case, expected", [
     ("no_dir", "model directory not found"),
-    ("no_config", "config.json: config file not found"),
+    ("no_config", "config.json: file not found"),
     ("bad_json", "config.json:2: invalid JSON"),
     ("wrong_type", "hidden_size should be a number"),
     ("bad_value", "must be a multiple of"),

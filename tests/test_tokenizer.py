@@ -309,7 +309,7 @@ def test_error_missing_tokenizer_json(tiny_dir, tmp_path):
 
 
 def test_error_invalid_config_json_names_file_and_line(tiny_dir, tmp_path):
-    with pytest.raises(MiniMindError, match=r"tokenizer_config\.json: invalid JSON at line 3"):
+    with pytest.raises(MiniMindError, match=r"tokenizer_config\.json:3: invalid JSON"):
         Tokenizer.from_dir(broken_copy(tiny_dir, tmp_path, tokenizer_config_json='{\n "a": 1,\n "b": oops\n}'))
 
 

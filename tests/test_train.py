@@ -146,21 +146,32 @@ def test_resume_after_sigkill_is_exact(demo, tmp_path):
 
 
 def test_two_gloo_processes_match_one_process(demo, tmp_path):
-    """torchrun with 2 CPU processes and batch 4 each = 1 process with batch 8."""
+    """torchrun with 2 CPU processes and batch 4 each = 1 process with batch 8, with the
+    model replicated (DDP) and with it sharded (FSDP)."""
     steps = ["--max-steps", "4", "--seq-len", "64", "--eval-every", "2", "--save-every", "4"]
-    one = pretrain_cmd(demo, tmp_path / "one", 4)[:]
-    subprocess.run(one + steps, check=True, capture_output=True, timeout=300)
-    two = pretrain_cmd(demo, tmp_path / "two", 4)
-    two[two.index("--batch-size") + 1] = "4"
+    subprocess.run(pretrain_cmd(demo, tmp_path / "one", 4) + steps, check=True, capture_output=True, timeout=300)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "minimind.cli", *two[1:], *steps], capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "x 2 processes" in done.stdout
-    (l1, v1), (l2, v2) = losses(tmp_path / "one"), losses(tmp_path / "two")
-    assert len(l1) == len(l2) == 4
-    # Same data and same maths; only the order of floating-point sums differs.
-    assert l2 == pytest.approx(l1, abs=1e-4) and v2 == pytest.approx(v1, abs=1e-4)
+    for mode in ("ddp", "fsdp"):
+        two = pretrain_cmd(demo, tmp_path / mode, 4)
+        two[two.index("--batch-size") + 1] = "4"
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                               "-m", "minimind.cli", *two[1:], *steps, *(["--fsdp"] if mode == "fsdp" else [])],
+                              capture_output=True, text=True, timeout=300, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "x 2 processes" in done.stdout
+        (l1, v1), (l2, v2) = losses(tmp_path / "one"), losses(tmp_path / mode)
+        assert len(l1) == len(l2) == 4
+        # Same data and same maths; only the order of floating-point sums differs.
+        assert l2 == pytest.approx(l1, abs=1e-4) and v2 == pytest.approx(v1, abs=1e-4), mode
+        for k, v in weights(tmp_path / mode).items():  # the full model, gathered from the shards
+            torch.testing.assert_close(v, weights(tmp_path / "one")[k], atol=1e-4, rtol=1e-3)
+
+
+def test_fsdp_needs_several_processes(demo, tmp_path):
+    from minimind.errors import MiniMindError
+
+    with pytest.raises(MiniMindError, match="torchrun"):
+        train(config(demo, tmp_path / "f", fsdp=True))
 
 
 def test_sft_trains_on_conversations(demo, tmp_path, capsys):
@@ -194,3 +205,17 @@ def test_bad_arguments_are_clear(demo, tmp_path, capsys):
     assert main(["pretrain", "--data", demo["pretrain"], "--preset", "nano", "--tokenizer", demo["tok"],
                  "--batch-size", "100000", "--out", str(tmp_path / "x"), "--cache-dir", demo["cache"], "--no-progress"]) == 2
     assert "fewer than one batch" in capsys.readouterr().err
+
+
+def test_short_quickstart_runs_every_stage(tmp_path, capsys):
+    code = main(["quickstart", "--out", str(tmp_path / "qs"), "--pretrain-steps", "3", "--sft-steps", "3",
+                 "--no-progress", "--preset", "nano"])
+    out = capsys.readouterr().out
+    assert code == 0
+    for stage in ("1/5 corpus", "2/5 tokenizer", "3/5 pretrain", "4/5 supervised fine-tuning", "5/5 results"):
+        assert stage in out
+    assert "| pretrained |" in out and "| fine-tuned |" in out and "identity (6)" in out and "minimind chat --model" in out
+    import minimind
+
+    model, tok = minimind.load(tmp_path / "qs" / "sft")
+    assert model.config.vocab_size == tok.vocab_size <= 1024  # BPE stops early on a small corpus

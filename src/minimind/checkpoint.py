@@ -11,8 +11,6 @@ never a silent partial load (MiniMind's `strict=False` trains half-random models
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -21,26 +19,11 @@ from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig
 from .errors import MiniMindError
+from .files import atomic_write
 from .model import MiniMindForCausalLM
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-
-
-def atomic_write(path: str | Path, write) -> None:
-    """Call `write(tmp_path)`, fsync, then rename over `path`: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def weights_state_dict(model: MiniMindForCausalLM, state_dict: dict | None = None) -> dict[str, torch.Tensor]:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import MiniMindError
+from .files import read_json_object
 
 
 @dataclass
@@ -103,14 +104,7 @@ class ModelConfig:
     @classmethod
     def load(cls, path: str | Path) -> "ModelConfig":
         path = Path(path)
-        if not path.is_file():
-            raise MiniMindError(f"{path}: config file not found")
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise MiniMindError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
-        if not isinstance(d, dict):
-            raise MiniMindError(f"{path}: expected a JSON object, got {type(d).__name__}")
+        d = read_json_object(path)
         type_errors = [
             f"{k} should be a number, got {d[k]!r}"
             for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",

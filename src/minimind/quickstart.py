@@ -33,8 +33,8 @@ def head_lines(path: Path, n: int) -> Path:
     return out
 
 
-def exam_accuracy(model_dir: Path, questions, batch_size: int = 32) -> tuple[float, list[str]]:
-    """Greedy answers to every exam question; the fraction judged correct, and the replies."""
+def exam_accuracy(model_dir: Path, questions, batch_size: int = 32) -> tuple[dict[str, float], list[str]]:
+    """Greedy answers to every exam question; accuracy per category (and "all"), and the replies."""
     from .checkpoint import load
     from .infer import SamplingParams, generate
 
@@ -45,8 +45,11 @@ def exam_accuracy(model_dir: Path, questions, batch_size: int = 32) -> tuple[flo
         prompts = [tok.encode_chat([{"role": "user", "content": q.question}], add_generation_prompt=True)
                    for q in questions[i:i + batch_size]]
         replies += [c.text for c in generate(model, tok, prompts, params)]
-    correct = sum(q.is_correct(r) for q, r in zip(questions, replies))
-    return correct / max(len(questions), 1), replies
+    scores: dict[str, list[bool]] = {}
+    for q, r in zip(questions, replies):
+        for key in (q.category, "all"):
+            scores.setdefault(key, []).append(q.is_correct(r))
+    return {k: sum(v) / len(v) for k, v in scores.items()}, replies
 
 
 def sample_chats(model_dir: Path, prompts: list[str]) -> list[tuple[str, str]]:
@@ -97,15 +100,15 @@ def quickstart(out: str = "out/quickstart", data: str = "demo", preset: str = "t
                              max_lines=20000)
     print(f"vocab {report['vocab_size']}, {report['chars_per_token']:.2f} characters per token on held-out text")
 
-    common = dict(seq_len=256, batch_size=16, grad_accum=1, log_every=10, eval_every=0, save_every=10**9,
+    common = dict(seq_len=256, batch_size=8, grad_accum=1, log_every=10, eval_every=0, save_every=10**9,
                   keep_last=1, val_fraction=0.02, seed=seed, device=device, cache_dir=cache_dir, progress=progress)
     stage("3/5 pretrain")
     pre = train(TrainConfig(stage="pretrain", data=pretrain_files, out=str(root / "pretrain"), preset=preset,
                             tokenizer=str(root / "tokenizer"), lr=2e-3, warmup_steps=20,
-                            max_steps=pretrain_steps, epochs=1.0, **common))
+                            max_steps=pretrain_steps, epochs=5.0, **common))
     stage("4/5 supervised fine-tuning")
-    sft = train(TrainConfig(stage="sft", data=sft_files, out=str(root / "sft"), init=str(pre), lr=1e-3,
-                            warmup_steps=10, max_steps=sft_steps, epochs=3.0, **common))
+    sft = train(TrainConfig(stage="sft", data=sft_files, out=str(root / "sft"), init=str(pre), lr=2e-3,
+                            warmup_steps=10, max_steps=sft_steps or 120, **common))
 
     stage("5/5 results")
     for prompt, reply in sample_chats(sft, ["Hello!", "What is the capital of France?", "你好！", "3加4等于多少？"]):
@@ -113,10 +116,13 @@ def quickstart(out: str = "out/quickstart", data: str = "demo", preset: str = "t
     if exam:
         pre_acc, _ = exam_accuracy(pre, exam)
         sft_acc, replies = exam_accuracy(sft, exam)
-        print(f"exact match on {len(exam)} held-out questions:\n"
-              f"  | model      | accuracy |\n  |------------|----------|\n"
-              f"  | pretrained | {pre_acc * 100:7.1f}% |\n  | fine-tuned | {sft_acc * 100:7.1f}% |")
-        for q, r in list(zip(exam, replies))[:3]:
-            print(f"  e.g. {q.question} -> {r.strip()[:60]!r} ({'right' if q.is_correct(r) else 'wrong'}, expected {q.answer})")
+        counts = {cat: sum(q.category == cat for q in exam) for cat in sft_acc}
+        counts["all"] = len(exam)
+        print(f"exact match on {len(exam)} held-out questions (never seen in fine-tuning):")
+        print("  | questions           | pretrained | fine-tuned |\n  |---------------------|------------|------------|")
+        for cat in [c for c in sft_acc if c != "all"] + ["all"]:
+            print(f"  | {cat + f' ({counts[cat]})':19s} | {pre_acc[cat] * 100:9.1f}% | {sft_acc[cat] * 100:9.1f}% |")
+        for q, r in list(zip(exam, replies))[::max(1, len(exam) // 4)][:4]:
+            print(f"  e.g. {q.question} -> {r.strip()[:60]!r} ({'right' if q.is_correct(r) else 'wrong'})")
     print(f"\ndone in {time.perf_counter() - started:.0f}s. Talk to it: minimind chat --model {sft}")
     return sft

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
-import tempfile
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -26,6 +24,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from .errors import MiniMindError
+from .files import atomic_write_text, read_json
 
 # MiniMind's 36 added tokens, in id order 0..35. Only the first NUM_SPECIAL_TOKENS (0..20) are
 # "special" (dropped by decode(skip_special_tokens=True)); <tool_call>, <think> and the
@@ -48,26 +47,6 @@ NUM_SPECIAL_TOKENS = 21  # ids 0..20 are special, 21..35 are plain added tokens
 
 
 # --------------------------------------------------------------------------------- files ---
-
-def _read_json(path: Path):
-    """Read a JSON file, turning every user-side problem into one clear MiniMindError line."""
-    if not path.is_file():
-        raise MiniMindError(f"{path}: file not found")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise MiniMindError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-    except UnicodeDecodeError as e:
-        raise MiniMindError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write a text file via a temp file + rename, so a crash never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
 
 def _token_str(value) -> str | None:
     """Config files store a token either as "<x>" or, in older HF files, as {"content": "<x>"}."""
@@ -178,12 +157,12 @@ class Tokenizer:
         if not path.is_dir():
             raise MiniMindError(f"{path}: tokenizer directory not found")
         tokenizer_json = path / "tokenizer.json"
-        _read_json(tokenizer_json)  # for a clear "not found" / "invalid JSON at line N" message
+        read_json(tokenizer_json)  # for a clear "not found" / "invalid JSON at line N" message
         try:
             backend = tokenizers.Tokenizer.from_file(str(tokenizer_json))
         except Exception as e:  # valid JSON but not a tokenizer (the Rust error is one line)
             raise MiniMindError(f"{tokenizer_json}: not a valid tokenizers file: {e}") from None
-        config = _read_json(path / "tokenizer_config.json")
+        config = read_json(path / "tokenizer_config.json")
         if not isinstance(config, dict):
             raise MiniMindError(f"{path / 'tokenizer_config.json'}: expected a JSON object")
         return cls(backend, config, source=str(path))
@@ -192,8 +171,8 @@ class Tokenizer:
         """Write tokenizer.json and tokenizer_config.json into `path` (created if needed)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path / "tokenizer.json", self._tk.to_str(pretty=True))
-        _write_atomic(path / "tokenizer_config.json", json.dumps(self.config, ensure_ascii=False, indent=4))
+        atomic_write_text(path / "tokenizer.json", self._tk.to_str(pretty=True))
+        atomic_write_text(path / "tokenizer_config.json", json.dumps(self.config, ensure_ascii=False, indent=4))
 
     # --- text <-> ids ---
     def encode(self, text: str) -> list[int]:
@@ -312,7 +291,7 @@ def _documents(path: Path, max_lines: int | None):
     """Yield the training documents of one file (see train_tokenizer for the formats)."""
     suffix = path.suffix.lower()
     if suffix == ".json":
-        records = _read_json(path)
+        records = read_json(path)
         if not isinstance(records, list):
             raise MiniMindError(f"{path}: expected a JSON array of records with `paragraphs`")
         for record in records[:max_lines]:

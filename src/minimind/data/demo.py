@@ -30,6 +30,7 @@ COUNTRIES = [
     ("Vietnam", "Hanoi", "越南", "河内"), ("Turkey", "Ankara", "土耳其", "安卡拉"),
     ("Cuba", "Havana", "古巴", "哈瓦那"), ("Peru", "Lima", "秘鲁", "利马"),
 ]
+QUICK_COUNTRIES = 12  # the quickstart uses the first 12: few enough facts to learn in minutes
 
 IDENTITY_EN = "I am MiniMind, a small language model trained from scratch. How can I help you?"
 IDENTITY_ZH = "我是MiniMind，一个从零开始训练的小语言模型。有什么可以帮你的吗？"
@@ -39,12 +40,16 @@ GREETINGS = [
     ("你是谁？", IDENTITY_ZH), ("你叫什么名字？", "我叫MiniMind。"),
     ("Thank you!", "You are welcome!"), ("谢谢你！", "不客气！"),
 ]
+# Paraphrases never seen in training: the answer must still name the model.
+IDENTITY_EXAM = ["Who are you?", "Tell me your name.", "Can you introduce yourself?",
+                 "请问你是谁？", "你的名字是什么？", "介绍一下你自己。"]
 
 
 @dataclass
 class ExamQuestion:
     question: str
     answer: str  # the string a correct reply contains
+    category: str = "facts"
 
     def is_correct(self, reply: str) -> bool:
         """Exact match of the answer as a whole word/number in the reply's first line."""
@@ -60,8 +65,8 @@ def _capital_facts(en, cap, zh, zcap):
 
 
 def _capital_qa(en, cap, zh, zcap):
-    return [(f"What is the capital of {en}?", f"The capital of {en} is {cap}.", cap),
-            (f"{zh}的首都是哪里？", f"{zh}的首都是{zcap}。", zcap)]
+    return [(f"What is the capital of {en}?", f"The capital of {en} is {cap}.", cap, "capitals"),
+            (f"{zh}的首都是哪里？", f"{zh}的首都是{zcap}。", zcap, "capitals")]
 
 
 def _math_facts(a, b, op):
@@ -73,8 +78,8 @@ def _math_facts(a, b, op):
 def _math_qa(a, b, op):
     r = a + b if op == "+" else a * b
     zword = "加" if op == "+" else "乘以"
-    return [(f"What is {a} {op} {b}?", f"{a} {op} {b} = {r}.", str(r)),
-            (f"{a}{zword}{b}等于多少？", f"{a}{zword}{b}等于{r}。", str(r))]
+    return [(f"What is {a} {op} {b}?", f"{a} {op} {b} = {r}.", str(r), "arithmetic"),
+            (f"{a}{zword}{b}等于多少？", f"{a}{zword}{b}等于{r}。", str(r), "arithmetic")]
 
 
 def build_demo_corpus(out_dir: str | Path, seed: int = 0, pretrain_docs: int = 6000,
@@ -88,12 +93,13 @@ def build_demo_corpus(out_dir: str | Path, seed: int = 0, pretrain_docs: int = 6
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     facts, qa = [], []
-    for c in COUNTRIES:
+    for c in COUNTRIES[:QUICK_COUNTRIES]:
         facts += _capital_facts(*c)
         qa.append(_capital_qa(*c))
-    for op, top in (("+", 20), ("*", 9)):
-        for a in range(1, top + 1):
-            for b in range(1, top + 1):
+    # Few enough facts that a tiny model sees each one often in a few minutes of training.
+    for op, numbers in (("+", range(1, 7)), ("*", range(2, 6))):
+        for a in numbers:
+            for b in numbers:
                 facts += _math_facts(a, b, op)
                 qa.append(_math_qa(a, b, op))
     rng.shuffle(qa)
@@ -109,7 +115,7 @@ def build_demo_corpus(out_dir: str | Path, seed: int = 0, pretrain_docs: int = 6
     write_jsonl(out / "pretrain.jsonl", ({"text": d} for d in docs))
 
     # SFT conversations: one to three question/answer turns, plus greetings.
-    pairs = [(q, a) for group in train_groups for q, a, _ in group] + GREETINGS * 20
+    pairs = [(q, a) for group in train_groups for q, a, _, _ in group] + GREETINGS * 20
     rng.shuffle(pairs)
     conversations, i = [], 0
     while i < len(pairs):
@@ -121,8 +127,9 @@ def build_demo_corpus(out_dir: str | Path, seed: int = 0, pretrain_docs: int = 6
         conversations.append({"conversations": conv})
     write_jsonl(out / "sft.jsonl", conversations)
 
-    exam = [ExamQuestion(q, ans) for group in exam_groups for q, _, ans in group]
-    write_jsonl(out / "exam.jsonl", ({"question": e.question, "answer": e.answer} for e in exam))
+    exam = [ExamQuestion(q, "MiniMind", "identity") for q in IDENTITY_EXAM]
+    exam += [ExamQuestion(q, ans, cat) for group in exam_groups for q, _, ans, cat in group]
+    write_jsonl(out / "exam.jsonl", (vars(e) for e in exam))
     return {"pretrain": out / "pretrain.jsonl", "sft": out / "sft.jsonl", "exam": out / "exam.jsonl",
             "pretrain_docs": len(docs), "sft_conversations": len(conversations), "exam_questions": len(exam)}
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..checkpoint import atomic_write
+from ..files import atomic_write
 from ..config import ModelConfig
 from ..errors import MiniMindError
 from .common import prepare_out_dir

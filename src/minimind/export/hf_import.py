@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 
 from ..config import ModelConfig
 from ..errors import MiniMindError
+from ..files import read_json_object
 from .common import build_model, copy_tokenizer_files, parse_dtype, prepare_out_dir, stored_dtype
 
 SUPPORTED = {"Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "LlamaForCausalLM", "Qwen2MoeForCausalLM"}
@@ -35,13 +36,7 @@ def read_hf_config(model_dir: Path) -> dict:
         raise MiniMindError(f"{model_dir}: directory not found")
     if not path.is_file():
         raise MiniMindError(f"{path}: file not found (is {model_dir} a transformers model directory?)")
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise MiniMindError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
-    if not isinstance(d, dict):
-        raise MiniMindError(f"{path}: expected a JSON object")
-    return d
+    return read_json_object(path)
 
 
 def _rope(d: dict, where: str) -> tuple[float, dict | None]:

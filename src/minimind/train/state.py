@@ -29,6 +29,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 
 from ..checkpoint import read_weights, save_model_dir
 from ..errors import MiniMindError
+from ..files import atomic_write
 
 CHECKPOINTS = "checkpoints"
 STATE = "train_state"
@@ -120,8 +121,6 @@ def save_checkpoint(out_dir: str | Path, step: int, model, model_state: dict, op
 
 def publish(checkpoint: Path, out_dir: str | Path) -> None:
     """Copy a checkpoint's model files to OUT itself (each atomically): the run's result."""
-    from ..checkpoint import atomic_write
-
     for f in checkpoint.iterdir():
         if f.is_file():
             atomic_write(Path(out_dir) / f.name, lambda tmp, f=f: shutil.copyfile(f, tmp))

@@ -141,6 +141,8 @@ class Trainer:
 
         cfg = self.cfg
         self.dist, self.device = init_distributed(resolve_device(cfg.device))
+        if cfg.fsdp and not self.dist.enabled:
+            raise MiniMindError("--fsdp shards over several processes: launch with torchrun --nproc_per_node N")
         self.dtype = resolve_train_dtype(cfg.dtype, self.device)
         seed = cfg.seed + self.dist.rank
         torch.manual_seed(seed), random.seed(seed), np.random.seed(seed % 2**32)
@@ -169,11 +171,9 @@ class Trainer:
             self._shard()
         self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay, device_type=self.device.type)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        self.step, self.position, tracker_ids = 0, (0, 0), {}
-        self.resumed_from = self._maybe_resume()
-        if self.resumed_from:
-            state = json.loads((self.resumed_from / "train_state" / "state.json").read_text())
-            self.step, self.position, tracker_ids = state["step"], (state["epoch"], state["batch_in_epoch"]), state.get("tracker_ids", {})
+        self.resumed_from, state = self._maybe_resume()
+        self.step, self.position = state.get("step", 0), (state.get("epoch", 0), state.get("batch_in_epoch", 0))
+        tracker_ids = state.get("tracker_ids", {})
 
         self.forward_model = self.model
         if cfg.compile:
@@ -192,8 +192,6 @@ class Trainer:
         """FSDP (PyTorch's fully_shard): each process keeps 1/N of every layer's weights,
         gradients and AdamW state and gathers a layer's weights only while it runs. For models
         that do not fit one device; the checkpoints are the same as without it."""
-        if not self.dist.enabled:
-            raise MiniMindError("--fsdp shards over several processes: launch with torchrun --nproc_per_node N")
         from torch.distributed.fsdp import fully_shard
 
         for layer in self.model.model.layers:
@@ -204,10 +202,11 @@ class Trainer:
         d = asdict(self.cfg)
         return {**{k: d[k] for k in RESUME_FIXED if k in d}, "world_size": self.dist.world_size}
 
-    def _maybe_resume(self) -> Path | None:
+    def _maybe_resume(self) -> tuple[Path | None, dict]:
+        """Load the newest checkpoint when resuming: (its path, its state.json), else (None, {})."""
         existing = list_checkpoints(self.out)
         if not existing:
-            return None
+            return None, {}
         if not self.cfg.resume:
             raise MiniMindError(f"{self.out} already holds checkpoints of a run: pass --resume to continue it, "
                                 "or choose another --out")
@@ -216,8 +215,7 @@ class Trainer:
         for key, now in self._run_settings().items():
             if key in saved and saved[key] != now:
                 raise MiniMindError(f"cannot resume {latest} exactly: {key} was {saved[key]!r}, now {now!r}")
-        load_checkpoint(latest, self.model, self.optimizer, self.scaler, self.dist.rank)
-        return latest
+        return latest, load_checkpoint(latest, self.model, self.optimizer, self.scaler, self.dist.rank)
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> Path:

@@ -1,0 +1,52 @@
+"""Reading and writing files safely: one clear error line on read, never half a file on write."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import MiniMindError
+
+
+def read_json(path: str | Path):
+    """Parse a JSON file; a missing file, invalid JSON or non-UTF-8 text is a MiniMindError
+    naming the file (and the line, MiniMind's FILE:LINE style)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MiniMindError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise MiniMindError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+    except UnicodeDecodeError as e:
+        raise MiniMindError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def read_json_object(path: str | Path) -> dict:
+    """read_json for files that must hold one JSON object (configs)."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise MiniMindError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call `write(tmp_path)`, fsync, then rename over `path`: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
