@@ -104,7 +104,10 @@ def test_chat_session_keeps_history_and_thinking(tiny_model_dir):
 
     import minimind
     from minimind.infer import SamplingParams
-    from minimind.infer.chat import ChatSession
+    from minimind.infer.repl import ChatSession
+
+    from minimind.infer import chat
+    assert callable(chat)  # the REPL module must not shadow the chat() function
 
     model, tokenizer = minimind.load(tiny_model_dir)
     out, status = io.StringIO(), io.StringIO()

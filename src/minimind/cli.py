@@ -56,7 +56,7 @@ def cmd_quickstart(args) -> None:
 
 
 def cmd_chat(args) -> None:
-    from .infer.chat import chat_main
+    from .infer.repl import chat_main
 
     chat_main(args)
 

@@ -130,6 +130,11 @@ def _micro_batches(objective, ds, cfg: TrainConfig, dist: DistInfo, epoch: int, 
         epoch, index = epoch + 1, 0
 
 
+def new_window() -> dict:
+    """What is summed between two log lines: loss, loss tokens, real tokens, seconds."""
+    return {"loss": torch.zeros((), dtype=torch.float64), "count": 0, "tokens": 0, "time": 0.0}
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, objective=None):
         self.cfg, self.objective = cfg, objective or LMObjective()
@@ -226,7 +231,7 @@ class Trainer:
         peak = measured_peak_flops(self.device, self.dtype) * dist.world_size
         self._announce()
         bar = self._progress_bar()
-        window = {"loss": torch.zeros((), dtype=torch.float64), "count": 0, "tokens": 0, "time": 0.0}
+        window = new_window()
         with StopRequested() as stop:
             while self.step < self.total_steps:
                 started = time.perf_counter()
@@ -260,7 +265,7 @@ class Trainer:
                 last_step = self.step == self.total_steps
                 if self.step % cfg.log_every == 0 or last_step:
                     self._log(window, lr, grad_norm, flops_tok, peak, bar)
-                    window = {"loss": torch.zeros((), dtype=torch.float64), "count": 0, "tokens": 0, "time": 0.0}
+                    window = new_window()
                 if (cfg.eval_every and self.step % cfg.eval_every == 0) or last_step:
                     self._evaluate()
                 if cfg.sample_every and self.step % cfg.sample_every == 0 and (dist.is_main or cfg.fsdp):
