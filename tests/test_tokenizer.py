@@ -198,6 +198,18 @@ def test_stream_decoder_flushes_an_unfinished_character(tok):
     assert text + stream.flush() == tok.decode(ids[:-1])  # cut mid-emoji: flush hands it out
 
 
+def test_stream_decoder_on_invalid_bytes_equals_a_full_decode(tok):
+    """Undertrained models emit invalid byte sequences; the pieces must still join to exactly
+    what decoding all ids at once gives (no character lost or shifted)."""
+    import random
+
+    sequences = [[196, 196, 196, 196, 152, 291]]  # four stray lead bytes, then a real character
+    sequences += [[random.Random(seed).randrange(36, tok.vocab_size) for _ in range(40)] for seed in range(100)]
+    for ids in sequences:
+        stream = tok.stream_decoder()
+        assert "".join(stream.push(i) for i in ids) + stream.flush() == tok.decode(ids), ids
+
+
 # ------------------------------------------------------------------------ 4. training ---
 
 @pytest.fixture(scope="module")

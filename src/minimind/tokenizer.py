@@ -259,8 +259,16 @@ class StreamDecoder:
         text = self._decode(self.ids[self.prefix:])
         # A UTF-8 character is at most 4 bytes, so after 4 more tokens a trailing '\ufffd' is
         # genuinely invalid bytes rather than an unfinished character: let it through.
-        if text.endswith("\ufffd") and len(self.ids) - self.read < 4:
-            return ""
+        if text.endswith("\ufffd"):
+            if len(self.ids) - self.read < 4:
+                return ""
+            # 4+ tokens and still no complete character: there are invalid bytes. A character
+            # is at most 4 bytes, so only the last 3 tokens can hold the start of one still
+            # being written: hand out everything before them, keep them pending.
+            cut = len(self.ids) - 3
+            head = self._decode(self.ids[self.prefix:cut])
+            self.prefix = self.read = cut
+            return head[len(done):]
         self.prefix, self.read = self.read, len(self.ids)
         return text[len(done):]
 
