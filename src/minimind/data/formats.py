@@ -127,13 +127,19 @@ def _parse_json_string(value, what: str):
     return value
 
 
+def _function_spec(item) -> dict | None:
+    """The part of a tool or call that carries "name" (OpenAI nests it under "function"),
+    or None when there is no non-empty function name."""
+    spec = item.get("function", item) if isinstance(item, dict) else None
+    return spec if isinstance(spec, dict) and isinstance(spec.get("name"), str) and spec["name"] else None
+
+
 def _check_tools(value, where: str) -> None:
     tools = _parse_json_string(value, f"{where}: 'tools'")
     if not isinstance(tools, list):
         raise BadRecord(f"{where}: 'tools' must be a list of tool schemas, got {_type_name(tools)}")
     for i, tool in enumerate(tools):
-        spec = tool.get("function", tool) if isinstance(tool, dict) else None
-        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
+        if _function_spec(tool) is None:
             raise BadRecord(f"{where}: tools[{i}] has no function name")
 
 
@@ -142,8 +148,8 @@ def _check_tool_calls(value, where: str) -> int:
     if not isinstance(calls, list):
         raise BadRecord(f"{where}: 'tool_calls' must be a list of calls, got {_type_name(calls)}")
     for i, call in enumerate(calls):
-        spec = call.get("function", call) if isinstance(call, dict) else None
-        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
+        spec = _function_spec(call)
+        if spec is None:
             raise BadRecord(f"{where}: tool_calls[{i}] has no function name")
         args = spec.get("arguments")
         if isinstance(args, str):  # the template writes a string as is: it must be JSON itself
