@@ -33,32 +33,26 @@ def head_lines(path: Path, n: int) -> Path:
     return out
 
 
-def exam_accuracy(model_dir: Path, questions, batch_size: int = 32) -> tuple[dict[str, float], list[str]]:
-    """Greedy answers to every exam question; accuracy per category (and "all"), and the replies."""
-    from .checkpoint import load
-    from .infer import SamplingParams, generate
+def answer(model, tok, questions: list[str], max_new_tokens: int, batch_size: int = 32) -> list[str]:
+    """Greedy one-turn chat replies to each question, generated in batches."""
+    from .infer import SamplingParams, chat_prompt, generate
 
-    model, tok = load(model_dir)
-    params = SamplingParams(max_new_tokens=24, temperature=0.0)
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
     replies = []
     for i in range(0, len(questions), batch_size):
-        prompts = [tok.encode_chat([{"role": "user", "content": q.question}], add_generation_prompt=True)
-                   for q in questions[i:i + batch_size]]
+        prompts = [chat_prompt(tok, [{"role": "user", "content": q}]) for q in questions[i:i + batch_size]]
         replies += [c.text for c in generate(model, tok, prompts, params)]
+    return replies
+
+
+def exam_accuracy(model, tok, questions) -> tuple[dict[str, float], list[str]]:
+    """Greedy answers to every exam question; accuracy per category (and "all"), and the replies."""
+    replies = answer(model, tok, [q.question for q in questions], max_new_tokens=24)
     scores: dict[str, list[bool]] = {}
     for q, r in zip(questions, replies):
         for key in (q.category, "all"):
             scores.setdefault(key, []).append(q.is_correct(r))
     return {k: sum(v) / len(v) for k, v in scores.items()}, replies
-
-
-def sample_chats(model_dir: Path, prompts: list[str]) -> list[tuple[str, str]]:
-    from .checkpoint import load
-    from .infer import SamplingParams, chat
-
-    model, tok = load(model_dir)
-    params = SamplingParams(max_new_tokens=40, temperature=0.0)
-    return [(p, chat(model, tok, [{"role": "user", "content": p}], params).text) for p in prompts]
 
 
 def quickstart(out: str = "out/quickstart", data: str = "demo", preset: str = "tiny", seed: int = 0,
@@ -111,11 +105,15 @@ def quickstart(out: str = "out/quickstart", data: str = "demo", preset: str = "t
                             warmup_steps=10, max_steps=sft_steps or 120, **common))
 
     stage("5/5 results")
-    for prompt, reply in sample_chats(sft, ["Hello!", "What is the capital of France?", "你好！", "3加4等于多少？"]):
+    from .checkpoint import load
+
+    sft_model, tok = load(sft)
+    prompts = ["Hello!", "What is the capital of France?", "你好！", "3加4等于多少？"]
+    for prompt, reply in zip(prompts, answer(sft_model, tok, prompts, max_new_tokens=40)):
         print(f"user: {prompt}\nminimind: {reply}\n")
     if exam:
-        pre_acc, _ = exam_accuracy(pre, exam)
-        sft_acc, replies = exam_accuracy(sft, exam)
+        pre_acc, _ = exam_accuracy(load(pre)[0], tok, exam)  # same tokenizer: SFT started from it
+        sft_acc, replies = exam_accuracy(sft_model, tok, exam)
         counts = {cat: sum(q.category == cat for q in exam) for cat in sft_acc}
         counts["all"] = len(exam)
         print(f"exact match on {len(exam)} held-out questions (never seen in fine-tuning):")
