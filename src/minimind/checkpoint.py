@@ -117,11 +117,17 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu", dtype:
     return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
 
 
-def load(model_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
-    """`model, tokenizer = minimind.load(DIR)`: a ready-to-use model (eval mode) and tokenizer."""
+def load(model_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+         lora: str | Path | None = None):
+    """`model, tokenizer = minimind.load(DIR)`: a ready-to-use model (eval mode) and tokenizer.
+    `lora=ADAPTER_DIR` puts a LoRA adapter (trained on this base) on top of it."""
     from .tokenizer import Tokenizer
 
     model = load_model(model_dir, device, dtype)
+    if lora is not None:
+        from .lora import load_adapter
+
+        model = load_adapter(model, lora, base_dir=model_dir)
     tokenizer = Tokenizer.from_dir(model_dir)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise MiniMindError(
