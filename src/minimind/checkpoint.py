@@ -125,7 +125,7 @@ def load(model_dir: str | Path, device: str | torch.device = "cpu", dtype: torch
 
     model = load_model(model_dir, device, dtype)
     if lora is not None:
-        from .lora import load_adapter
+        from .model.lora import load_adapter
 
         model = load_adapter(model, lora, base_dir=model_dir)
     tokenizer = Tokenizer.from_dir(model_dir)
