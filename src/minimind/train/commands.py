@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import fields
+from importlib import import_module
 from pathlib import Path
 
 from ..errors import MiniMindError
@@ -23,6 +24,27 @@ STAGE_DEFAULTS = {
     "pretrain": dict(lr=5e-4, batch_size=32, grad_accum=8, seq_len=512, epochs=1.0),
     "sft": dict(lr=1e-5, batch_size=16, grad_accum=1, seq_len=768, epochs=1.0),
 }
+STAGE_HELP = {
+    "pretrain": "pretrain a model on raw text",
+    "sft": "supervised fine-tuning on conversations",
+}
+# The objective (data + loss) that trains each stage, as "module:Class" so a stage's code is
+# imported only when it runs.
+STAGE_OBJECTIVES = {
+    "pretrain": "minimind.train.objectives:LMObjective",
+    "sft": "minimind.train.objectives:LMObjective",
+}
+
+
+def stage_fields(stage: str) -> list:
+    """The TrainConfig fields a stage takes as settings. A field meant for some stages only
+    says so in its metadata: `field(default=..., metadata={"stages": ("dpo",)})`."""
+    return [f for f in fields(TrainConfig) if f.name != "stage" and stage in f.metadata.get("stages", (stage,))]
+
+
+def make_objective(stage: str):
+    module, name = STAGE_OBJECTIVES[stage].split(":")
+    return getattr(import_module(module), name)()
 
 FLAG_HELP = {
     "data": "JSONL files ({\"text\"} for pretrain, {\"conversations\"} for sft)",
@@ -65,14 +87,12 @@ FLAG_HELP = {
 }
 
 
-def add_train_parser(verbs, stage: str) -> None:
-    help_text = {"pretrain": "pretrain a model on raw text", "sft": "supervised fine-tuning on conversations"}[stage]
+def add_train_parser(verbs, stage: str):
+    help_text = STAGE_HELP[stage]
     p = verbs.add_parser(stage, help=help_text, argument_default=argparse.SUPPRESS,
                          description=f"{help_text}. Defaults: " + ", ".join(f"{k}={v}" for k, v in STAGE_DEFAULTS[stage].items()))
     p.add_argument("--config", help="YAML file with any of these settings (flags override it)")
-    for f in fields(TrainConfig):
-        if f.name == "stage":
-            continue
+    for f in stage_fields(stage):
         flag = "--" + f.name.replace("_", "-")
         if f.name == "progress":
             p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -84,9 +104,10 @@ def add_train_parser(verbs, stage: str) -> None:
             kind = {"int | None": int, "int": int, "float | None": float, "float": float}.get(str(f.type), str)
             p.add_argument(flag, type=kind, help=FLAG_HELP[f.name])
     p.set_defaults(func=lambda args: run_stage(stage, args))
+    return p
 
 
-def load_yaml_config(path: str) -> dict:
+def load_yaml_config(path: str, stage: str) -> dict:
     import yaml
 
     p = Path(path)
@@ -99,12 +120,12 @@ def load_yaml_config(path: str) -> dict:
         raise MiniMindError(f"{p}:{mark.line + 1 if mark else '?'}: invalid YAML") from None
     if not isinstance(data, dict):
         raise MiniMindError(f"{p}: expected a mapping of settings")
-    known = {f.name for f in fields(TrainConfig)} - {"stage"}
+    known = {f.name for f in stage_fields(stage)}
     out = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
         if name not in known:
-            raise MiniMindError(f"{p}: unknown setting {key!r}")
+            raise MiniMindError(f"{p}: unknown setting {key!r} for minimind {stage}")
         out[name] = [value] if name in ("data", "tracker") and isinstance(value, str) else value
     return out
 
@@ -113,7 +134,7 @@ def stage_config(stage: str, args: argparse.Namespace) -> TrainConfig:
     settings = dict(STAGE_DEFAULTS[stage])
     given = {k: v for k, v in vars(args).items() if k not in ("func", "verb", "config")}
     if getattr(args, "config", None):
-        settings.update(load_yaml_config(args.config))
+        settings.update(load_yaml_config(args.config, stage))
     settings.update(given)
     if not settings.get("data"):
         raise MiniMindError(f"minimind {stage} needs --data FILE... (or `data:` in --config)")
@@ -133,5 +154,5 @@ def stage_config(stage: str, args: argparse.Namespace) -> TrainConfig:
 def run_stage(stage: str, args: argparse.Namespace) -> None:
     from .trainer import train
 
-    out = train(stage_config(stage, args))
+    out = train(stage_config(stage, args), make_objective(stage))
     print(f"done: {out}")

@@ -4,9 +4,15 @@ An objective has three methods:
     build_data(cfg, tokenizer)  -> (train_dataset, val_dataset or None)
     count(batch)                -> how many units (tokens) this micro-batch's loss sums over
     loss_sum(model, batch)      -> (summed loss tensor, auxiliary loss tensor, metrics dict)
+and optionally:
+    setup(trainer)              -> called once the model is on its device and the data is
+                                   built (load a frozen reference/teacher, precompute log-probs)
+    iterate_batches(...)        -> its own batching (see data.iterate_batches for the signature)
 The loop divides the summed losses by the count over the whole global batch (all
 micro-batches, all ranks), so the result is the same token mean whatever the gradient
-accumulation or number of GPUs. Later stages (DPO, distillation, ...) are new objectives.
+accumulation or number of GPUs. The metrics dict holds sums over the same units as the loss
+(e.g. DPO's reward accuracy summed over pairs): the loop logs each divided by the count.
+Later stages (DPO, distillation, ...) are new objectives.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ class LMObjective:
         from ..data import build_datasets
 
         return build_datasets(
-            cfg.data, tokenizer, kind=cfg.stage, seq_len=cfg.seq_len, val_fraction=cfg.val_fraction,
+            cfg.data, tokenizer, kind="pretrain" if cfg.stage == "pretrain" else "sft", seq_len=cfg.seq_len, val_fraction=cfg.val_fraction,
             seed=cfg.seed, cache_dir=cfg.cache_dir, on_bad_record=cfg.on_bad_record,
             random_system_prompt=cfg.random_system_prompt, strip_empty_think=cfg.strip_empty_think,
         )

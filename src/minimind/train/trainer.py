@@ -131,8 +131,9 @@ def _micro_batches(objective, ds, cfg: TrainConfig, dist: DistInfo, epoch: int, 
 
 
 def new_window() -> dict:
-    """What is summed between two log lines: loss, loss tokens, real tokens, seconds."""
-    return {"loss": torch.zeros((), dtype=torch.float64), "count": 0, "tokens": 0, "time": 0.0}
+    """What is summed between two log lines: loss, loss units (tokens, or pairs for DPO), real
+    tokens, seconds, and the objective's own metrics (sums over the same units as the loss)."""
+    return {"loss": torch.zeros((), dtype=torch.float64), "count": 0, "tokens": 0, "time": 0.0, "metrics": {}}
 
 
 class Trainer:
@@ -162,6 +163,10 @@ class Trainer:
         self.train_ds, self.val_ds = self.objective.build_data(cfg, self.tokenizer)
         if self.dist.is_main:
             barrier(self.dist)
+        # Objectives that need more than data and a loss (a frozen reference or teacher model,
+        # precomputed log-probs) prepare it here, with the model, device and dtype known.
+        if hasattr(self.objective, "setup"):
+            self.objective.setup(self)
 
         global_rows = cfg.batch_size * self.dist.world_size
         self.micro_per_epoch = len(self.train_ds) // global_rows
@@ -178,6 +183,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.resumed_from, state = self._maybe_resume()
         self.step, self.position = state.get("step", 0), (state.get("epoch", 0), state.get("batch_in_epoch", 0))
+        self.tokens_seen = state.get("tokens_seen", 0)  # real (non-padding) tokens trained so far, all ranks
         tracker_ids = state.get("tracker_ids", {})
 
         self.forward_model = self.model
@@ -245,12 +251,14 @@ class Trainer:
                     last = i == len(group) - 1
                     with self._grad_sync(last):
                         with autocast:
-                            loss_sum, aux, _ = self.objective.loss_sum(self.forward_model, batch)
+                            loss_sum, aux, metrics = self.objective.loss_sum(self.forward_model, batch)
                         # DDP averages gradients over ranks; * world_size turns that into the sum.
                         loss = loss_sum * dist.world_size / max(count, 1) + aux / len(group)
                         self.scaler.scale(loss).backward()
                     window["loss"] += loss_sum.detach().double().cpu()
                     window["tokens"] += real_tokens(batch)
+                    for name, value in metrics.items():
+                        window["metrics"][name] = window["metrics"].get(name, 0.0) + float(value)
                 window["count"] += count
                 self.scaler.unscale_(self.optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -328,9 +336,15 @@ class Trainer:
         loss_sum = all_reduce_sum(window["loss"].to(self.device), self.dist).item()
         tokens = all_reduce_sum(torch.tensor(float(window["tokens"]), device=self.device), self.dist).item()
         tokens_per_s = tokens / max(window["time"], 1e-9)
-        record = {"step": self.step, "loss": loss_sum / max(window["count"], 1), "lr": lr, "grad_norm": grad_norm,
+        self.tokens_seen += int(tokens)
+        record = {"step": self.step, "tokens": self.tokens_seen, "loss": loss_sum / max(window["count"], 1), "lr": lr, "grad_norm": grad_norm,
                   "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops_tok / peak,
                   "epoch": self.position[0] + self.position[1] / self.micro_per_epoch}
+        names = sorted(window["metrics"])  # the same on every rank: all ranks run the same objective
+        if names:
+            sums = all_reduce_sum(torch.tensor([window["metrics"][n] for n in names], dtype=torch.float64,
+                                               device=self.device), self.dist).tolist()
+            record.update({n: v / max(window["count"], 1) for n, v in zip(names, sums)})
         if not self.dist.is_main:
             return
         self.metrics.write(record)
@@ -356,18 +370,26 @@ class Trainer:
         self.model.eval()
         autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        metric_sums: dict[str, float] = {}
         for i in range(0, len(rows), cfg.batch_size):
             batch = self.val_ds.get_batch(rows[i:i + cfg.batch_size])
             if dummy and i + cfg.batch_size >= len(rows):
                 batch["labels"][-1] = -100
             batch = to_device(batch, self.device)
             with autocast:
-                loss_sum, _, _ = self.objective.loss_sum(self.model, batch)
+                loss_sum, _, metrics = self.objective.loss_sum(self.model, batch)
             total += torch.tensor([loss_sum.item(), self.objective.count(batch)], dtype=torch.float64, device=self.device)
+            for name, value in metrics.items():
+                metric_sums[name] = metric_sums.get(name, 0.0) + float(value)
         all_reduce_sum(total, dist)
+        names = sorted(metric_sums)
+        if names:
+            sums = all_reduce_sum(torch.tensor([metric_sums[n] for n in names], dtype=torch.float64, device=self.device), dist)
+            metric_sums = dict(zip(names, sums.tolist()))
         self.model.train()
         if dist.is_main and total[1] > 0:
-            record = {"step": self.step, "val_loss": (total[0] / total[1]).item()}
+            record = {"step": self.step, "val_loss": (total[0] / total[1]).item(),
+                      **{f"val_{n}": v / total[1].item() for n, v in metric_sums.items()}}
             self.metrics.write(record)
             self.trackers.log(record, self.step)
 
@@ -400,7 +422,7 @@ class Trainer:
         barrier(self.dist)
         if self.dist.is_main:
             state = {"epoch": self.position[0], "batch_in_epoch": self.position[1], "run": self._run_settings(),
-                     "tracker_ids": self.trackers.run_ids, "total_steps": self.total_steps}
+                     "tracker_ids": self.trackers.run_ids, "total_steps": self.total_steps, "tokens_seen": self.tokens_seen}
             save_checkpoint(self.out, self.step, self.model, model_state, optimizer_state, self.tokenizer,
                             self.scaler, state, self.cfg.keep_last)
         barrier(self.dist)
