@@ -1,0 +1,60 @@
+"""The `minimind serve` verb (argparse wiring; the app is in app.py).
+
+    minimind serve --model DIR [--lora DIR] [--host 127.0.0.1] [--port 8998] [--api-key KEY]
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import MiniMindError
+
+
+def cmd_serve(args) -> None:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError:
+        raise MiniMindError('serving needs fastapi and uvicorn: pip install "minimind[serve]"') from None
+    if not 0 <= args.port <= 65535:
+        raise MiniMindError(f"--port must be in 0..65535, got {args.port}")
+    if args.max_batch < 1 or args.max_queue < 1:
+        raise MiniMindError("--max-batch and --max-queue must be at least 1")
+    api_key = args.api_key if args.api_key is not None else os.environ.get("MINIMIND_API_KEY")
+    if api_key is not None and not api_key.strip():
+        raise MiniMindError("--api-key is empty")
+
+    from ..checkpoint import load
+    from ..device import resolve_device, resolve_inference_dtype
+    from .app import create_app
+
+    device = resolve_device(args.device)
+    model, tokenizer = load(args.model, device=device, dtype=resolve_inference_dtype(args.dtype, device), lora=args.lora)
+    name = args.name or Path(args.model).resolve().name
+    app = create_app(model, tokenizer, name=name, api_key=api_key, max_batch=args.max_batch, max_queue=args.max_queue)
+    if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host} without --api-key: anyone who can reach this port can use the model")
+    print(f"serving {name} on http://{args.host}:{args.port} (OpenAI API at /v1, chat page at /)"
+          + (", API key required" if api_key else ""), flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+
+
+def register(verbs) -> None:
+    p = verbs.add_parser("serve", help="an OpenAI-compatible API server and web chat page for a model")
+    p.add_argument("--model", required=True, help="a model directory")
+    p.add_argument("--lora", help="a LoRA adapter directory to apply to the model")
+    p.add_argument("--name", help="the model id clients use (default: the model directory's name)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 = everyone)")
+    p.add_argument("--port", type=int, default=8998, help="port (default 8998, MiniMind's)")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health and the page "
+                                     "(default: $MINIMIND_API_KEY if set, else no key)")
+    p.add_argument("--max-batch", type=int, default=32, help="sequences decoded together at most (default 32)")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="sequences allowed to wait for a free row; more get 429 (default 64)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default auto)")
+    p.add_argument("--dtype", default="auto", help="auto, fp32, bf16, fp16 (default: fp32 on CPU, bf16 on GPU)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn's log level (default info)")
+    p.set_defaults(func=cmd_serve)

@@ -1,0 +1,209 @@
+"""The OpenAI request bodies we accept (validated by pydantic) and the errors we answer.
+
+Only what the engine can honour is accepted; anything out of range is a 400 with an
+OpenAI-style error body naming the parameter, never a 500. Unknown extra fields are
+ignored, as OpenAI's API and vLLM do, so clients that send `user` or `metadata` still work.
+Extensions beyond OpenAI's schema, named as in vLLM: `top_k`, `repetition_penalty`,
+`ignore_eos`, `chat_template_kwargs`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Sampling defaults: MiniMind's (its server and web demo), not OpenAI's temperature 1 /
+# top_p 1, which make a model this small ramble.
+DEFAULT_TEMPERATURE, DEFAULT_TOP_P = 0.85, 0.95
+
+
+class APIError(Exception):
+    """An error answered as {"error": {"message", "type", "param", "code"}} with `status`."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+
+    def body(self) -> dict:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def error_body(message: str, type: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class TextPart(_Body):
+    type: Literal["text"]
+    text: str
+
+
+class FunctionCall(_Body):
+    name: str
+    arguments: str | dict = "{}"  # OpenAI sends a JSON string; a dict is accepted too
+
+
+class ToolCall(_Body):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class Message(_Body):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    reasoning_content: str | None = None
+
+    @model_validator(mode="after")
+    def _content_needed(self):
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError(f"a {self.role} message needs content")
+        return self
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class Function(_Body):
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class Tool(_Body):
+    type: Literal["function"]
+    function: Function
+
+
+class NamedToolChoice(_Body):
+    type: Literal["function"]
+    function: dict[str, str]
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class _Sampling(_Body):
+    """Parameters shared by /v1/chat/completions and /v1/completions."""
+
+    model: str | None = None  # None: the one model this server serves
+    temperature: float = Field(DEFAULT_TEMPERATURE, ge=0, le=2)
+    top_p: float = Field(DEFAULT_TOP_P, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    n: int = Field(1, ge=1, le=8)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    repetition_penalty: float = Field(1.0, gt=0, le=10)
+    ignore_eos: bool = False  # generate max_tokens whatever the model says (benchmarks)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    logprobs: bool | int | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, v):
+        stops = [v] if isinstance(v, str) else (v or [])
+        if len(stops) > 4:
+            raise ValueError("at most 4 stop sequences")
+        if not all(stops):
+            raise ValueError("stop sequences must be non-empty strings")
+        return stops
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, v):
+        if v:
+            raise ValueError("logprobs are not supported by this server")
+        return v
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatRequest(_Sampling):
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    @property
+    def limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def thinking(self) -> bool:
+        kw = self.chat_template_kwargs or {}
+        return bool(kw.get("open_thinking") or kw.get("enable_thinking"))
+
+    def offered_tools(self) -> list[dict] | None:
+        """The tools to show the model, after tool_choice. `required` cannot be enforced
+        without constrained decoding, so it offers the tools like `auto`; a named function
+        offers only that one."""
+        if not self.tools or self.tool_choice == "none":
+            return None
+        tools = [t.model_dump(exclude_none=True) for t in self.tools]
+        if isinstance(self.tool_choice, NamedToolChoice):
+            name = self.tool_choice.function.get("name")
+            tools = [t for t in tools if t["function"]["name"] == name]
+            if not tools:
+                raise APIError(400, f"tool_choice names {name!r}, which is not in tools", "tool_choice")
+        return tools
+
+    def template_messages(self) -> list[dict]:
+        """The messages as the chat template wants them (OpenAI's developer role is system)."""
+        out = []
+        for m in self.messages:
+            d: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            if m.tool_calls:
+                d["tool_calls"] = [{"name": c.function.name, "arguments": c.function.arguments} for c in m.tool_calls]
+            if m.reasoning_content is not None:
+                d["reasoning_content"] = m.reasoning_content
+            out.append(d)
+        return out
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int = Field(16, ge=1)  # OpenAI's default for this endpoint
+    echo: bool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_empty(cls, v):
+        if isinstance(v, list) and (not v or any(isinstance(p, (str, list)) and not p for p in v)):
+            raise ValueError("prompt must not be empty")
+        return v
+
+    def prompts(self, tokenizer) -> list[list[int]]:
+        """One token-id list per prompt (strings are encoded; ids are taken as they are)."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [tokenizer.encode(p)]
+        if all(isinstance(x, int) for x in p):
+            return [list(p)]
+        return [tokenizer.encode(x) if isinstance(x, str) else list(x) for x in p]
+
+
+def validation_error(errors: list[dict]) -> APIError:
+    """pydantic's error list -> one 400 naming the first problem and where it is."""
+    e = errors[0] if errors else {"msg": "invalid request", "loc": ()}
+    loc = [str(x) for x in e.get("loc", ())]
+    param = ".".join(loc) or None
+    msg = e.get("msg", "invalid value").removeprefix("Value error, ")
+    return APIError(400, f"{param}: {msg}" if param else msg, param, e.get("type"))
