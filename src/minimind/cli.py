@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("chat", help="talk to a model (a REPL, or one answer with --prompt)")
     p.add_argument("--model", required=True, help="a model directory")
+    p.add_argument("--lora", help="a LoRA adapter directory trained on --model, applied on top of it")
     p.add_argument("--prompt", help="answer this once and exit")
     p.add_argument("--system", help="a system prompt")
     p.add_argument("--think", action="store_true", help="let the model reason in a <think> block first (open_thinking)")
@@ -145,11 +146,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_parser(verbs, "pretrain")
     add_train_parser(verbs, "sft")
+    add_train_parser(verbs, "reason")
+    add_train_parser(verbs, "distill")
+    from .train.generate_data import register as register_generate_data
+
+    register_generate_data(verbs)
+    add_train_parser(verbs, "dpo")
+    from .train.lora import register as register_lora
+
+    register_lora(verbs)  # `minimind lora` (a training stage) and `minimind lora merge`
     from .data.commands import register as register_data
     from .export.commands import register as register_export
+    from .evaluate.commands import register as register_eval
+    from .serve.commands import register as register_serve
 
     register_data(verbs)
     register_export(verbs)
+    register_eval(verbs)
+    register_serve(verbs)
     return parser
 
 

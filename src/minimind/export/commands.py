@@ -1,6 +1,7 @@
 """The `minimind import` and `minimind export` verbs (argparse wiring only).
 
     minimind import minimind-pth FILE.pth --out DIR [--tokenizer DIR] [--preset NAME] [shape flags]
+    minimind import minimind-lora FILE.pth --base DIR --out ADAPTER_DIR
     minimind import hf HF_DIR --out DIR
     minimind export hf --model DIR --out HF_DIR [--dtype fp32|fp16|bf16]
     minimind export gguf --model DIR --out FILE.gguf [--dtype f32|f16|bf16|q8_0]
@@ -25,6 +26,15 @@ def cmd_import_pth(args) -> None:
     if args.tokenizer is None:
         print(f"note: no --tokenizer given; copy tokenizer.json and tokenizer_config.json into {out} "
               "before chatting (MiniMind's are in its model/ folder)")
+
+
+def cmd_import_lora(args) -> None:
+    from .minimind_lora import import_minimind_lora
+
+    r = import_minimind_lora(args.file, args.base, args.out, force=args.force)
+    print(f"wrote {r['out']}: LoRA rank {r['rank']} on {r['layers']} layers ({', '.join(r['targets'])}), "
+          f"stored as {r['dtype']}, scale 1 (alpha = rank, as MiniMind)")
+    print(f"use it with: minimind chat --model {args.base} --lora {r['out']}")
 
 
 def cmd_import_hf(args) -> None:
@@ -85,6 +95,13 @@ def register(verbs) -> None:
     g.add_argument("--max-position-embeddings", type=int, help="longest context (default 32768)")
     a.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
     a.set_defaults(func=cmd_import_pth)
+
+    a = actions.add_parser("minimind-lora", help="a LoRA adapter .pth saved by the original MiniMind (train_lora.py)")
+    a.add_argument("file", help="the adapter .pth file, e.g. out/lora_identity_768.pth")
+    a.add_argument("--base", required=True, help="the model directory the adapter was trained on (e.g. imported full_sft)")
+    a.add_argument("--out", required=True, help="the adapter directory to create")
+    a.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
+    a.set_defaults(func=cmd_import_lora)
 
     a = actions.add_parser("hf", help="a transformers Qwen3 / Qwen3-MoE / Llama directory (safetensors)")
     a.add_argument("dir", help="the transformers model directory")

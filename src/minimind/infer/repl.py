@@ -117,7 +117,8 @@ def chat_main(args) -> None:
     from ..device import resolve_device, resolve_inference_dtype
 
     device = resolve_device(args.device)
-    model, tokenizer = load(args.model, device=device, dtype=resolve_inference_dtype(args.dtype, device))
+    model, tokenizer = load(args.model, device=device, dtype=resolve_inference_dtype(args.dtype, device),
+                            lora=args.lora)
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                             top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed)
     session = ChatSession(model, tokenizer, params, system=args.system, think=args.think, raw=args.raw)

@@ -23,16 +23,36 @@ from .trainer import TrainConfig
 STAGE_DEFAULTS = {
     "pretrain": dict(lr=5e-4, batch_size=32, grad_accum=8, seq_len=512, epochs=1.0),
     "sft": dict(lr=1e-5, batch_size=16, grad_accum=1, seq_len=768, epochs=1.0),
+    "reason": dict(lr=1e-5, batch_size=16, grad_accum=1, seq_len=1024, epochs=1.0),
+    # distill: SFT's settings (MiniMind: lr 5e-6, batch 32, seq_len 340, 6 epochs; alpha 0.5, T 1.5).
+    "distill": dict(lr=1e-5, batch_size=16, grad_accum=1, seq_len=768, epochs=1.0),
+    # lora: MiniMind uses lr 1e-4, batch 32 unpacked rows of 340 tokens, 10 epochs, rank 16
+    # without scaling. Packed rows hold several short conversations, so a smaller batch keeps
+    # small sets (lora_identity: 91 conversations) at several steps per epoch. The update is
+    # scaled by alpha/r (rank can change without retuning lr); no weight decay.
+    "lora": dict(lr=1e-4, batch_size=8, grad_accum=1, seq_len=384, epochs=10.0, weight_decay=0.0, lora_rank=8),
+    # dpo: MiniMind uses lr 4e-8, which leaves the loss at 0.693 (issues #430, #674); 5e-6 gave
+    # the lowest held-out loss of 4e-8, 1e-6, 5e-6, 2e-5 (benchmarks/README.md). batch = pairs;
+    # no weight decay (it pulls towards zero, not towards the reference); seq_len 1024 as MiniMind.
+    "dpo": dict(lr=5e-6, batch_size=8, grad_accum=1, seq_len=1024, epochs=1.0, weight_decay=0.0, val_fraction=0.05),
 }
 STAGE_HELP = {
     "pretrain": "pretrain a model on raw text",
     "sft": "supervised fine-tuning on conversations",
+    "reason": "reasoning SFT: think first with open_thinking, answer directly without",
+    "distill": "white-box distillation: match a teacher's token distributions (KL) on conversations",
+    "lora": "LoRA fine-tuning on conversations: train a small adapter, the base stays frozen",
+    "dpo": "DPO on preference pairs ({\"chosen\", \"rejected\"}) against a frozen reference",
 }
 # The objective (data + loss) that trains each stage, as "module:Class" so a stage's code is
 # imported only when it runs.
 STAGE_OBJECTIVES = {
     "pretrain": "minimind.train.objectives:LMObjective",
     "sft": "minimind.train.objectives:LMObjective",
+    "reason": "minimind.train.reason:ReasonObjective",
+    "distill": "minimind.train.distill:DistillObjective",
+    "lora": "minimind.train.objectives:LMObjective",
+    "dpo": "minimind.train.dpo:DPOObjective",
 }
 
 
@@ -83,6 +103,23 @@ FLAG_HELP = {
     "cache_dir": "where tokenized data is cached (default ~/.cache/minimind/tokenized)",
     "random_system_prompt": "sft: prepend a random system prompt to 20%% of conversations (MiniMind's trick)",
     "strip_empty_think": "sft: drop empty <think></think> blocks from 80%% of conversations (MiniMind's trick)",
+    "think_mix": "reason: share of conversations trained to think (the rest answer directly)",
+    "think_weight": "reason: loss weight of </think>, the blank line and the first answer token",
+    "teacher": "distill: the teacher model directory (same tokenizer as the student)",
+    "distill_alpha": "distill: weight of the KL term; 1 - alpha weighs the cross entropy (default 0.5)",
+    "distill_temperature": "distill: softmax temperature of the KL term, scaled back by T^2 (default 1.5)",
+    "distill_kl": "distill: forward = KL(teacher||student) (default), reverse = KL(student||teacher)",
+    "lora_rank": "LoRA rank r (lora: default 8; other stages: 0 = no LoRA)",
+    "lora_alpha": "LoRA alpha: the update is scaled by alpha / rank (default 16)",
+    "lora_dropout": "dropout on the LoRA input (default 0)",
+    "lora_targets": "layers to adapt: last name parts (q_proj ...) or globs of full names (default: all attention and MLP projections)",
+    "dpo_beta": "dpo: beta, the strength of the pull towards the reference (default 0.1)",
+    "dpo_loss": "dpo: sigmoid (DPO, default), ipo or hinge",
+    "dpo_label_smoothing": "dpo: share of pairs assumed mislabelled (conservative DPO, sigmoid loss; default 0)",
+    "dpo_length_norm": "dpo: score a reply by its mean token log-prob instead of the sum (no length bias)",
+    "dpo_sft_weight": "dpo: weight of an SFT term, the chosen reply's token-mean NLL (default 0)",
+    "ref": "dpo: reference model directory (default: the --init model), same tokenizer",
+    "ref_mode": "dpo: cached (reference log-probs computed once, default) or online (reference run every step)",
     "progress": "show a progress bar",
 }
 
@@ -98,7 +135,7 @@ def add_train_parser(verbs, stage: str):
             p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
         elif f.type in ("bool", bool):
             p.add_argument(flag, action="store_true", help=FLAG_HELP[f.name])
-        elif f.name in ("data", "tracker"):
+        elif f.name in ("data", "tracker", "lora_targets"):
             p.add_argument(flag, nargs="+", help=FLAG_HELP[f.name])
         else:
             kind = {"int | None": int, "int": int, "float | None": float, "float": float}.get(str(f.type), str)
@@ -126,7 +163,7 @@ def load_yaml_config(path: str, stage: str) -> dict:
         name = str(key).replace("-", "_")
         if name not in known:
             raise MiniMindError(f"{p}: unknown setting {key!r} for minimind {stage}")
-        out[name] = [value] if name in ("data", "tracker") and isinstance(value, str) else value
+        out[name] = [value] if name in ("data", "tracker", "lora_targets") and isinstance(value, str) else value
     return out
 
 

@@ -10,6 +10,8 @@ A checkpoint is written into a temporary folder, every file fsynced, then the fo
 renamed into place: a run killed at any moment leaves either the whole checkpoint or none.
 Weights are stored in float32 (MiniMind rounds its resume weights to fp16, so its resumed
 runs drift); with the optimizer and RNG states that makes resuming exact.
+A LoRA run's checkpoint holds the adapter instead of the model (adapter_model.safetensors,
+adapter_config.json): the frozen base is already on disk, named by the adapter config.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from ..checkpoint import read_weights, save_model_dir
 from ..errors import MiniMindError
 from ..files import atomic_write
+from ..model.lora import has_lora, read_lora_checkpoint, save_adapter
 
 CHECKPOINTS = "checkpoints"
 STATE = "train_state"
@@ -105,7 +108,10 @@ def save_checkpoint(out_dir: str | Path, step: int, model, model_state: dict, op
     place, and delete the oldest checkpoints beyond `keep_last`."""
     stage = staging_dir(out_dir, step)
     final = Path(out_dir) / CHECKPOINTS / checkpoint_name(step)
-    save_model_dir(model, stage, tokenizer, state_dict=model_state)
+    if has_lora(model):
+        save_adapter(model, stage, state_dict=model_state)
+    else:
+        save_model_dir(model, stage, tokenizer, state_dict=model_state)
     extra = {"scaler": scaler.state_dict()} if scaler is not None and scaler.is_enabled() else {}
     torch.save({"optimizer": optimizer_state, **extra}, stage / STATE / "optimizer.pt")
     (stage / STATE / "state.json").write_text(json.dumps({**state, "step": step}, indent=2) + "\n")
@@ -135,7 +141,11 @@ def load_checkpoint(path: Path, model, optimizer, scaler, rank: int) -> dict:
     except (OSError, ValueError, RuntimeError) as e:
         raise MiniMindError(f"{state_dir}: cannot read the training state ({e})") from None
     whole = StateDictOptions(full_state_dict=True)  # every rank reads the file, FSDP keeps its shard
-    set_model_state_dict(model, read_weights(path / "model.safetensors", model.config), options=whole)
+    if has_lora(model):  # only the adapter's tensors; the frozen base was loaded from --init
+        partial = StateDictOptions(full_state_dict=True, strict=False)
+        set_model_state_dict(model, read_lora_checkpoint(path, model), options=partial)
+    else:
+        set_model_state_dict(model, read_weights(path / "model.safetensors", model.config), options=whole)
     set_optimizer_state_dict(model, optimizer, opt["optimizer"], options=whole)
     if scaler is not None and "scaler" in opt:
         scaler.load_state_dict(opt["scaler"])

@@ -27,14 +27,15 @@ import torch
 from ..errors import MiniMindError
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
 from .flops import flops_per_token, measured_peak_flops
-from .objectives import LMObjective, real_tokens, to_device
+from .objectives import real_tokens, to_device
 from .optim import lr_at, make_optimizer
 from .state import (gather_state, list_checkpoints, load_checkpoint, publish, save_checkpoint, save_rng,
                     staging_dir)
 from .tracking import MetricsLog, Trackers
 
 # Settings that must not change when resuming, or the run would not continue exactly.
-RESUME_FIXED = ("stage", "data", "seq_len", "batch_size", "grad_accum", "seed", "world_size", "val_fraction")
+RESUME_FIXED = ("stage", "data", "seq_len", "batch_size", "grad_accum", "seed", "world_size", "val_fraction",
+                "think_mix", "teacher", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
 
 
 @dataclass
@@ -76,6 +77,27 @@ class TrainConfig:
     cache_dir: str | None = None
     random_system_prompt: bool = False
     strip_empty_think: bool = False
+    think_mix: float = field(default=0.7, metadata={"stages": ("reason",)})  # share of conversations that think
+    think_weight: float = field(default=1.0, metadata={"stages": ("reason",)})  # loss weight of the think/answer boundary
+    # LoRA as a parameter mode (train/lora.py): lora_rank > 0 freezes the model and trains
+    # low-rank adapters only; checkpoints and the published result are then the adapter alone.
+    lora_rank: int = field(default=0, metadata={"stages": ("lora", "dpo")})
+    lora_alpha: float = field(default=16.0, metadata={"stages": ("lora", "dpo")})
+    lora_dropout: float = field(default=0.0, metadata={"stages": ("lora", "dpo")})
+    lora_targets: list[str] = field(default_factory=list, metadata={"stages": ("lora", "dpo")})
+    # White-box distillation (train/distill.py): loss = alpha * T^2 * KL_T + (1 - alpha) * CE.
+    teacher: str | None = field(default=None, metadata={"stages": ("distill",)})
+    distill_alpha: float = field(default=0.5, metadata={"stages": ("distill",)})
+    distill_temperature: float = field(default=1.5, metadata={"stages": ("distill",)})
+    distill_kl: str = field(default="forward", metadata={"stages": ("distill",)})
+    # DPO (train/dpo.py): a frozen reference (the starting model unless --ref), beta, the loss variant.
+    dpo_beta: float = field(default=0.1, metadata={"stages": ("dpo",)})
+    dpo_loss: str = field(default="sigmoid", metadata={"stages": ("dpo",)})
+    dpo_label_smoothing: float = field(default=0.0, metadata={"stages": ("dpo",)})
+    dpo_length_norm: bool = field(default=False, metadata={"stages": ("dpo",)})
+    dpo_sft_weight: float = field(default=0.0, metadata={"stages": ("dpo",)})
+    ref: str | None = field(default=None, metadata={"stages": ("dpo",)})
+    ref_mode: str = field(default="cached", metadata={"stages": ("dpo",)})
     progress: bool = True
 
 
@@ -138,7 +160,11 @@ def new_window() -> dict:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, objective=None):
-        self.cfg, self.objective = cfg, objective or LMObjective()
+        if objective is None:  # the stage's own objective (pretrain/sft: LM; dpo: DPO; ...)
+            from .commands import make_objective
+
+            objective = make_objective(cfg.stage)
+        self.cfg, self.objective = cfg, objective
         self.out = Path(cfg.out)
 
     # ------------------------------------------------------------------ set-up
@@ -154,6 +180,10 @@ class Trainer:
         torch.manual_seed(seed), random.seed(seed), np.random.seed(seed % 2**32)
 
         self.model, self.tokenizer = build_model(cfg)
+        if cfg.lora_rank or cfg.stage == "lora":  # before the data: a bad target or base fails fast
+            from .lora import attach_lora
+
+            attach_lora(self.model, cfg)
         self.model.to(self.device).train()
         self.model.model.gradient_checkpointing = cfg.grad_checkpointing
 
@@ -310,6 +340,7 @@ class Trainer:
         if not self.dist.is_main:
             return
         from ..model import count_parameters
+        from ..model.lora import has_lora, trainable_summary
 
         total, active = count_parameters(self.model.config)
         stats = getattr(self.train_ds, "stats", {})
@@ -318,6 +349,8 @@ class Trainer:
               + (f" ({active / 1e6:.2f}M active)" if active != total else "")
               + f" on {self.device} in {str(self.dtype).replace('torch.', '')}"
               + (f" x {self.dist.world_size} processes" if self.dist.enabled else ""), flush=True)
+        if has_lora(self.model):
+            print(trainable_summary(self.model), flush=True)
         if stats:
             print(f"data: {len(self.train_ds)} rows of {self.cfg.seq_len} tokens from {stats.get('docs', '?')} documents, "
                   f"{stats.get('padding_fraction', 0) * 100:.1f}% padding"
