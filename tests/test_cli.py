@@ -129,3 +129,13 @@ def test_chat_session_keeps_history_and_thinking(tiny_model_dir):
 def test_chat_with_missing_model_is_one_line_error(tmp_path):
     done = chat_cli(tmp_path / "none", "--prompt", "hi")
     assert done.returncode == 2 and done.stderr.startswith("error:") and done.stderr.count("\n") == 1
+
+
+def test_help_does_not_import_torch():
+    # Every verb imports what it needs when it runs: `minimind --help` (and the parsers of all
+    # verbs) must stay instant, not pay seconds for torch.
+    code = ("import sys; from minimind.cli import build_parser; build_parser(); "
+            "heavy = [m for m in ('torch', 'numpy', 'fastapi', 'lm_eval', 'matplotlib') if m in sys.modules]; "
+            "print(heavy); sys.exit(1 if heavy else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -14,12 +14,25 @@ The trainer needs three names:
 See docs/data.md for the formats, the cache, packing and `minimind data check/download`.
 """
 
-from .batches import attention_mask_from_segments, batches_per_epoch, epoch_order, iterate_batches
-from .cache import TokenizedFile, default_cache_dir, tokenize_file
-from .datasets import build_datasets, split_documents
-from .formats import KINDS, BadRecords, Record, read_records
-from .packing import PackedDataset, best_fit_decreasing
-from .sft import AssistantMasker, ChatRenderer, encode_chats
+from importlib import import_module
+
+# Imported on first use (PEP 562): `minimind data download` and the CLI's parsers import
+# submodules of this package and should not pay for torch.
+_WHERE = {
+    "attention_mask_from_segments": ".batches", "batches_per_epoch": ".batches", "epoch_order": ".batches",
+    "iterate_batches": ".batches", "TokenizedFile": ".cache", "default_cache_dir": ".cache",
+    "tokenize_file": ".cache", "build_datasets": ".datasets", "split_documents": ".datasets",
+    "KINDS": ".formats", "BadRecords": ".formats", "Record": ".formats", "read_records": ".formats",
+    "PackedDataset": ".packing", "best_fit_decreasing": ".packing", "AssistantMasker": ".sft",
+    "ChatRenderer": ".sft", "encode_chats": ".sft",
+}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(import_module(_WHERE[name], __name__), name)
+    raise AttributeError(f"module 'minimind.data' has no attribute {name!r}")
+
 
 __all__ = [
     "build_datasets", "iterate_batches", "attention_mask_from_segments", "batches_per_epoch", "epoch_order",

@@ -12,7 +12,7 @@ from importlib import import_module
 from pathlib import Path
 
 from ..errors import MiniMindError
-from .trainer import TrainConfig
+from .config import TrainConfig
 
 # MiniMind's defaults where they make sense (reference section 1.2), and why we differ:
 #  - pretrain: lr 5e-4, batch 32 x accumulation 8, as MiniMind. seq_len 512: MiniMind's script
