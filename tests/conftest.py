@@ -17,6 +17,19 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Use as `pytestmark = pytest.mark.usefixtures("one_thread")`: nano models are too small
+    to gain from threads, and on a busy machine two threads wait on each other at every op
+    (seconds instead of milliseconds per test)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_token_cache(tmp_path_factory):
     """Tokenized-data caches go to a temporary folder, never the user's ~/.cache/minimind."""

@@ -3,13 +3,14 @@ different times, generate exactly what they generate alone."""
 
 import pytest
 import torch
-from test_generate import one_thread, scrambled_model  # noqa: F401  (fixture re-used)
+from helpers import scrambled_model
 
 from minimind.infer import SamplingParams, generate
 from minimind.infer.continuous import RunningBatch, Sequence
 from minimind.tokenizer import Tokenizer
 
 GREEDY = {"temperature": 0.0, "stop_token_ids": ()}
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,9 @@ import re
 
 import pytest
 import torch
+from helpers import scrambled_model
 
-from minimind import MiniMindError, MiniMindForCausalLM, preset
+from minimind import MiniMindError
 from minimind.cli import main
 from minimind.evaluate import read_results, write_result
 from minimind.evaluate.choice import (
@@ -25,12 +26,7 @@ from minimind.model.minimind import CausalLMOutput
 from minimind.tokenizer import Tokenizer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # nano models gain nothing from threads on a shared machine
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +37,7 @@ def tok(shared_data):
 @pytest.fixture(scope="module")
 def model():
     """A nano model with weights scrambled to std 0.1, so its letter preferences differ by question."""
-    m = MiniMindForCausalLM(preset("nano")).init_weights(0).eval()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() > 1:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return m
+    return scrambled_model()
 
 
 class FixedLogits(torch.nn.Module):

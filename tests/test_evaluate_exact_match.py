@@ -5,7 +5,6 @@ import json
 import re
 
 import pytest
-import torch
 
 from minimind import MiniMindError
 from minimind.cli import main
@@ -13,12 +12,7 @@ from minimind.evaluate.exact_match import is_correct, read_problems
 from minimind.evaluate.numbers import extract_answer, same_number
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # nano models gain nothing from threads on a shared machine
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("reply, number, explicit", [

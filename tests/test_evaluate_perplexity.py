@@ -5,9 +5,10 @@ import math
 
 import pytest
 import torch
+from helpers import scrambled_model
 import torch.nn.functional as F
 
-from minimind import MiniMindError, MiniMindForCausalLM, preset
+from minimind import MiniMindError
 from minimind.cli import main
 from minimind.evaluate.perplexity import evaluate_perplexity, read_documents, windows
 from minimind.tokenizer import Tokenizer
@@ -15,12 +16,7 @@ from minimind.tokenizer import Tokenizer
 TEXT = "The quick brown fox jumps over the lazy dog. 敏捷的棕色狐狸跳过了懒狗。" * 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +26,7 @@ def tok(shared_data):
 
 @pytest.fixture(scope="module")
 def model():
-    m = MiniMindForCausalLM(preset("nano")).init_weights(0).eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() > 1:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return m
+    return scrambled_model(seed=1)
 
 
 def nats_of(model, context: list[int], target: int) -> float:

@@ -8,8 +8,9 @@ a fixed list of tokens, tests the text-level behaviour (UTF-8, stop strings) exa
 
 import pytest
 import torch
+from helpers import scrambled_model
 
-from minimind import MiniMindError, MiniMindForCausalLM, preset
+from minimind import MiniMindError, preset
 from minimind.infer import (
     Completion,
     SamplingParams,
@@ -25,29 +26,12 @@ from minimind.tokenizer import Tokenizer
 GREEDY = {"temperature": 0.0, "stop_token_ids": ()}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """nano models are too small to gain from threads, and on a busy machine two threads
-    wait on each other at every op (seconds instead of milliseconds per test)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def tokenizer(shared_data):
     return Tokenizer.from_dir(shared_data / "tokenizer" / "minimind3")
-
-
-def scrambled_model(**overrides) -> MiniMindForCausalLM:
-    model = MiniMindForCausalLM(preset("nano", **overrides)).init_weights(0).eval()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 openai = pytest.importorskip("openai")
 
-from test_generate import scrambled_model
+from helpers import scrambled_model
 
 from minimind.checkpoint import save_model_dir
 from minimind.tokenizer import Tokenizer
