@@ -57,19 +57,23 @@ def save_model_dir(model: MiniMindForCausalLM, out_dir: str | Path, tokenizer=No
     return out
 
 
-def read_weights(path: str | Path, config: ModelConfig) -> dict[str, torch.Tensor]:
-    """Read a safetensors file and check it strictly against `config` (every tensor, every
-    shape); returns the full state dict, tied lm_head included."""
-    path = Path(path)
+def read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file; a missing or broken file is one MiniMindError line."""
     if not path.is_file():
-        raise MiniMindError(f"{path}: weights file not found")
+        raise MiniMindError(f"{path}: {what} not found")
     try:
-        sd = load_file(str(path))
+        return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise MiniMindError(f"{path}: not a valid safetensors file ({e})") from None
-    with torch.device("meta"):  # names and shapes only, nothing allocated
-        expected = MiniMindForCausalLM(config).state_dict()
-    tied = config.tie_word_embeddings
+
+
+def read_weights(path: str | Path, model: MiniMindForCausalLM) -> dict[str, torch.Tensor]:
+    """Read a safetensors file and check it strictly against `model` (every tensor, every
+    shape of its config); returns the full state dict, tied lm_head included."""
+    path = Path(path)
+    sd = read_safetensors(path, "weights file")
+    expected = model.state_dict()  # names and shapes (under FSDP: the full shapes)
+    tied = model.config.tie_word_embeddings
     if tied and "lm_head.weight" in sd:
         # A tied model saved by a tool that writes both names: accept only a true copy.
         if "model.embed_tokens.weight" in sd and not torch.equal(sd["lm_head.weight"], sd["model.embed_tokens.weight"]):
@@ -94,7 +98,7 @@ def read_weights(path: str | Path, config: ModelConfig) -> dict[str, torch.Tenso
 
 def load_weights(model: MiniMindForCausalLM, path: str | Path) -> None:
     """Load a safetensors file into `model`, strictly (every tensor, every shape)."""
-    model.load_state_dict(read_weights(path, model.config), strict=True)
+    model.load_state_dict(read_weights(path, model), strict=True)
 
 
 def _short(names: list[str], n: int = 4) -> str:

@@ -32,10 +32,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+from ..checkpoint import read_safetensors
 from ..errors import MiniMindError
 from ..files import atomic_write, atomic_write_text, read_json_object
 
@@ -267,12 +267,7 @@ def read_adapter_weights(adapter_dir: str | Path, model: nn.Module) -> dict[str,
     """The adapter's tensors, checked strictly against the LoRA layers now on `model`: every
     tensor present, none extra, every shape right."""
     path = Path(adapter_dir) / ADAPTER_WEIGHTS
-    if not path.is_file():
-        raise MiniMindError(f"{path}: adapter weights not found")
-    try:
-        sd = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise MiniMindError(f"{path}: not a valid safetensors file ({e})") from None
+    sd = read_safetensors(path, "adapter weights")
     expected = {k: v.shape for k, v in model.state_dict().items() if ".lora." in k}
     missing, unexpected = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
     problems = [f"missing tensors {', '.join(missing[:3])}"] if missing else []

@@ -145,7 +145,7 @@ def load_checkpoint(path: Path, model, optimizer, scaler, rank: int) -> dict:
         partial = StateDictOptions(full_state_dict=True, strict=False)
         set_model_state_dict(model, read_lora_checkpoint(path, model), options=partial)
     else:
-        set_model_state_dict(model, read_weights(path / "model.safetensors", model.config), options=whole)
+        set_model_state_dict(model, read_weights(path / "model.safetensors", model), options=whole)
     set_optimizer_state_dict(model, optimizer, opt["optimizer"], options=whole)
     if scaler is not None and "scaler" in opt:
         scaler.load_state_dict(opt["scaler"])
