@@ -9,6 +9,11 @@ from pathlib import Path
 
 from .errors import MiniMindError
 
+# The process's umask, read once at import: reading it means setting it, which must not race
+# with other threads creating files.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def read_json(path: str | Path):
     """Parse a JSON file; a missing file, invalid JSON or non-UTF-8 text is a MiniMindError
@@ -42,17 +47,11 @@ def atomic_write(path: str | Path, write) -> None:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)  # the only way to read it is to set it, so set it straight back
-    os.umask(mask)
-    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
