@@ -111,6 +111,25 @@ def test_objective_sums_per_pair_with_length_norm_and_sft_term(setup):
     assert metrics["sft_loss"] == pytest.approx(-mean[:2].sum().item(), rel=1e-4)
 
 
+def test_a_dropped_dummy_pair_counts_nowhere(setup):
+    """Under FSDP evaluation a rank's short share ends with a dummy pair that must still run:
+    dropping it leaves the loss, the count and every metric of the real pairs alone."""
+    tokenizer = Tokenizer.from_dir(setup["model"])
+    ds, _ = build_pair_datasets([str(setup["data"])], tokenizer, seq_len=96)
+    ds.set_reference(torch.tensor([[-50.0, -40.0], [-60.0, -30.0]], dtype=torch.float64).repeat(8, 1))
+    model = load_model(setup["model"])
+    objective = DPOObjective()
+    objective.cfg = TrainConfig(stage="dpo", dpo_sft_weight=0.5)
+    with torch.no_grad():
+        alone = objective.loss_sum(model, real := ds.get_batch([1, 2]))
+        padded = ds.get_batch([1, 2, 0])
+        objective.drop_last_unit(padded)
+        with_dummy = objective.loss_sum(model, padded)
+    assert objective.count(padded) == objective.count(real) == 2
+    assert with_dummy[0].item() == pytest.approx(alone[0].item(), rel=1e-5)
+    assert with_dummy[2] == pytest.approx(alone[2], rel=1e-5)
+
+
 # ---------------------------------------------------------------- data
 
 
@@ -140,9 +159,10 @@ def test_both_sides_rendered_alike_and_truncated_around_the_reply(setup):
 # ---------------------------------------------------------------- training
 
 
-def test_dpo_trains_logs_pair_metrics_and_resumes_exactly(setup, tmp_path):
+def test_dpo_trains_logs_pair_metrics_and_resumes_exactly(setup, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(dpo_args(setup, out)) == 0
+    assert "data: 12 pairs of at most 96 tokens a side" in capsys.readouterr().out  # 16 pairs, a quarter held out
     rows = records(out)
     steps = [r for r in rows if "loss" in r]
     assert len(steps) == 4

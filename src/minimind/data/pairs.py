@@ -156,7 +156,7 @@ def build_pair_datasets(files, tokenizer, seq_len: int, val_fraction: float = 0.
 
     def subset(parts: list[np.ndarray]) -> PairDataset:
         idx = np.concatenate([offsets[f] + p for f, p in enumerate(parts)]).astype(np.int64)
-        stats = {"docs": len(idx), "records": len(records), "skipped": bad.count, "bad_examples": bad.examples,
+        stats = {"unit": "pairs", "docs": len(idx), "records": len(records), "skipped": bad.count, "bad_examples": bad.examples,
                  "truncated": int(sum(cut_flags[j] for j in idx)), "seq_len": seq_len}
         return PairDataset([chosen[j] for j in idx], [rejected[j] for j in idx], np.array([prompt_len[j] for j in idx]),
                            [where[j] for j in idx], pad, stats)

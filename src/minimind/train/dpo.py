@@ -134,11 +134,17 @@ class DPOObjective:
 
     # ------------------------------------------------------------------ the loss
     def count(self, batch: dict) -> int:
-        return int(batch["pair"].shape[0])
+        return int((batch["pair"] >= 0).sum())
+
+    def drop_last_unit(self, batch: dict) -> None:
+        """Make the batch's last pair count nowhere (the trainer's dummy row under FSDP: both of
+        its sides still run, as every rank must run every forward)."""
+        batch["pair"][-1] = -1
 
     def loss_sum(self, model, batch: dict):
         cfg = self.cfg
         B = batch["pair"].shape[0]
+        keep = batch["pair"] >= 0  # False only on a dropped dummy pair
         logp, n_tokens, aux = sequence_logps(model, batch)
         if "ref_logp" in batch:
             ref_sum = batch["ref_logp"].to(logp.dtype)
@@ -152,11 +158,11 @@ class DPOObjective:
         loss, chosen_reward, rejected_reward = dpo_losses(per_side[:B], per_side[B:], ref_side[:, 0], ref_side[:, 1],
                                                           cfg.dpo_beta, cfg.dpo_loss, cfg.dpo_label_smoothing)
         margin = chosen_reward - rejected_reward
-        sums = {"reward_margin": margin.sum(), "reward_accuracy": (margin > 0).sum(),
-                "logp_chosen": per_side[:B].detach().sum(), "logp_rejected": per_side[B:].detach().sum()}
-        total = loss.sum()
+        sums = {"reward_margin": margin[keep].sum(), "reward_accuracy": (margin[keep] > 0).sum(),
+                "logp_chosen": per_side[:B][keep].detach().sum(), "logp_rejected": per_side[B:][keep].detach().sum()}
+        total = loss[keep].sum()
         if cfg.dpo_sft_weight:
-            sft = -(logp[:B] / n[:B])  # the chosen reply's mean token NLL, per pair
+            sft = -(logp[:B] / n[:B])[keep]  # the chosen reply's mean token NLL, per pair
             total = total + cfg.dpo_sft_weight * sft.sum()
             sums["sft_loss"] = sft.detach().sum()
         metrics = dict(zip(sums, torch.stack([v.float() for v in sums.values()]).tolist()))  # one device sync

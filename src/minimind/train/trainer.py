@@ -285,9 +285,11 @@ class Trainer:
         if has_lora(self.model):
             print(trainable_summary(self.model), flush=True)
         if stats:
-            print(f"data: {len(self.train_ds)} rows of {self.cfg.seq_len} tokens from {stats.get('docs', '?')} documents, "
-                  f"{stats.get('padding_fraction', 0) * 100:.1f}% padding"
-                  + (f", {len(self.val_ds)} validation rows" if self.val_ds is not None else ""), flush=True)
+            unit = stats.get("unit", "rows")  # DPO's data is pairs, not packed rows
+            what = (f"{len(self.train_ds)} pairs of at most {self.cfg.seq_len} tokens a side" if unit == "pairs" else
+                    f"{len(self.train_ds)} rows of {self.cfg.seq_len} tokens from {stats.get('docs', '?')} documents")
+            print(f"data: {what}, {stats.get('padding_fraction', 0) * 100:.1f}% padding"
+                  + (f", {len(self.val_ds)} validation {unit}" if self.val_ds is not None else ""), flush=True)
         print(f"{where}: {self.total_steps} optimizer steps of {self.cfg.batch_size * self.dist.world_size * self.cfg.grad_accum} "
               f"rows, lr {self.cfg.lr:g} -> {self.min_lr:g}, warmup {self.warmup}", flush=True)
 
@@ -330,7 +332,8 @@ class Trainer:
         n = min(len(self.val_ds), cfg.eval_batches * cfg.batch_size * dist.world_size)
         rows = list(range(n))[dist.rank::dist.world_size]
         # Under FSDP every rank must run every forward: a short share gets a dummy last row
-        # whose labels are all ignored, so the figure is still the mean over the first n rows.
+        # that the objective drops from its sums, so the figure is still the mean over the
+        # first n rows.
         dummy = len(rows) < -(-n // dist.world_size)
         rows += [0] * dummy
         self.model.eval()
@@ -340,7 +343,7 @@ class Trainer:
         for i in range(0, len(rows), cfg.batch_size):
             batch = self.val_ds.get_batch(rows[i:i + cfg.batch_size])
             if dummy and i + cfg.batch_size >= len(rows):
-                batch["labels"][-1] = -100
+                self.objective.drop_last_unit(batch)
             batch = to_device(batch, self.device)
             with autocast:
                 loss_sum, _, metrics = self.objective.loss_sum(self.model, batch)
