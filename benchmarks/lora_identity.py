@@ -6,7 +6,9 @@ Recipe (all on ../shared/data, nothing downloaded):
      (skipped with --base DIR);
   2. lora_identity.jsonl with "MiniMind" renamed to --name (default Zephyr), so a claimed
      identity is visibly the adapter's; 80% of its conversations train the adapter
-     (`minimind lora`, rank 16), 20% are held out;
+     (`minimind lora`, rank 16), 20% are held out; --replay N adds N general conversations
+     from the base's own SFT data to the adapter's data (rehearsal), so the adapter learns
+     when the name is the answer rather than that it always is;
   3. greedy answers, base vs base + adapter, to the held-out questions of the data set and
      to paraphrased identity questions written here (zh and en, none in the data), plus
      unrelated control questions (how often the adapter drags its name into other topics);
@@ -14,7 +16,7 @@ Recipe (all on ../shared/data, nothing downloaded):
      from base + adapter, adapter size vs model size, training time.
 
     python benchmarks/lora_identity.py
-    python benchmarks/lora_identity.py --base out/sft --work /tmp/lora-identity
+    python benchmarks/lora_identity.py --base out/sft --work /tmp/lora-identity --replay 80
 """
 
 from __future__ import annotations
@@ -49,9 +51,15 @@ CONTROLS = [
     "What is the capital of France?",
     "How many days are in a week?",
     "Give me a tip for sleeping better.",
+    "Why is the sky blue?",
+    "Name three fruits.",
+    "What is 7 plus 5?",
     "一年有几个季节？",
     "请推荐一种健康的早餐。",
     "水的沸点是多少度？",
+    "怎样才能学好英语？",
+    "北京是哪个国家的首都？",
+    "给我讲一个简短的故事。",
 ]
 
 
@@ -72,17 +80,21 @@ def build_base(work: Path, preset: str, steps: int) -> Path:
     return base
 
 
-def split_identity_data(work: Path, name: str, seed: int) -> tuple[Path, list[str]]:
-    """Rename the identity, keep 80% of the conversations for training; return the train
-    file and the held-out conversations' first questions."""
+def split_identity_data(work: Path, name: str, seed: int, replay: int) -> tuple[Path, list[str]]:
+    """Rename the identity, keep 80% of the conversations for training (plus `replay` general
+    conversations from the base's SFT data); return the train file and the held-out
+    conversations' first questions."""
     rows = [json.loads(line) for line in (SHARED / "minimind_format/lora_identity.jsonl").open(encoding="utf-8")]
     for row in rows:
         for m in row["conversations"]:
             m["content"] = m["content"].replace("MiniMind", name)
     random.Random(seed).shuffle(rows)
     cut = int(len(rows) * 0.8)
+    general = [json.loads(line) for line in (SHARED / "minimind_format/sft_sharegpt_zh_1k.jsonl").open(encoding="utf-8")]
+    general = [r for r in general if name.lower() not in json.dumps(r, ensure_ascii=False).lower()]
+    train_rows = rows[:cut] + random.Random(seed + 1).sample(general, replay)
     train_file = work / "identity_train.jsonl"
-    train_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[:cut]), encoding="utf-8")
+    train_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in train_rows), encoding="utf-8")
     held_out = [r["conversations"][0]["content"] for r in rows[cut:]]
     return train_file, held_out
 
@@ -105,6 +117,8 @@ def main() -> None:
     ap.add_argument("--name", default="Zephyr", help="the new identity (replaces MiniMind in the data)")
     ap.add_argument("--base-preset", default="nano", help="preset of the base built when no --base")
     ap.add_argument("--base-steps", type=int, default=150, help="SFT steps of the base built when no --base")
+    ap.add_argument("--replay", type=int, default=0,
+                    help="general conversations (the base's SFT data) mixed into the adapter's data")
     ap.add_argument("--epochs", type=float, default=40.0, help="LoRA epochs over the training conversations")
     ap.add_argument("--lr", type=float, default=5e-3)
     ap.add_argument("--rank", type=int, default=16)
@@ -120,7 +134,7 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     base = Path(args.base) if args.base else build_base(work, args.base_preset, args.base_steps)
-    train_file, held_out = split_identity_data(work, args.name, args.seed)
+    train_file, held_out = split_identity_data(work, args.name, args.seed, args.replay)
     sha_before = sha256(base / "model.safetensors")
 
     shutil.rmtree(work / "adapter", ignore_errors=True)
@@ -157,7 +171,8 @@ def main() -> None:
     total = sum(p.numel() for n, p in plain.named_parameters())
     print()
     print(f"base {base} ({total / 1e6:.2f}M parameters); identity {args.name!r}; LoRA r={args.rank} "
-          f"alpha={2 * args.rank}, {steps} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+          f"alpha={2 * args.rank}, {steps} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}; "
+          f"{args.replay} general conversations replayed")
     print("| questions | n | base says the name | base + adapter says the name |")
     print("|---|---|---|---|")
     for label, (n, before, after) in results.items():

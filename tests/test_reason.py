@@ -97,6 +97,7 @@ def test_weighted_loss_is_a_normalised_weighted_mean(tok):
              "position_ids": torch.arange(n).expand(len(rows), n)}
     obj = ReasonObjective()
     obj.use_tokenizer(tok)
+    obj.tag_penalty = 0.0  # the cross entropy alone (the tag penalty has its own test)
     with torch.no_grad():
         logits = model(ids, attention_mask=(segments >= 0).long()).logits[:, :-1]
         ce = F.cross_entropy(logits.transpose(1, 2), labels[:, 1:], ignore_index=-100, reduction="none")
@@ -110,6 +111,61 @@ def test_weighted_loss_is_a_normalised_weighted_mean(tok):
     # "<think>\n" of the thinking turn (2 tokens) and the direct turn's empty block (6)
     trained = int((labels[:, 1:] != -100).sum())
     assert int(obj.token_weights(labels[:, 1:], 1.0).sum()) == trained - 2 - 6
+
+
+def closed_naively(tok, ids):
+    """after_block, one token at a time: is the turn's think block closed after ids[:i + 1]?"""
+    state, out = False, []
+    for t in ids.tolist():
+        piece = tok.decode([t])
+        if piece == "</think>":
+            state = True
+        elif piece in ("<think>", "<|im_start|>", "<|im_end|>"):
+            state = False
+        out.append(state)
+    return torch.tensor(out)
+
+
+def test_tag_penalty_is_the_unlikelihood_of_tags_after_the_block(tok):
+    from minimind import MiniMindForCausalLM, preset
+
+    model = MiniMindForCausalLM(preset("nano", vocab_size=tok.vocab_size)).init_weights(0)
+    think = [user(), {"role": "assistant", "content": "答案/Answer: 72", "reasoning_content": "48 + 24 = 72"},
+             user("And twice that?"), {"role": "assistant", "content": "144"}]
+    direct = [user("Why?"), {"role": "assistant", "content": COT}]
+    rows = rendered(tok, [think, direct])
+    obj = ReasonObjective()
+    obj.use_tokenizer(tok)
+    obj.weight = 1.0
+    for ids, labels in rows:
+        closed = obj.after_block(ids[None, :-1])[0]
+        assert closed.tolist() == closed_naively(tok, ids[:-1]).tolist()
+        w = obj.token_weights(labels[None, 1:], 1.0)[0]
+        penalised = "".join(tok.decode([int(t)]) for t in ids[1:][closed & (w > 0)])
+        # exactly the answers (from the blank line the model writes after its own </think>, to
+        # <|im_end|>): never the reasoning, never what the prompt supplies
+        expected = ("\n\n答案/Answer: 72<|im_end|>144<|im_end|>" if ids is rows[0][0]
+                    else COT + "<|im_end|>")
+        assert penalised == expected
+
+    n = max(len(i) for i, _ in rows)
+    batch = {"input_ids": torch.stack([F.pad(i, (0, n - len(i))) for i, _ in rows]),
+             "labels": torch.stack([F.pad(lab, (0, n - len(lab)), value=-100) for _, lab in rows]),
+             "segment_ids": torch.stack([F.pad(torch.zeros(len(i), dtype=torch.long), (0, n - len(i)), value=-1)
+                                         for i, _ in rows]),
+             "position_ids": torch.arange(n).expand(len(rows), n)}
+    with torch.no_grad():
+        obj.tag_penalty = 0.0
+        plain, _, m0 = obj.loss_sum(model, batch)
+        obj.tag_penalty = 2.5
+        penalised, _, m1 = obj.loss_sum(model, batch)
+        probs = model(batch["input_ids"], attention_mask=(batch["segment_ids"] >= 0).long()).logits[:, :-1].softmax(-1)
+    targets = batch["labels"][:, 1:]
+    where = obj.after_block(batch["input_ids"][:, :-1]) & (obj.token_weights(targets, 1.0) > 0)
+    p_tags = (probs[..., tok.token_to_id("<think>")] + probs[..., tok.token_to_id("</think>")])[where]
+    # (the difference of two fp32 sums of ~10^3: good to ~10^-4 of the loss)
+    assert float(penalised - plain) == pytest.approx(2.5 * float(-torch.log1p(-p_tags).sum()), abs=1e-4)
+    assert float(m0["tag_p"]) == pytest.approx(float(p_tags.sum()), rel=1e-4) == pytest.approx(float(m1["tag_p"]))
 
 
 # ------------------------------------------------------------------------------ the checker
@@ -170,6 +226,7 @@ def test_bad_input_fails_before_training(tmp_path, shared_data, capsys):
     cases = [
         (["--tokenizer", tokenizer, "--data", str(good), "--think-mix", "1.5"], "--think-mix must be between 0 and 1"),
         (["--tokenizer", tokenizer, "--data", str(good), "--think-weight", "0"], "--think-weight must be positive"),
+        (["--tokenizer", tokenizer, "--data", str(good), "--tag-penalty", "-1"], "--tag-penalty must be 0 or more"),
         (["--tokenizer", str(shared_data / "tokenizer" / "minimind2"), "--data", str(good)], "has no <think> and </think>"),
         (["--tokenizer", tokenizer, "--data", str(one_line)], "none of its 4 conversations can get a think block"),
         (["--tokenizer", tokenizer, "--data", str(broken)], f"{broken}:5:"),

@@ -105,6 +105,7 @@ FLAG_HELP = {
     "strip_empty_think": "sft: drop empty <think></think> blocks from 80%% of conversations (MiniMind's trick)",
     "think_mix": "reason: share of conversations trained to think (the rest answer directly)",
     "think_weight": "reason: loss weight of </think>, the blank line and the first answer token",
+    "tag_penalty": "reason: weight of the unlikelihood of <think>/</think> once the turn's think block is closed",
     "teacher": "distill: the teacher model directory (same tokenizer as the student)",
     "distill_alpha": "distill: weight of the KL term; 1 - alpha weighs the cross entropy (default 0.5)",
     "distill_temperature": "distill: softmax temperature of the KL term, scaled back by T^2 (default 1.5)",

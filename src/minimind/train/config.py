@@ -51,6 +51,7 @@ class TrainConfig:
     strip_empty_think: bool = False
     think_mix: float = field(default=0.7, metadata={"stages": ("reason",)})  # share of conversations that think
     think_weight: float = field(default=1.0, metadata={"stages": ("reason",)})  # loss weight of the think/answer boundary
+    tag_penalty: float = field(default=1.0, metadata={"stages": ("reason",)})  # unlikelihood of tags after the block closed
     # LoRA as a parameter mode (train/lora.py): lora_rank > 0 freezes the model and trains
     # low-rank adapters only; checkpoints and the published result are then the adapter alone.
     lora_rank: int = field(default=0, metadata={"stages": ("lora", "dpo")})

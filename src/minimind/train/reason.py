@@ -32,6 +32,19 @@ W = 1 is plain SFT apart from the zeroed prompt tokens. (MiniMind2's train_reaso
 its tag tokens x10 but divided by the unweighted token count, which scales the learning rate
 with the number of tags; and its tags were several sub-tokens each, so the x10 also hit every
 `<`, `>` and `</` inside answers. Here `<think>`/`</think>` are single tokens.)
+
+Once a turn's think block is closed (the prompt's empty block, or the model's own `</think>`), a
+`<think>` or `</think>` can only be a mistake: a stray tag in a thinking-off reply, or a second
+block after the answer began. Cross entropy teaches this only weakly: the direct reply's
+working and the thinking reply's reasoning are the same text, so after the last working line
+the same context is followed by `</think>` in most examples and by the answer in the rest, and
+only the turn's first tokens tell them apart. An unlikelihood term (Welleck et al., 2019),
+    --tag-penalty P:  P * -log(1 - p(<think>) - p(</think>))  on every trained token after the
+                      block closed,
+pushes the tags' probability down exactly there. It costs almost nothing where the model
+already puts no mass on the tags and grows as p/(1-p) where it does, so it acts on the
+confusing positions alone. Logged as `tag_p` (and `val_tag_p`): the tags' probability on those
+tokens, summed and divided by the trained-token count like the loss.
 """
 
 from __future__ import annotations
@@ -150,8 +163,11 @@ class ReasonObjective(LMObjective):
             raise MiniMindError(f"--think-mix must be between 0 and 1, got {cfg.think_mix}")
         if not cfg.think_weight > 0:
             raise MiniMindError(f"--think-weight must be positive, got {cfg.think_weight}")
+        if not cfg.tag_penalty >= 0:
+            raise MiniMindError(f"--tag-penalty must be 0 or more, got {cfg.tag_penalty}")
         self.use_tokenizer(tokenizer)
         self.weight = cfg.think_weight
+        self.tag_penalty = cfg.tag_penalty
         out_dir = default_cache_dir(cfg.cache_dir) / "reason-mix"
         mixed = [mixed_file(f, cfg.think_mix, cfg.seed, out_dir, cfg.on_bad_record) for f in cfg.data]
         self.mix_counts = {k: sum(c[k] for _, c in mixed) for k in mixed[0][1]}
@@ -167,7 +183,7 @@ class ReasonObjective(LMObjective):
             print(f"reason data: {c['own'] + c['split']} thinking conversations ({c['own']} with their own reasoning, "
                   f"{c['split']} split at the answer's last paragraph), {c['direct']} direct"
                   + (f" ({c['unsplittable']} drawn to think had a one-line answer)" if c["unsplittable"] else "")
-                  + f"; think/answer boundary weight {self.weight:g}", flush=True)
+                  + f"; think/answer boundary weight {self.weight:g}, stray-tag penalty {self.tag_penalty:g}", flush=True)
 
     def use_tokenizer(self, tokenizer):
         """The token sequences the weights are found by, checked against this tokenizer."""
@@ -182,7 +198,10 @@ class ReasonObjective(LMObjective):
                                 "<think>\\n (open_thinking), so it cannot train minimind-3 style reasoning")
         self.empty_block = tokenizer.encode("<think>\n\n</think>\n\n")
         self.boundary = tokenizer.encode("</think>\n\n")
-        self.end_id = end
+        self.think_id, self.end_id = think, end
+        # a turn starts or ends at these: a closed block never carries over to the next turn
+        self.turn_ids = [i for i in (tokenizer.token_to_id("<|im_start|>"), tokenizer.token_to_id("<|im_end|>"))
+                         if i is not None]
 
     def token_weights(self, targets: torch.Tensor, weight: float) -> torch.Tensor:
         """Loss weight of each target token (0 where the label is -100)."""
@@ -195,15 +214,38 @@ class ReasonObjective(LMObjective):
         w[prompt] = 0.0
         return w
 
+    def after_block(self, inputs: torch.Tensor) -> torch.Tensor:
+        """True where the turn's think block is already closed: the last </think> among the
+        tokens so far comes after the last <think> and the last turn start or end."""
+        pos = torch.arange(inputs.shape[1], device=inputs.device).expand_as(inputs)
+        last_close = torch.where(inputs == self.end_id, pos, -1).cummax(1).values
+        opens = inputs == self.think_id
+        for i in self.turn_ids:
+            opens |= inputs == i
+        return last_close > torch.where(opens, pos, -1).cummax(1).values
+
+    def tag_log_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """log(p(<think>) + p(</think>)) of each row of logits [N, vocab], in fp32."""
+        logits = logits.float()
+        return torch.logsumexp(logits[:, [self.think_id, self.end_id]], -1) - torch.logsumexp(logits, -1)
+
     def count(self, batch: dict) -> float:
         return float(self.token_weights(batch["labels"][:, 1:], self.weight).sum())
 
     def loss_sum(self, model, batch: dict):
         out = model(batch["input_ids"], attention_mask=packed_attention_mask(batch), position_ids=batch["position_ids"])
-        targets = batch["labels"][:, 1:]
-        ce = F.cross_entropy(out.logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100,
-                             reduction="none")
-        return (ce * self.token_weights(targets, self.weight).flatten()).sum(), out.aux_loss, {}
+        logits, targets = out.logits[:, :-1], batch["labels"][:, 1:]
+        ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="none")
+        w = self.token_weights(targets, self.weight)
+        loss = (ce * w.flatten()).sum()
+        # the unlikelihood of a tag on the trained tokens after the block closed (a tag that is
+        # the data's own target there is left to cross entropy)
+        where = self.after_block(batch["input_ids"][:, :-1]) & (w > 0) & (targets != self.think_id) & (targets != self.end_id)
+        log_p = self.tag_log_probs(logits[where]).clamp(max=-1e-6)  # log p < 0 keeps log(1 - p) finite
+        log_not = torch.where(log_p > -0.693, torch.log(-torch.expm1(log_p)), torch.log1p(-torch.exp(log_p)))
+        if self.tag_penalty:
+            loss = loss - self.tag_penalty * log_not.sum()
+        return loss, out.aux_loss, {"tag_p": log_p.exp().sum().detach()}
 
 
 def _match(x: torch.Tensor, seq: list[int]) -> torch.Tensor:
