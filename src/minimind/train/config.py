@@ -60,8 +60,8 @@ class TrainConfig:
     lora_targets: list[str] = field(default_factory=list, metadata={"stages": ("lora", "dpo")})
     # White-box distillation (train/distill.py): loss = alpha * T^2 * KL_T + (1 - alpha) * CE.
     teacher: str | None = field(default=None, metadata={"stages": ("distill",)})
-    distill_alpha: float = field(default=0.5, metadata={"stages": ("distill",)})
-    distill_temperature: float = field(default=1.5, metadata={"stages": ("distill",)})
+    distill_alpha: float = field(default=1.0, metadata={"stages": ("distill",)})
+    distill_temperature: float = field(default=1.0, metadata={"stages": ("distill",)})
     distill_kl: str = field(default="forward", metadata={"stages": ("distill",)})
     # DPO (train/dpo.py): a frozen reference (the starting model unless --ref), beta, the loss variant.
     dpo_beta: float = field(default=0.1, metadata={"stages": ("dpo",)})
