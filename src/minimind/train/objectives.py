@@ -39,10 +39,6 @@ class LMObjective:
     def count(self, batch: dict) -> int:
         return int((batch["labels"][:, 1:] != -100).sum())
 
-    def drop_last_unit(self, batch: dict) -> None:
-        """Make the batch's last row count nowhere (the trainer's dummy row, see _evaluate)."""
-        batch["labels"][-1] = -100
-
     def loss_sum(self, model, batch: dict):
         out = model(batch["input_ids"], attention_mask=packed_attention_mask(batch),
                     position_ids=batch["position_ids"])
@@ -50,6 +46,13 @@ class LMObjective:
         targets = batch["labels"][:, 1:]
         ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
         return ce, out.aux_loss, {}
+
+
+def drop_last_row(batch: dict) -> None:
+    """Make the batch's last row count nowhere (the trainer's dummy evaluation row under FSDP):
+    every token-counting objective's default. An objective whose units are not tokens (DPO's
+    pairs) has its own drop_last_unit."""
+    batch["labels"][-1] = -100
 
 
 def packed_attention_mask(batch: dict):

@@ -28,7 +28,7 @@ from ..errors import MiniMindError
 from .config import RESUME_FIXED, TrainConfig
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
 from .flops import flops_per_token, measured_peak_flops
-from .objectives import real_tokens, to_device
+from .objectives import drop_last_row, real_tokens, to_device
 from .optim import lr_at, make_optimizer
 from .state import (gather_state, list_checkpoints, load_checkpoint, publish, save_checkpoint, save_rng,
                     staging_dir)
@@ -343,7 +343,7 @@ class Trainer:
         for i in range(0, len(rows), cfg.batch_size):
             batch = self.val_ds.get_batch(rows[i:i + cfg.batch_size])
             if dummy and i + cfg.batch_size >= len(rows):
-                self.objective.drop_last_unit(batch)
+                getattr(self.objective, "drop_last_unit", drop_last_row)(batch)
             batch = to_device(batch, self.device)
             with autocast:
                 loss_sum, _, metrics = self.objective.loss_sum(self.model, batch)
