@@ -42,3 +42,11 @@ def _private_token_cache(tmp_path_factory):
         os.environ.pop("MINIMIND_CACHE", None)
     else:
         os.environ["MINIMIND_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def tok(shared_data):
+    """MiniMind's minimind3 tokenizer (with <think> tokens), shared by the test modules."""
+    from minimind.tokenizer import Tokenizer
+
+    return Tokenizer.from_dir(shared_data / "tokenizer" / "minimind3")

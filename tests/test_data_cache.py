@@ -12,11 +12,6 @@ from minimind.errors import MiniMindError
 from minimind.tokenizer import Tokenizer
 
 
-@pytest.fixture(scope="module")
-def tok(shared_data):
-    return Tokenizer.from_dir(shared_data / "tokenizer" / "minimind3")
-
-
 class CountingTokenizer:
     """Wraps a tokenizer and counts encode_batch calls (a re-tokenization would show up)."""
 

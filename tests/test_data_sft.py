@@ -4,17 +4,11 @@ import json
 import re
 
 import numpy as np
-import pytest
 
 from minimind.data import encode_chats, read_records
 from minimind.data.sft import EMPTY_THINK, SYSTEM_PROMPTS, ChatRenderer
 from minimind.data.template import render_minimind3
 from minimind.tokenizer import Tokenizer
-
-
-@pytest.fixture(scope="module")
-def tok(shared_data):
-    return Tokenizer.from_dir(shared_data / "tokenizer" / "minimind3")
 
 
 def masked_runs(tok, ids, mask):

@@ -23,15 +23,9 @@ from minimind.evaluate.choice import (
     read_csv,
 )
 from minimind.model.minimind import CausalLMOutput
-from minimind.tokenizer import Tokenizer
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def tok(shared_data):
-    return Tokenizer.from_dir(shared_data / "tokenizer" / "minimind3")
 
 
 @pytest.fixture(scope="module")

@@ -11,17 +11,11 @@ import torch.nn.functional as F
 from minimind import MiniMindError
 from minimind.cli import main
 from minimind.evaluate.perplexity import evaluate_perplexity, read_documents, windows
-from minimind.tokenizer import Tokenizer
 
 TEXT = "The quick brown fox jumps over the lazy dog. 敏捷的棕色狐狸跳过了懒狗。" * 3
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def tok(shared_data):
-    return Tokenizer.from_dir(shared_data / "tokenizer" / "minimind3")
 
 
 @pytest.fixture(scope="module")

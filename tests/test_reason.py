@@ -11,15 +11,9 @@ import torch.nn.functional as F
 from minimind.cli import main
 from minimind.data import encode_chats
 from minimind.infer.thinking import check_thinking
-from minimind.tokenizer import Tokenizer
 from minimind.train.reason import ReasonObjective, mix_conversations, split_answer
 
 COT = "Half of 48 is 48/2 = 24.\nSo 48 + 24 = 72 in all.\n答案/Answer: 72"
-
-
-@pytest.fixture(scope="module")
-def tok(shared_data):
-    return Tokenizer.from_dir(shared_data / "tokenizer" / "minimind3")
 
 
 def user(text="How many clips?"):
