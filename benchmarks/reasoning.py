@@ -94,27 +94,32 @@ def stray_tag_odds(model, tok, prompts, device, batch_size: int = 16, seq_len: i
     A finer figure than counting greedy failures: `expected` is the mean number of tags a
     reply would contain if sampled at T = 1 along the data's path, `over_half` the share of
     replies where some position prefers a tag to every other token together (where greedy
-    decoding along that path would write one)."""
+    decoding along that path would write one), `worst` where the highest probability is
+    (source file, answer token, the answer's length in tokens, the text just before it)."""
     from minimind.train.reason import ReasonObjective
 
     obj = ReasonObjective()
     obj.use_tokenizer(tok)
-    sums, worst = [], []
+    sums, worst, where = [], [], None
     for i in range(0, len(prompts), batch_size):
         rows = []
-        for _, prompt, answer in prompts[i:i + batch_size]:
+        for source, prompt, answer in prompts[i:i + batch_size]:
             head = tok.encode_chat([{"role": "user", "content": prompt}], add_generation_prompt=True, open_thinking=False)
-            rows.append((head, (head + tok.encode(answer))[:seq_len]))
-        n = max(len(ids) for _, ids in rows)
-        ids = torch.tensor([ids + [tok.pad_token_id] * (n - len(ids)) for _, ids in rows], device=device)
+            rows.append((source, head, (head + tok.encode(answer))[:seq_len]))
+        n = max(len(ids) for _, _, ids in rows)
+        ids = torch.tensor([ids + [tok.pad_token_id] * (n - len(ids)) for _, _, ids in rows], device=device)
         logits = model(ids).logits.float()
         log_p = obj.tag_log_probs(logits.flatten(0, 1)).view(logits.shape[:2])
-        for (head, full), lp in zip(rows, log_p):
+        for (source, head, full), lp in zip(rows, log_p):
             p = lp[len(head) - 1:len(full) - 1].exp()  # the positions that predict the answer's tokens
             sums.append(float(p.sum()))
             worst.append(float(p.max()))
+            if worst[-1] == max(worst):
+                at = int(p.argmax())
+                where = {"source": source, "token": at, "of": len(p),
+                         "before": tok.decode(full[len(head):len(head) + at])[-200:]}
     return {"expected": sum(sums) / len(sums), "over_half": sum(w > 0.5 for w in worst) / len(worst),
-            "max": max(worst)}
+            "max": max(worst), "worst": where}
 
 
 def evaluate(model_dir: Path, prompts: list[tuple[str, str]], args, penalty: float) -> dict:

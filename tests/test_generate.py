@@ -288,3 +288,24 @@ def test_chat_renders_the_template(model, tokenizer):
     prompt = tokenizer.encode_chat(messages, add_generation_prompt=True)
     assert isinstance(done, Completion) and done.prompt_tokens == len(prompt)
     assert done.token_ids == generate(model, tokenizer, [prompt], SamplingParams(max_new_tokens=5, **GREEDY))[0].token_ids
+
+
+def test_decoding_attention_keeps_sdpa_off_cudnn_on_cuda_only():
+    """Generation runs in decoding_attention: on CUDA it turns SDPA's cuDNN backend off (cuDNN
+    plans every new shape, and each decode step is one; benchmarks/gpu_decode.py), keeps
+    flash and memory-efficient attention, and restores the flags afterwards. The flags are
+    plain process settings, so this is checked without a GPU."""
+    import torch
+
+    from minimind.model.layers import decoding_attention
+
+    before = (torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled(),
+              torch.backends.cuda.mem_efficient_sdp_enabled(), torch.backends.cuda.math_sdp_enabled())
+    with decoding_attention(torch.device("cuda")):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+        assert torch.backends.cuda.math_sdp_enabled()
+    assert (torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled(),
+            torch.backends.cuda.mem_efficient_sdp_enabled(), torch.backends.cuda.math_sdp_enabled()) == before
+    with decoding_attention(torch.device("cpu")):
+        assert torch.backends.cuda.cudnn_sdp_enabled() == before[0]

@@ -9,15 +9,31 @@ K key/value heads, D head_dim.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..config import ModelConfig
 
 # SDPA shares K/V heads itself since torch 2.5, without copying them per query head.
 SDPA_HAS_GQA = torch.torch_version.TorchVersion(torch.__version__) >= (2, 5)
+
+
+def decoding_attention(device: torch.device):
+    """The context every generation step runs in: SDPA without its cuDNN backend on CUDA.
+
+    On Hopper GPUs PyTorch prefers cuDNN attention for bf16, and cuDNN builds an execution
+    plan for every new shape it meets. Training repeats one shape; decoding meets a new one
+    at every step (the keys grow by one, finished rows leave the batch), so the plans cost
+    ~10x the step itself (benchmarks/README.md, "Generation on a GPU"). Flash and
+    memory-efficient attention need no plans. Elsewhere (CPU) nothing changes.
+    """
+    if device.type != "cuda":
+        return nullcontext()
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 class RMSNorm(nn.Module):
