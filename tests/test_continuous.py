@@ -7,15 +7,15 @@ from helpers import scrambled_model
 
 from minimind.infer import SamplingParams, generate
 from minimind.infer.continuous import RunningBatch, Sequence
-from minimind.tokenizer import Tokenizer
 
 GREEDY = {"temperature": 0.0, "stop_token_ids": ()}
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def tokenizer(shared_data):
-    return Tokenizer.from_dir(shared_data / "tokenizer" / "minimind3")
+def tokenizer(tok):
+    """conftest's minimind3 tokenizer, under the name these tests use."""
+    return tok
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ from minimind.infer import (
     generate,
     stream,
 )
-from minimind.tokenizer import Tokenizer
 
 GREEDY = {"temperature": 0.0, "stop_token_ids": ()}
 
@@ -30,8 +29,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def tokenizer(shared_data):
-    return Tokenizer.from_dir(shared_data / "tokenizer" / "minimind3")
+def tokenizer(tok):
+    """conftest's minimind3 tokenizer, under the name these tests use."""
+    return tok
 
 
 @pytest.fixture(scope="module")
