@@ -178,6 +178,31 @@ def test_streamed_tool_call_leaks_no_tags(client):
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
+@pytest.mark.parametrize("tool_choice, forced", [
+    ("required", "<tool_call>\n"),
+    ({"type": "function", "function": {"name": "get_weather"}}, '<tool_call>\n{"name": "get_weather", "arguments":'),
+])
+def test_tool_choice_that_demands_a_call_writes_its_start(client, tok, tool_choice, forced):
+    """"required" and a named function: the server writes the call's opening (and the name)
+    into the prompt, which usage counts as prompt tokens, and the model writes the rest.
+    With thinking asked for, the call still comes first. Streamed, the same call."""
+    auto = chat(client, WEATHER, tools=TOOLS, max_tokens=40)
+    n = len(tok.encode(forced))
+    for kw in ({}, {"extra_body": {"chat_template_kwargs": {"enable_thinking": True}}}):
+        r = chat(client, WEATHER, tools=TOOLS, tool_choice=tool_choice, max_tokens=40, **kw)
+        message = r.choices[0].message
+        [call] = message.tool_calls
+        assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+        assert r.choices[0].finish_reason == "tool_calls" and not message.content
+        assert not message.model_extra.get("reasoning_content")
+        assert r.usage.prompt_tokens == auto.usage.prompt_tokens + n
+        assert r.usage.completion_tokens == auto.usage.completion_tokens - n
+    chunks = list(chat(client, WEATHER, tools=TOOLS, tool_choice=tool_choice, max_tokens=40, stream=True))
+    calls = [t for c in chunks for t in (c.choices[0].delta.tool_calls or [])]
+    assert [(t.function.name, json.loads(t.function.arguments)) for t in calls] == [("get_weather", {"city": "Paris"})]
+    assert not "".join(c.choices[0].delta.content or "" for c in chunks)
+
+
 def test_thinking_goes_to_reasoning_content(client):
     r = chat(client, say("Why?"), extra_body={"chat_template_kwargs": {"enable_thinking": True}})
     message = r.choices[0].message
@@ -271,6 +296,8 @@ def test_api_key(server):
     ({"messages": say("hi"), "presence_penalty": 3}, "presence_penalty"),
     ({"messages": say("hi"), "stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"messages": say("hi"), "tool_choice": {"type": "function", "function": {"name": "nope"}}, "tools": TOOLS}, "tool_choice"),
+    ({"messages": say("hi"), "tool_choice": "required"}, "tool_choice"),
+    ({"messages": say("hi"), "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}, "tool_choice"),
 ])
 def test_bad_requests_get_400(server, body, param):
     assert_error(raw(server, body), 400, param)

@@ -61,3 +61,15 @@ def test_text_that_only_looks_like_the_start_of_a_tag_is_released():
 
 def test_unfinished_thinking_is_reasoning():
     assert parse_output("still thinking", thinking=True, tools=False) == (None, "still thinking", [])
+
+
+def test_a_forced_call_prefix_is_read_as_generated():
+    """The server's forced opening (tool_choice) is parsed with what the model writes after
+    it; unparsable arguments come back as content that shows the whole call as written."""
+    named = '<tool_call>\n{"name": "get_weather", "arguments":'
+    parser = OutputParser(thinking=False, tools=True, prefix=named)
+    events = parser.feed(' {"city": "Paris"}}\n</tool_call>') + parser.finish()
+    assert [(k, v["function"]) for k, v in events] == [("tool_call", {"name": "get_weather", "arguments": '{"city": "Paris"}'})]
+    assert parse_output(named + " Paris}\n</tool_call>", False, True)[0] == named + " Paris}\n</tool_call>"
+    content, _, calls = parse_output("<tool_call>\n" + '{"name": "f", "arguments": {}}\n</tool_call>', False, True)
+    assert content is None and calls[0]["function"] == {"name": "f", "arguments": "{}"}

@@ -129,33 +129,36 @@ def create_app(model, tokenizer, name: str = "minimind", api_key: str | None = N
         except MiniMindError as e:
             raise APIError(400, str(e), param) from None
 
-    def render_chat(body: ChatRequest) -> tuple[list[int], bool, bool]:
-        """The prompt ids, whether the prompt opened a <think> block, whether tools are offered."""
+    def render_chat(body: ChatRequest) -> tuple[list[int], bool, bool, str]:
+        """The prompt ids, whether the prompt opened a <think> block, whether tools are
+        offered, and the start of a forced tool call the prompt ends with ("" if none)."""
         tools = body.offered_tools()
         if tools and "tools" not in template:
             raise APIError(400, "this model's chat template does not support tools", "tools")
+        forced = body.forced_call() if tools else ""
+        thinking = body.thinking and not forced  # a forced call comes first: no think block
         try:
             # both names: minimind-3's template reads open_thinking, MiniMind2's enable_thinking
             text = tokenizer.apply_chat_template(body.template_messages(), tools=tools, add_generation_prompt=True,
-                                                 open_thinking=body.thinking, enable_thinking=body.thinking)
+                                                 open_thinking=thinking, enable_thinking=thinking)
         except MiniMindError as e:
             raise APIError(400, str(e), "messages") from None
-        return tokenizer.encode(text), text.endswith("<think>\n"), bool(tools)
+        return tokenizer.encode(text + forced), text.endswith("<think>\n"), bool(tools), forced
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         body = await parse(request, ChatRequest)
         check_model(body.model)
-        ids, thinking, tools = render_chat(body)
+        ids, thinking, tools, forced = render_chat(body)
         job = submit(body, [ids], body.limit, "messages")
         meta = {"id": f"chatcmpl-{secrets.token_hex(12)}", "object": "chat.completion", "created": int(time.time()),
                 "model": name}
         if body.stream:
-            return sse(chat_stream(job, meta, len(ids), thinking, tools, body.include_usage))
+            return sse(chat_stream(job, meta, len(ids), thinking, tools, body.include_usage, forced))
         done = await until_disconnect(request, job, collect(job))
         choices = []
         for i, c in enumerate(done):
-            content, reasoning, calls = parse_output(c.text, thinking, tools)
+            content, reasoning, calls = parse_output(forced + c.text, thinking, tools)
             message = {"role": "assistant", "content": content if content or calls else ""}
             if reasoning is not None:
                 message["reasoning_content"] = reasoning
@@ -272,9 +275,11 @@ def data(obj) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-async def chat_stream(job: Job, meta: dict, prompt_len: int, thinking: bool, tools: bool, include_usage: bool):
+async def chat_stream(job: Job, meta: dict, prompt_len: int, thinking: bool, tools: bool, include_usage: bool,
+                      forced: str = ""):
     """Server-sent events: a role delta per choice, then reasoning / content / tool_calls
-    deltas as text arrives, a final chunk with finish_reason per choice, usage, [DONE]."""
+    deltas as text arrives, a final chunk with finish_reason per choice, usage, [DONE].
+    `forced`: the start of a tool call the prompt ended with, parsed as if generated."""
     base = {**meta, "object": "chat.completion.chunk"}
     extra = {"usage": None} if include_usage else {}
 
@@ -283,7 +288,7 @@ async def chat_stream(job: Job, meta: dict, prompt_len: int, thinking: bool, too
                      **extra})
 
     n = len(job.sequences)
-    parsers = [OutputParser(thinking, tools) for _ in range(n)]
+    parsers = [OutputParser(thinking, tools, forced) for _ in range(n)]
     calls = [0] * n  # tool calls sent per choice (their index in the delta)
     done: list[Completion] = []
     try:

@@ -152,9 +152,9 @@ class ChatRequest(_Sampling):
         return bool(kw.get("open_thinking") or kw.get("enable_thinking"))
 
     def offered_tools(self) -> list[dict] | None:
-        """The tools to show the model, after tool_choice. `required` cannot be enforced
-        without constrained decoding, so it offers the tools like `auto`; a named function
-        offers only that one."""
+        """The tools to show the model, after tool_choice: none, all, or only the named one."""
+        if self.tool_choice not in (None, "none", "auto") and not self.tools:
+            raise APIError(400, "tool_choice 'required' or a named function needs tools", "tool_choice")
         if not self.tools or self.tool_choice == "none":
             return None
         tools = [t.model_dump(exclude_none=True) for t in self.tools]
@@ -164,6 +164,17 @@ class ChatRequest(_Sampling):
             if not tools:
                 raise APIError(400, f"tool_choice names {name!r}, which is not in tools", "tool_choice")
         return tools
+
+    def forced_call(self) -> str:
+        """The start of the reply when tool_choice demands a call, written into the prompt so
+        that the model can only continue a call: `required` opens a <tool_call> block, a
+        named function also writes its name, leaving the model the arguments. Both in the
+        chat template's own format for calls. "" when the model may choose."""
+        if isinstance(self.tool_choice, NamedToolChoice):
+            # It stops before the space: the tokenizer joins that space to what follows (' {'),
+            # and a prompt ending in a lone ' ' token would be a state the model never saw.
+            return '<tool_call>\n{"name": "' + self.tool_choice.function["name"] + '", "arguments":'
+        return "<tool_call>\n" if self.tool_choice == "required" else ""
 
     def template_messages(self) -> list[dict]:
         """The messages as the chat template wants them (OpenAI's developer role is system)."""

@@ -60,16 +60,21 @@ class OutputParser:
     thinking=True: the prompt already opened a <think> block (open_thinking), so the text
     starts as reasoning. tools=False: tool-call tags are left in the content as they are
     (no tools were offered, so the text is not a call). A malformed call (not JSON, no name)
-    is passed on as content, unchanged: the client sees what the model wrote.
+    is passed on as content, unchanged: the client sees what the model wrote. prefix: text
+    the server wrote at the start of the reply (a forced tool call's opening), read as if the
+    model had written it; it completes no event on its own.
     """
 
-    def __init__(self, thinking: bool, tools: bool):
+    def __init__(self, thinking: bool, tools: bool, prefix: str = ""):
         self.mode = "reasoning" if thinking else "content"
         self.tools = tools
         self.buffer = ""  # text not yet handed out
         self.content_started = False  # answer text has been sent (a <think> can only come first)
         self.strip_lead = True  # drop the blank lines the template puts after </think> and calls
         self.calls = 0
+        if prefix:
+            events = self.feed(prefix)
+            assert not events, "a reply's prefix must not complete an event"
 
     def feed(self, text: str) -> list[tuple[str, object]]:
         self.buffer += text
