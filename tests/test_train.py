@@ -219,3 +219,25 @@ def test_short_quickstart_runs_every_stage(tmp_path, capsys):
 
     model, tok = minimind.load(tmp_path / "qs" / "sft")
     assert model.config.vocab_size == tok.vocab_size <= 1024  # BPE stops early on a small corpus
+
+
+def test_tensorboard_tracker_logs_every_metric_once_across_a_resume(demo, tmp_path):
+    """--tracker tensorboard, read back with TensorBoard's own reader: every step's loss as in
+    metrics.jsonl, and after a resume from an earlier checkpoint (the later one lost, as when
+    a run is killed before saving it) each step once, not the killed run's tail as well."""
+    import shutil
+
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    out = tmp_path / "tb"
+    train(config(demo, out, tracker=["tensorboard"], eval_every=0))
+    shutil.rmtree(out / "checkpoints" / "step-00000006")  # the run "died" before its last save
+    train(config(demo, out, tracker=["tensorboard"], eval_every=0, resume=True))
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 2  # one file per run
+
+    board = event_accumulator.EventAccumulator(str(out / "tensorboard"))  # as TensorBoard reads it
+    board.Reload()
+    logged = [(e.step, e.value) for e in board.Scalars("loss")]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [(r["step"], pytest.approx(r["loss"])) for r in rows if "loss" in r]
+    assert [step for step, _ in logged] == [1, 2, 3, 4, 5, 6]
+    assert {"lr", "grad_norm", "tokens_per_s"} <= set(board.Tags()["scalars"])

@@ -48,7 +48,11 @@ class Trackers:
     """The experiment trackers asked for with --tracker, each imported only then."""
 
     def __init__(self, names: list[str], project: str, run_name: str, config: dict, out_dir: Path,
-                 run_ids: dict | None = None):
+                 run_ids: dict | None = None, resume_step: int | None = None):
+        """resume_step: the checkpoint's step when resuming. TensorBoard then hides what the
+        killed run logged after it (as metrics.jsonl drops those lines), and wandb continues
+        the same run (it keeps the first value of a step logged twice; an exact resume
+        logs the same numbers again)."""
         self.run_ids = dict(run_ids or {})
         self._loggers, self._finish = [], []
         for name in names:
@@ -68,7 +72,8 @@ class Trackers:
                 self._finish.append(swanlab.finish)
             else:
                 tb = _require("torch.utils.tensorboard", "tensorboard")
-                writer = tb.SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+                writer = tb.SummaryWriter(log_dir=str(out_dir / "tensorboard"),
+                                          purge_step=None if resume_step is None else resume_step + 1)
 
                 def log_tb(m, s, writer=writer):
                     for k, v in m.items():

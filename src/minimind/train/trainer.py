@@ -159,8 +159,10 @@ class Trainer:
                                      find_unused_parameters=self.model.config.use_moe)  # an expert may get no tokens
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            self.metrics = MetricsLog(self.out / "metrics.jsonl", resume_step=self.step if self.resumed_from else None)
-            self.trackers = Trackers(cfg.tracker, cfg.project, cfg.run_name or self.out.name, asdict(cfg), self.out, tracker_ids)
+            resume_step = self.step if self.resumed_from else None
+            self.metrics = MetricsLog(self.out / "metrics.jsonl", resume_step=resume_step)
+            self.trackers = Trackers(cfg.tracker, cfg.project, cfg.run_name or self.out.name, asdict(cfg), self.out,
+                                     tracker_ids, resume_step)
 
     def _shard(self):
         """FSDP (PyTorch's fully_shard): each process keeps 1/N of every layer's weights,
