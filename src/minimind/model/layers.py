@@ -27,8 +27,8 @@ def decoding_attention(device: torch.device):
 
     On Hopper GPUs PyTorch prefers cuDNN attention for bf16, and cuDNN builds an execution
     plan for every new shape it meets. Training repeats one shape; decoding meets a new one
-    at every step (the keys grow by one, finished rows leave the batch), so the plans cost
-    ~10x the step itself (benchmarks/README.md, "Generation on a GPU"). Flash and
+    at every step (the keys grow by one, finished rows leave the batch), and planning made
+    each step 10x slower (benchmarks/README.md, "Generation on a GPU"). Flash and
     memory-efficient attention need no plans. Elsewhere (CPU) nothing changes.
     """
     if device.type != "cuda":
