@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -30,7 +30,7 @@ import torch
 from minimind.infer import SamplingParams, generate
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-_generate_module = sys.modules["minimind.infer.generate"]  # `minimind.infer.generate` is also the function
+_model_module = importlib.import_module("minimind.model.minimind")  # where the model's forward finds decoding_attention
 
 
 def run_side(model, tok, prompts, batch: int, params: SamplingParams) -> dict:
@@ -74,13 +74,13 @@ def main():
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0.85, top_p=0.95, seed=0)
     generate(model, tok, prompts[:2], SamplingParams(max_new_tokens=4, temperature=0))  # CUDA context, kernels
 
-    shipped = _generate_module.decoding_attention
+    shipped = _model_module.decoding_attention
     ours = run_side(model, tok, prompts[:args.prompts], args.batch, params)
-    _generate_module.decoding_attention = lambda device: contextlib.nullcontext()
+    _model_module.decoding_attention = lambda device: contextlib.nullcontext()
     try:
         default = run_side(model, tok, prompts[args.prompts:], args.batch, params)
     finally:
-        _generate_module.decoding_attention = shipped
+        _model_module.decoding_attention = shipped
 
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.model or 'random tiny'} in {args.dtype}; "
           f"{args.prompts} prompts per side in batches of {args.batch}, at most {args.max_new_tokens} new tokens\n")

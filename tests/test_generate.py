@@ -309,3 +309,18 @@ def test_decoding_attention_keeps_sdpa_off_cudnn_on_cuda_only():
             torch.backends.cuda.mem_efficient_sdp_enabled(), torch.backends.cuda.math_sdp_enabled()) == before
     with decoding_attention(torch.device("cpu")):
         assert torch.backends.cuda.cudnn_sdp_enabled() == before[0]
+
+
+def test_the_model_enters_decoding_attention_only_with_a_cache(model, tokenizer, prompts, monkeypatch):
+    """The model's forward is where the context is entered, so every caller with a KV cache
+    (generate, the server's batcher) gets it, and training (no cache) keeps cuDNN."""
+    import contextlib
+
+    import minimind.model.minimind as modeling
+
+    entered = []
+    monkeypatch.setattr(modeling, "decoding_attention", lambda device: entered.append(device) or contextlib.nullcontext())
+    model(torch.tensor([prompts[0]]))
+    assert entered == []
+    generate(model, tokenizer, [prompts[0]], SamplingParams(max_new_tokens=3, temperature=0, stop_token_ids=()))
+    assert len(entered) == 3  # the prefill and two decode steps

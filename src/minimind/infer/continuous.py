@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import torch
 
-from ..model.layers import decoding_attention
 from .generate import SamplingParams, _prepare, _Row
 from .sampling import process_logits
 
@@ -186,8 +185,7 @@ class RunningBatch:
         ids, mask = ids.to(self.device), mask.to(self.device)
         kv = self.model.new_cache(len(sequences), width + 1)
         padded = min(lengths) < width
-        with decoding_attention(self.device):
-            out = self.model(ids, attention_mask=mask[:, :width] if padded else None, cache=kv, logits_to_keep=1)
+        out = self.model(ids, attention_mask=mask[:, :width] if padded else None, cache=kv, logits_to_keep=1)
         new = GrowingCache(kv.k, kv.v, mask, width)
         positions = torch.tensor(lengths, device=self.device)[:, None]
         if self.cache is None:
@@ -232,8 +230,7 @@ class RunningBatch:
             next_ids = torch.tensor([tokens[i] for i in keep], device=self.device)[:, None]
             self.cache.reserve(1)
             mask = self.cache.attention_mask(1) if self.cache.padded() else None
-            with decoding_attention(self.device):
-                out = self.model(next_ids, attention_mask=mask, position_ids=self.positions,
-                                 cache=self.cache, logits_to_keep=1)
+            out = self.model(next_ids, attention_mask=mask, position_ids=self.positions,
+                             cache=self.cache, logits_to_keep=1)
             self.logits, self.positions = out.logits[:, -1], self.positions + 1
         return stepped

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import MiniMindError
-from ..model.layers import decoding_attention
 from .sampling import sample_next
 
 
@@ -235,8 +234,7 @@ def _decode_steps(model, prompts: list[list[int]], rows: list[_Row], params: Sam
         generator = torch.Generator(device=device).manual_seed(seed)
 
     cache = model.new_cache(B, total)
-    with decoding_attention(device):
-        out = model(ids, attention_mask=mask[:, :width] if padded else None, cache=cache, logits_to_keep=1)
+    out = model(ids, attention_mask=mask[:, :width] if padded else None, cache=cache, logits_to_keep=1)
     logits = out.logits[:, -1]
     # Each row's next position counts its real tokens only; passing it saves the model from
     # re-deriving positions from the mask every step.
@@ -258,9 +256,8 @@ def _decode_steps(model, prompts: list[list[int]], rows: list[_Row], params: Sam
             seen = seen[idx] if seen is not None else None
             active = [active[j] for j in keep]
             padded = not bool(mask[:, :width].all())
-        with decoding_attention(device):
-            out = model(next_ids[:, None], attention_mask=mask[:, :cache.length + 1] if padded else None,
-                        position_ids=positions, cache=cache, logits_to_keep=1)
+        out = model(next_ids[:, None], attention_mask=mask[:, :cache.length + 1] if padded else None,
+                    position_ids=positions, cache=cache, logits_to_keep=1)
         logits = out.logits[:, -1]
         positions = positions + 1
 

@@ -23,7 +23,8 @@ SDPA_HAS_GQA = torch.torch_version.TorchVersion(torch.__version__) >= (2, 5)
 
 
 def decoding_attention(device: torch.device):
-    """The context every generation step runs in: SDPA without its cuDNN backend on CUDA.
+    """The context a forward pass with a KV cache (every generation step: minimind.infer's
+    generate and the server's batcher) runs in: SDPA without its cuDNN backend on CUDA.
 
     On Hopper GPUs PyTorch prefers cuDNN attention for bf16, and cuDNN builds an execution
     plan for every new shape it meets. Training repeats one shape; decoding meets a new one

@@ -10,6 +10,7 @@ State-dict names follow MiniMind and transformers' Qwen3 (`model.layers.0.self_a
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import ModelConfig
-from .layers import Attention, RMSNorm, SwiGLU, rope_cos_sin, rope_inv_freq
+from .layers import Attention, RMSNorm, SwiGLU, decoding_attention, rope_cos_sin, rope_inv_freq
 from .moe import MoEFeedForward
 
 
@@ -112,13 +113,15 @@ class MiniMindModel(nn.Module):
             self.inv_freq = self.inv_freq.to(h.device)
         cos, sin = rope_cos_sin(self.inv_freq, position_ids, self.rope_scale, h.dtype)
         aux_total = None  # summed MoE balance losses (None for dense models)
-        for layer in self.layers:
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                h, aux = checkpoint(layer, h, cos, sin, mask, is_causal, cache, use_reentrant=False)
-            else:
-                h, aux = layer(h, cos, sin, mask, is_causal, cache)
-            if aux is not None:
-                aux_total = aux if aux_total is None else aux_total + aux
+        # with a KV cache (generation) nearly every call has a new attention shape: see decoding_attention
+        with decoding_attention(h.device) if cache is not None else nullcontext():
+            for layer in self.layers:
+                if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                    h, aux = checkpoint(layer, h, cos, sin, mask, is_causal, cache, use_reentrant=False)
+                else:
+                    h, aux = layer(h, cos, sin, mask, is_causal, cache)
+                if aux is not None:
+                    aux_total = aux if aux_total is None else aux_total + aux
         if cache is not None:
             cache.length += L
         if aux_total is None:

@@ -242,8 +242,8 @@ class ReasonObjective(LMObjective):
         # the data's own target there is left to cross entropy)
         where = self.after_block(batch["input_ids"][:, :-1]) & (w > 0) & (targets != self.think_id) & (targets != self.end_id)
         log_p = self.tag_log_probs(logits[where]).clamp(max=-1e-6)  # log p < 0 keeps log(1 - p) finite
-        log_not = torch.where(log_p > -0.693, torch.log(-torch.expm1(log_p)), torch.log1p(-torch.exp(log_p)))
         if self.tag_penalty:
+            log_not = torch.where(log_p > -0.693, torch.log(-torch.expm1(log_p)), torch.log1p(-torch.exp(log_p)))
             loss = loss - self.tag_penalty * log_not.sum()
         return loss, out.aux_loss, {"tag_p": log_p.exp().sum().detach()}
 
