@@ -2,6 +2,7 @@
 
     python benchmarks/generate.py                 # minimind2-small and tiny, batch 1 and 8
     python benchmarks/generate.py --models tiny --batches 1 --new-tokens 64
+    python benchmarks/generate.py --compare /tmp/before/src   # also another checkout's minimind
 
 For each preset we build our model with random weights and load the very same tensors into
 the transformers class with the same architecture (strict load, names match exactly):
@@ -11,12 +12,21 @@ The logits of both are checked to agree before anything is timed. Both decode gr
 the same ~32-token prompts for exactly --new-tokens tokens (no stop token on either side),
 after a warm-up run; the best of 3 runs (the two sides take turns) is reported as generated
 tokens per second (the 32-token prefill is included in the time). The ids are compared too.
+
+--compare SRC adds a third side: the `minimind` package of another source tree (e.g. a git
+worktree of an earlier commit), loaded in this process under another name and given the same
+weights, so a change to the engine is measured before against after in one run (its ratio
+column is ours / theirs). --sample adds a sampled run (temperature 0.8, top-p 0.9, seeded) of
+ours against the other tree, where transformers' sampler would draw different tokens anyway.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -75,6 +85,26 @@ def build_pair(name: str, seed: int = 0):
     return ours, hf
 
 
+def load_other_minimind(src: str):
+    """The `minimind` package of another source tree, imported as `minimind_other` beside ours
+    (its modules import each other relatively, so they resolve inside the alias)."""
+    init = Path(src) / "minimind" / "__init__.py"
+    if not init.is_file():
+        raise SystemExit(f"--compare {src}: no minimind/__init__.py there (give the tree's src folder)")
+    spec = importlib.util.spec_from_file_location("minimind_other", init, submodule_search_locations=[str(init.parent)])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["minimind_other"] = package
+    spec.loader.exec_module(package)
+    return package
+
+
+def other_twin(other, name: str, ours):
+    """The other tree's model class holding our model's very tensors."""
+    model = importlib.import_module("minimind_other.model").MiniMindForCausalLM(other.preset(name)).eval()
+    model.load_state_dict(ours.state_dict(), strict=True)
+    return model, importlib.import_module("minimind_other.infer")
+
+
 def check_logits(ours, hf, prompt: torch.Tensor) -> float:
     with torch.no_grad():
         a = ours(prompt).logits
@@ -97,7 +127,8 @@ def best_of(fns, repeats: int) -> list[tuple[float, object]]:
     return list(zip(best, outs))
 
 
-def bench(name: str, batch: int, new_tokens: int, prompt_len: int, repeats: int, tokenizer):
+def bench(name: str, batch: int, new_tokens: int, prompt_len: int, repeats: int, tokenizer, other=None,
+          sample: bool = False):
     ours, hf = build_pair(name)
     g = torch.Generator().manual_seed(1)
     prompt = torch.randint(36, ours.config.vocab_size, (batch, prompt_len), generator=g)  # no special tokens
@@ -114,15 +145,32 @@ def bench(name: str, batch: int, new_tokens: int, prompt_len: int, repeats: int,
                               temperature=None, top_p=None, top_k=None)
         return out[:, prompt_len:].tolist()
 
-    (t_ours, ids_ours), (t_hf, ids_hf) = best_of([run_ours, run_hf], repeats)
+    sides = [run_ours, run_hf]
+    if other is not None:
+        twin, other_infer = other_twin(other, name, ours)
+        other_params = other_infer.SamplingParams(max_new_tokens=new_tokens, temperature=0.0, stop_token_ids=())
+        sides.append(lambda: [c.token_ids for c in other_infer.generate(twin, tokenizer, prompt.tolist(), other_params)])
+    if other is not None and sample:
+        hot = {"max_new_tokens": new_tokens, "temperature": 0.8, "top_p": 0.9, "seed": 0, "stop_token_ids": ()}
+        sides.append(lambda: generate(ours, tokenizer, prompt.tolist(), SamplingParams(**hot)))
+        sides.append(lambda: other_infer.generate(twin, tokenizer, prompt.tolist(), other_infer.SamplingParams(**hot)))
+    timed = best_of(sides, repeats)
+    (t_ours, ids_ours), (t_hf, ids_hf) = timed[:2]
     n = batch * new_tokens
     same = ids_ours == ids_hf
     first_diff = None
     if not same:
         first_diff = min(next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
                          for a, b in zip(ids_ours, ids_hf))
-    return {"model": name, "batch": batch, "ours": n / t_ours, "hf": n / t_hf, "ratio": t_hf / t_ours,
-                "same": same, "first_diff": first_diff, "logit_diff": diff}
+    result = {"model": name, "batch": batch, "ours": n / t_ours, "hf": n / t_hf, "ratio": t_hf / t_ours,
+              "same": same, "first_diff": first_diff, "logit_diff": diff}
+    if other is not None:
+        t_other, ids_other = timed[2]
+        result.update(other=n / t_other, other_ratio=t_other / t_ours, other_same=ids_other == ids_ours)
+    if other is not None and sample:
+        (t_hot, _), (t_hot_other, _) = timed[3:]
+        result.update(sampled=n / t_hot, sampled_other=n / t_hot_other, sampled_ratio=t_hot_other / t_hot)
+    return result
 
 
 def main():
@@ -134,7 +182,10 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--tokenizer", default=None, help="tokenizer dir (default: ../shared/data/tokenizer/minimind3)")
+    ap.add_argument("--compare", metavar="SRC", help="also time the minimind package in SRC (another tree's src/)")
+    ap.add_argument("--sample", action="store_true", help="with --compare: also a sampled run of both")
     args = ap.parse_args()
+    other = load_other_minimind(args.compare) if args.compare else None
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -144,14 +195,24 @@ def main():
     print(f"greedy, fp32, prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, best of {args.repeats}\n")
     tokenizer = load_tokenizer(args.tokenizer)
     header = f"| {'model':<16} | batch | ours tok/s | transformers tok/s | ratio | same ids |"
+    if other is not None:
+        print(f"--compare: {args.compare}")
+        header += " other tok/s | ours / other | same ids |"
+        if args.sample:
+            header += " sampled: ours | other | ours / other |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for name in args.models:
         for batch in args.batches:
-            r = bench(name, batch, args.new_tokens, args.prompt_len, args.repeats, tokenizer)
+            r = bench(name, batch, args.new_tokens, args.prompt_len, args.repeats, tokenizer, other, args.sample)
             same = "yes" if r["same"] else f"no (from token {r['first_diff']})"
-            print(f"| {r['model']:<16} | {r['batch']:>5} | {r['ours']:>10.1f} | {r['hf']:>18.1f} | "
-                  f"{r['ratio']:>4.2f}x | {same} |", flush=True)
+            line = (f"| {r['model']:<16} | {r['batch']:>5} | {r['ours']:>10.1f} | {r['hf']:>18.1f} | "
+                    f"{r['ratio']:>4.2f}x | {same} |")
+            if other is not None:
+                line += f" {r['other']:>11.1f} | {r['other_ratio']:>11.2f}x | {'yes' if r['other_same'] else 'no'} |"
+            if "sampled" in r:
+                line += f" {r['sampled']:>14.1f} | {r['sampled_other']:>5.1f} | {r['sampled_ratio']:>11.2f}x |"
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python benchmarks/serve.py                          # a random `tiny` model, 1 / 4 / 16 clients
     python benchmarks/serve.py --model out/quickstart/sft --clients 1 8 --new-tokens 128
+    python benchmarks/serve.py --compare /tmp/before/src     # against another tree's server
 
 Starts a real server process on a free loopback port, then for each concurrency level runs
 that many clients at once, each sending --requests streaming chat requests one after the
@@ -15,6 +16,10 @@ Continuous batching is what makes the aggregate grow: the server decodes every a
 request in one batch step, and a request that arrives mid-generation joins at the next step.
 The clients run in this process (asyncio + httpx), sharing the CPU with the server, as a
 real load generator on the same machine would.
+
+--compare SRC starts a second server from another source tree (PYTHONPATH=SRC, e.g. a git
+worktree of an earlier commit) on the same model; the two take turns level by level, and the
+table gains their ratio. --temperature T makes the requests sampled (seeded) instead of greedy.
 """
 
 from __future__ import annotations
@@ -56,12 +61,14 @@ def random_model_dir(name: str, tokenizer_dir: Path, out: Path) -> Path:
     return out
 
 
-def start_server(model_dir: Path, max_batch: int) -> tuple[subprocess.Popen, str]:
+def start_server(model_dir: Path, max_batch: int, src: str | None = None) -> tuple[subprocess.Popen, str]:
+    """`minimind serve` in a subprocess (from the source tree `src` when given)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": src} if src else None
     proc = subprocess.Popen([sys.executable, "-m", "minimind.cli", "serve", "--model", str(model_dir),
-                             "--port", str(port), "--max-batch", str(max_batch), "--log-level", "warning"])
+                             "--port", str(port), "--max-batch", str(max_batch), "--log-level", "warning"], env=env)
     url = f"http://127.0.0.1:{port}"
     for _ in range(1200):
         if proc.poll() is not None:
@@ -75,10 +82,11 @@ def start_server(model_dir: Path, max_batch: int) -> tuple[subprocess.Popen, str
     raise SystemExit("the server did not answer /health within 2 minutes")
 
 
-async def one_request(client: httpx.AsyncClient, url: str, question: str, new_tokens: int) -> tuple[int, float]:
+async def one_request(client: httpx.AsyncClient, url: str, question: str, new_tokens: int,
+                      temperature: float = 0.0, seed: int = 0) -> tuple[int, float]:
     """Stream one chat answer; return (completion tokens, seconds to the first content)."""
-    body = {"messages": [{"role": "user", "content": question}], "max_tokens": new_tokens, "temperature": 0,
-            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+    body = {"messages": [{"role": "user", "content": question}], "max_tokens": new_tokens, "temperature": temperature,
+            "seed": seed, "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
     start, first, tokens = time.perf_counter(), None, 0
     async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
         r.raise_for_status()
@@ -94,11 +102,11 @@ async def one_request(client: httpx.AsyncClient, url: str, question: str, new_to
     return tokens, first if first is not None else time.perf_counter() - start
 
 
-async def level(url: str, clients: int, requests: int, new_tokens: int) -> dict:
+async def level(url: str, clients: int, requests: int, new_tokens: int, temperature: float = 0.0) -> dict:
     """`clients` clients at once, each sending `requests` requests in a row."""
     async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=clients + 4)) as client:
         async def user(i: int):
-            return [await one_request(client, url, QUESTIONS[(i + k) % len(QUESTIONS)], new_tokens)
+            return [await one_request(client, url, QUESTIONS[(i + k) % len(QUESTIONS)], new_tokens, temperature, i * 100 + k)
                     for k in range(requests)]
 
         start = time.perf_counter()
@@ -117,27 +125,39 @@ def main() -> None:
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--requests", type=int, default=2, help="requests per client, one after the other (default 2)")
     ap.add_argument("--new-tokens", type=int, default=64, help="completion tokens per request (default 64)")
+    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0: seeded sampling")
+    ap.add_argument("--compare", metavar="SRC", help="also serve from the source tree SRC and compare")
     args = ap.parse_args()
 
+    sides = [None] + ([args.compare] if args.compare else [])
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(args.model) if args.model else random_model_dir(args.preset, Path(args.tokenizer), Path(tmp) / args.preset)
-        proc, url = start_server(model_dir, max_batch=max(args.clients))
+        servers = [start_server(model_dir, max(args.clients), src) for src in sides]
         try:
-            asyncio.run(level(url, 1, 1, 8))  # warm-up: first-call allocations, lazy imports
-            rows = [asyncio.run(level(url, c, args.requests, args.new_tokens)) for c in args.clients]
+            for _, url in servers:
+                asyncio.run(level(url, 1, 1, 8))  # warm-up: first-call allocations, lazy imports
+            rows = [[asyncio.run(level(url, c, args.requests, args.new_tokens, args.temperature)) for _, url in servers]
+                    for c in args.clients]  # the servers take turns at each level
         finally:
-            proc.terminate()
-            proc.wait()
+            for proc, _ in servers:
+                proc.terminate()
+                proc.wait()
 
-    print(f"model {args.model or 'random ' + args.preset}, {args.new_tokens} tokens per request (greedy, ignore_eos), "
+    mode = "greedy" if args.temperature == 0 else f"temperature {args.temperature}, seeded"
+    print(f"model {args.model or 'random ' + args.preset}, {args.new_tokens} tokens per request ({mode}, ignore_eos), "
           f"{args.requests} requests per client; torch {torch.__version__}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}")
-    print("| clients | requests | aggregate tok/s | speedup | TTFT median | TTFT max |")
-    print("|---------|----------|-----------------|---------|-------------|----------|")
-    base = rows[0]["tok_s"]
-    for r in rows:
-        print(f"| {r['clients']:7d} | {r['requests']:8d} | {r['tok_s']:15.1f} | {r['tok_s'] / base:6.2f}x "
-              f"| {r['ttft_median'] * 1000:8.0f} ms | {r['ttft_max'] * 1000:5.0f} ms |")
+    compare = f" {args.compare} tok/s | ours / it |" if args.compare else ""
+    print("| clients | requests | aggregate tok/s | speedup | TTFT median | TTFT max |" + compare)
+    print("|---------|----------|-----------------|---------|-------------|----------|" + ("---|---|" if compare else ""))
+    base = rows[0][0]["tok_s"]
+    for row in rows:
+        r = row[0]
+        line = (f"| {r['clients']:7d} | {r['requests']:8d} | {r['tok_s']:15.1f} | {r['tok_s'] / base:6.2f}x "
+                f"| {r['ttft_median'] * 1000:8.0f} ms | {r['ttft_max'] * 1000:5.0f} ms |")
+        if args.compare:
+            line += f" {row[1]['tok_s']:.1f} | {r['tok_s'] / row[1]['tok_s']:.2f}x |"
+        print(line)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
-"""Continuous batching: rows that join a running batch at different times, and leave it at
-different times, generate exactly what they generate alone."""
+"""The generation engine's continuous batching: rows that join a running batch at different
+times, and leave it at different times, generate exactly what they generate alone; one row's
+broken sampling ends that row alone; log-probabilities are the model's own."""
 
 import pytest
 import torch
 from helpers import scrambled_model
 
 from minimind.infer import SamplingParams, generate
-from minimind.infer.continuous import RunningBatch, Sequence
+from minimind.infer import Engine, Sequence
 
 GREEDY = {"temperature": 0.0, "stop_token_ids": ()}
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -14,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def tokenizer(tok):
-    """conftest's minimind3 tokenizer, under the name these tests use."""
+    """conftest's project-made tokenizer (vocabulary 6400), under the name these tests use."""
     return tok
 
 
@@ -24,8 +25,8 @@ def model():
 
 
 def run(model, tokenizer, arrivals: dict[int, list[Sequence]]) -> None:
-    """Step a RunningBatch, adding arrivals[k] before step k, until every row has finished."""
-    batch, k = RunningBatch(model), 0
+    """Step an Engine, adding arrivals[k] before step k, until every row has finished."""
+    batch, k = Engine(model), 0
     while batch.sequences or any(key >= k for key in arrivals):
         batch.add(arrivals.get(k, []))
         batch.step()
@@ -41,7 +42,7 @@ def test_staggered_rows_equal_each_alone(model, tokenizer):
     seqs = [Sequence(model, tokenizer, p, q) for p, q in zip(prompts, params)]
     # two arrive together (one prefill), the others while those are generating
     run(model, tokenizer, {0: seqs[:2], 3: [seqs[2]], 9: [seqs[3]]})
-    assert [s.row.completion() for s in seqs] == alone
+    assert [s.completion() for s in seqs] == alone
 
 
 def test_seeded_sampling_is_reproducible_in_any_company(model, tokenizer):
@@ -51,7 +52,7 @@ def test_seeded_sampling_is_reproducible_in_any_company(model, tokenizer):
     seq = Sequence(model, tokenizer, prompt, params)
     other = Sequence(model, tokenizer, tokenizer.encode("你好，世界"), SamplingParams(max_new_tokens=20, **GREEDY))
     run(model, tokenizer, {0: [other], 4: [seq]})
-    assert seq.row.completion() == alone
+    assert seq.completion() == alone
 
 
 def test_cancelled_rows_leave_and_the_rest_continue(model, tokenizer):
@@ -59,22 +60,22 @@ def test_cancelled_rows_leave_and_the_rest_continue(model, tokenizer):
     params = SamplingParams(max_new_tokens=10, **GREEDY)
     alone = generate(model, tokenizer, [prompts[1]], params)[0]
     seqs = [Sequence(model, tokenizer, p, params) for p in prompts]
-    batch = RunningBatch(model)
+    batch = Engine(model)
     batch.add(seqs)
     batch.step()
     seqs[0].cancelled = True
     assert batch.drop_cancelled() == [seqs[0]]
     while batch.sequences:
         batch.step()
-    assert seqs[0].row.finish_reason is None and seqs[1].row.completion() == alone
+    assert seqs[0].finish_reason is None and seqs[1].completion() == alone
 
 
 def test_openai_penalties_change_the_choice(model, tokenizer):
     """A frequency penalty pushes down tokens already generated: greedy output with a large
     penalty repeats no token, and equals a naive loop that applies the formula itself."""
     prompt = tokenizer.encode("a a a a a")
-    params = SamplingParams(max_new_tokens=8, **GREEDY)
-    seq = Sequence(model, tokenizer, prompt, params, frequency_penalty=100.0)
+    params = SamplingParams(max_new_tokens=8, frequency_penalty=100.0, **GREEDY)
+    seq = Sequence(model, tokenizer, prompt, params)
     run(model, tokenizer, {0: [seq]})
     ids, counts = list(prompt), torch.zeros(model.config.vocab_size)
     with torch.no_grad():
@@ -82,5 +83,72 @@ def test_openai_penalties_change_the_choice(model, tokenizer):
             logits = model(torch.tensor([ids])).logits[0, -1] - 100.0 * counts
             ids.append(int(logits.argmax()))
             counts[ids[-1]] += 1
-    assert seq.row.token_ids == ids[len(prompt):]
-    assert len(set(seq.row.token_ids)) == 8
+    assert seq.token_ids == ids[len(prompt):]
+    assert len(set(seq.token_ids)) == 8
+
+
+def test_rows_with_different_settings_each_sample_as_alone(model, tokenizer):
+    """One step samples every row in a few tensor ops, each with its own temperature, top-k,
+    top-p, penalties and seed: each row's tokens equal what it samples alone."""
+    prompt = tokenizer.encode("Once upon a time")
+    settings = [dict(temperature=1.3, top_k=5, seed=1), dict(temperature=0.7, top_p=0.8, seed=2),
+                dict(temperature=0.0), dict(temperature=1.0, top_p=1.0, repetition_penalty=1.3, seed=3),
+                dict(temperature=0.9, top_k=40, top_p=0.9, presence_penalty=0.5, seed=4)]
+    params = [SamplingParams(max_new_tokens=10, stop_token_ids=(), **kw) for kw in settings]
+    alone = []
+    for p in params:
+        seq = Sequence(model, tokenizer, prompt, p)
+        run(model, tokenizer, {0: [seq]})
+        alone.append(seq.completion().token_ids)
+    together = [Sequence(model, tokenizer, prompt, p) for p in params]
+    run(model, tokenizer, {0: together[:3], 2: together[3:]})
+    assert [s.completion().token_ids for s in together] == alone
+
+
+def test_the_cache_grows_when_rows_outlive_their_room(model, tokenizer):
+    prompts = [tokenizer.encode(t) for t in ("Once upon a time", "你好")]
+    params = SamplingParams(max_new_tokens=30, **GREEDY)
+    alone = generate(model, tokenizer, prompts, params)
+    seqs = [Sequence(model, tokenizer, p, params) for p in prompts]
+    batch = Engine(model)
+    batch.add(seqs, room=2)  # every few steps the buffers move to larger ones
+    while batch.sequences:
+        batch.step()
+    assert [s.completion() for s in seqs] == alone
+
+
+@pytest.mark.parametrize("poison", [{"temperature": 1e-40}, {"repetition_penalty": 1e-300, "temperature": 1.0}])
+def test_a_row_whose_sampling_breaks_ends_alone(model, tokenizer, poison):
+    """Extreme settings that pass validation can turn a row's probabilities into NaN; that row
+    finishes with finish_reason "error", and the rows beside it go on unchanged."""
+    prompts = [tokenizer.encode(t) for t in ("Once upon a time", "你好")]
+    healthy = SamplingParams(max_new_tokens=12, temperature=0.8, seed=5, stop_token_ids=())
+    alone = Sequence(model, tokenizer, prompts[0], healthy)
+    run(model, tokenizer, {0: [alone]})
+    good = Sequence(model, tokenizer, prompts[0], healthy)
+    bad = Sequence(model, tokenizer, prompts[1], SamplingParams(max_new_tokens=12, stop_token_ids=(), seed=1, **poison))
+    run(model, tokenizer, {0: [good], 3: [bad]})
+    assert good.completion() == alone.completion()
+    done = bad.completion()
+    assert done.finish_reason == "error" and "not finite" in done.error and done.token_ids == []
+
+
+def test_logprobs_are_the_models_own(model, tokenizer):
+    """Each sampled token's log-probability (and the top alternatives) equal a log-softmax of
+    a full forward pass over prompt + tokens so far; sampling settings do not change them."""
+    prompt = tokenizer.encode("The answer is")
+    params = SamplingParams(max_new_tokens=6, temperature=1.5, top_k=20, seed=0, stop_token_ids=(),
+                            logprobs=True, top_logprobs=3)
+    [done] = generate(model, tokenizer, [prompt], params)
+    assert len(done.logprobs) == 6
+    ids = list(prompt)
+    with torch.no_grad():
+        for entry, token in zip(done.logprobs, done.token_ids):
+            reference = model(torch.tensor([ids])).logits[0, -1].float().log_softmax(-1)
+            assert entry.token_id == token
+            assert entry.logprob == pytest.approx(float(reference[token]), abs=1e-4)
+            best = reference.topk(3)
+            assert [t for t, _ in entry.top] == best.indices.tolist()
+            assert [v for _, v in entry.top] == pytest.approx(best.values.tolist(), abs=1e-4)
+            ids.append(token)
+    assert generate(model, tokenizer, [prompt], SamplingParams(max_new_tokens=2))[0].logprobs is None

@@ -11,6 +11,7 @@ import torch
 from helpers import scrambled_model
 
 from minimind import MiniMindError, preset
+from minimind.model import KVCache
 from minimind.infer import (
     Completion,
     SamplingParams,
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def tokenizer(tok):
-    """conftest's minimind3 tokenizer, under the name these tests use."""
+    """conftest's project-made tokenizer (vocabulary 6400), under the name these tests use."""
     return tok
 
 
@@ -66,13 +67,14 @@ class ScriptedModel(torch.nn.Module):
         self.dummy = torch.nn.Parameter(torch.zeros(1))
         self.calls = 0
 
-    def new_cache(self, batch_size, max_len):
+    def new_cache(self, batch_size, capacity):
         self.calls = 0
-        return type("Cache", (), {"length": 0, "reorder": lambda self, rows: None})()
+        return KVCache(1, batch_size, 1, 1, capacity)  # a real cache: the engine trims and grows it
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, logits_to_keep=0):
         token = self.script[min(self.calls, len(self.script) - 1)]
         self.calls += 1
+        cache.length += input_ids.shape[1]
         logits = torch.full((input_ids.shape[0], 1, self.config.vocab_size), -10.0)
         logits[:, :, token] = 10.0
         return type("Out", (), {"logits": logits})()

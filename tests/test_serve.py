@@ -24,7 +24,6 @@ openai = pytest.importorskip("openai")
 from helpers import scrambled_model
 
 from minimind.checkpoint import save_model_dir
-from minimind.tokenizer import Tokenizer
 
 KEY = "test-key"
 GREEDY = {"temperature": 0, "max_tokens": 16}
@@ -52,9 +51,9 @@ def teach_tool_call(model, tokenizer) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, shared_data):
+def server(tmp_path_factory, tok):
     """Start `minimind serve` on a free port with an API key; yield its base URL."""
-    tokenizer = Tokenizer.from_dir(shared_data / "tokenizer" / "minimind3")
+    tokenizer = tok  # conftest's project-made tokenizer
     torch.manual_seed(0)
     model = scrambled_model()
     threads = torch.get_num_threads()
@@ -151,6 +150,29 @@ def test_completions_endpoint(client):
     streamed = client.completions.create(model="nano", prompt="Once upon a time", max_tokens=8, temperature=0, stream=True)
     assert "".join(c.choices[0].text for c in streamed) == r.choices[0].text
     assert r.object == "text_completion" and r.usage.completion_tokens == 8
+
+
+def test_logprobs_chat_streamed_and_completions(client):
+    """OpenAI's logprobs: per token the model's log-probability, its bytes and the top
+    alternatives; the tokens spell the text; streaming sends the same entries in pieces."""
+    r = chat(client, say("Tell me a story"), logprobs=True, top_logprobs=2)
+    content, entries = r.choices[0].message.content, r.choices[0].logprobs.content
+    assert len(entries) == r.usage.completion_tokens == 16  # no stop token: max_tokens reached
+    assert bytes(b for e in entries for b in e.bytes).decode() == content
+    for e in entries:
+        assert e.logprob <= 0 and len(e.top_logprobs) == 2
+        assert e.top_logprobs[0].logprob >= e.top_logprobs[1].logprob
+        assert e.logprob == pytest.approx(e.top_logprobs[0].logprob, abs=1e-5)  # greedy picks the best
+    chunks = list(chat(client, say("Tell me a story"), logprobs=True, top_logprobs=2, stream=True))
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [(e.token, round(e.logprob, 4)) for e in streamed] == [(e.token, round(e.logprob, 4)) for e in entries]
+    assert chat(client, say("Hi")).choices[0].logprobs is None
+
+    text = client.completions.create(model="nano", prompt="Once upon a time", max_tokens=6, temperature=0, logprobs=3)
+    lp = text.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 6
+    assert "".join(lp.tokens) == text.choices[0].text and lp.text_offset[0] == 0
+    assert all(len(top) <= 3 for top in lp.top_logprobs)
 
 
 # --------------------------------------------------------------------------- tools
@@ -295,6 +317,8 @@ def test_api_key(server):
     ({"messages": say("hi"), "max_tokens": 0}, "max_tokens"),
     ({"messages": say("hi"), "presence_penalty": 3}, "presence_penalty"),
     ({"messages": say("hi"), "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"messages": say("hi"), "top_logprobs": 2}, "top_logprobs"),
+    ({"messages": say("hi"), "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
     ({"messages": say("hi"), "tool_choice": {"type": "function", "function": {"name": "nope"}}, "tools": TOOLS}, "tool_choice"),
     ({"messages": say("hi"), "tool_choice": "required"}, "tool_choice"),
     ({"messages": say("hi"), "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}, "tool_choice"),
@@ -320,20 +344,20 @@ def test_prompt_longer_than_the_context(server):
     assert raw(server, {"messages": say("word " * 40000)}).json()["error"]["code"] == "context_length_exceeded"
 
 
-def test_a_full_queue_answers_429(shared_data):
+def test_a_full_queue_answers_429(tok):
     """The engine's bound, checked without a server: with no free row and a queue of 2,
     a third request is refused (the app turns QueueFull into 429 rate_limit_exceeded)."""
     import asyncio
 
     from minimind.infer import SamplingParams
-    from minimind.serve.engine import Engine, QueueFull
+    from minimind.serve.scheduler import QueueFull, Scheduler
 
     model = scrambled_model()
-    tokenizer = Tokenizer.from_dir(shared_data / "tokenizer" / "minimind3")
-    engine = Engine(model, tokenizer, max_batch=1, max_queue=2)  # not started: nothing leaves the queue
+    tokenizer = tok
+    scheduler = Scheduler(model, tokenizer, max_batch=1, max_queue=2)  # not started: nothing leaves the queue
     loop = asyncio.new_event_loop()
     params = SamplingParams(max_new_tokens=4)
-    engine.submit([([1, 2, 3], params)] * 2, loop)
+    scheduler.submit([([1, 2, 3], params)] * 2, loop)
     with pytest.raises(QueueFull):
-        engine.submit([([1, 2, 3], params)], loop)
+        scheduler.submit([([1, 2, 3], params)], loop)
     loop.close()

@@ -118,6 +118,23 @@ def _prepare_messages(messages, tools):
     return out, tools
 
 
+def _byte_level_alphabet() -> dict[str, int]:
+    """Byte-level BPE writes each byte as one printable character: bytes that are printable
+    Latin-1 stand for themselves, the others (controls, space, ...) are moved to chr(256 + n)
+    in byte order. This is the inverse map, character -> byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
+    chars, shifted = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + shifted)] = b
+            shifted += 1
+    return chars
+
+
+_BYTE_OF_CHAR = _byte_level_alphabet()
+
 # ----------------------------------------------------------------------------- tokenizer ---
 
 class Tokenizer:
@@ -198,6 +215,22 @@ class Tokenizer:
     def stream_decoder(self, skip_special_tokens: bool = False) -> "StreamDecoder":
         """A decoder for generation: push ids one at a time, get printable text back."""
         return StreamDecoder(self, skip_special_tokens)
+
+    def token_bytes(self, i: int) -> bytes:
+        """The raw bytes one token stands for (a byte-level token may hold part of a UTF-8
+        character, which decode() would show as U+FFFD). Added tokens are their UTF-8 text."""
+        token = self._tk.id_to_token(int(i))
+        if token is None:
+            return b""
+        if token in self._added or any(c not in _BYTE_OF_CHAR for c in token):
+            return token.encode("utf-8")
+        return bytes(_BYTE_OF_CHAR[c] for c in token)
+
+    @property
+    def _added(self) -> set[str]:
+        if not hasattr(self, "_added_cache"):
+            self._added_cache = {t.content for t in self._tk.get_added_tokens_decoder().values()}
+        return self._added_cache
 
     # --- chats ---
     def apply_chat_template(self, messages, tools=None, add_generation_prompt=False,

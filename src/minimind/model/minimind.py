@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import ModelConfig
+from .cache import KVCache
 from .layers import Attention, RMSNorm, SwiGLU, decoding_attention, rope_cos_sin, rope_inv_freq
 from .moe import MoEFeedForward
 
@@ -29,36 +30,6 @@ class CausalLMOutput:
     loss: torch.Tensor | None = None  # mean next-token cross entropy, when labels are given
     aux_loss: torch.Tensor | None = None  # MoE load-balancing loss (0 for dense models)
     hidden_states: torch.Tensor | None = None  # final normalised hidden states
-
-
-class KVCache:
-    """Preallocated keys and values for every layer: [B, K, max_len, D] each.
-
-    Generation writes each step's K/V in place instead of concatenating (which copies the
-    whole cache every token). `length` is how many positions are filled; all rows share it
-    (prompts of different lengths are left-padded, and the padding is masked).
-    """
-
-    def __init__(self, config: ModelConfig, batch_size: int, max_len: int, device=None, dtype=None):
-        shape = (batch_size, config.num_key_value_heads, max_len, config.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
-        self.max_len = max_len
-        self.length = 0
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Store new K/V [B, K, L, D] after the filled part; return all filled K/V."""
-        end = self.length + k.shape[2]
-        if end > self.max_len:
-            raise ValueError(f"KV cache is full: {end} positions needed, {self.max_len} allocated")
-        self.k[layer][:, :, self.length:end] = k
-        self.v[layer][:, :, self.length:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
-
-    def reorder(self, rows: torch.Tensor) -> None:
-        """Keep only the given batch rows (e.g. drop finished sequences)."""
-        self.k = [k[rows] for k in self.k]
-        self.v = [v[rows] for v in self.v]
 
 
 class DecoderLayer(nn.Module):
@@ -210,10 +181,13 @@ class MiniMindForCausalLM(nn.Module):
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
         return CausalLMOutput(logits=logits, loss=loss, aux_loss=aux, hidden_states=h)
 
-    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
-        p = self.lm_head.weight
+    def new_cache(self, batch_size: int, capacity: int) -> KVCache:
+        """An empty KV cache for `batch_size` rows of up to `capacity` positions, in the dtype
+        the attention will produce (the autocast dtype under autocast)."""
+        p, c = self.lm_head.weight, self.config
         dtype = torch.get_autocast_dtype(p.device.type) if torch.is_autocast_enabled(p.device.type) else p.dtype
-        return KVCache(self.config, batch_size, max_len, device=p.device, dtype=dtype)
+        return KVCache(c.num_hidden_layers, batch_size, c.num_key_value_heads, c.head_dim, capacity,
+                       device=p.device, dtype=dtype)
 
     @property
     def device(self) -> torch.device:

@@ -5,13 +5,14 @@
     uvicorn.run(app, host="127.0.0.1", port=8998)
 
 Handlers only validate, render the prompt and turn the engine's output into OpenAI's
-objects; generation happens in the engine thread (engine.py). Every error is OpenAI's
+objects; generation happens in the scheduler thread (scheduler.py). Every error is OpenAI's
 {"error": {...}} body with a 4xx status; an unexpected failure is a plain 500 with no trace.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import secrets
@@ -26,8 +27,8 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from ..errors import MiniMindError
-from ..infer.generate import Completion, SamplingParams
-from .engine import Engine, Job, QueueFull
+from ..infer.sequence import Completion, SamplingParams
+from .scheduler import Job, QueueFull, Scheduler
 from .protocol import (
     APIError,
     ChatRequest,
@@ -45,16 +46,16 @@ log = logging.getLogger("minimind.serve")
 
 def create_app(model, tokenizer, name: str = "minimind", api_key: str | None = None,
                max_batch: int = 32, max_queue: int = 64) -> FastAPI:
-    engine = Engine(model, tokenizer, max_batch=max_batch, max_queue=max_queue)
+    scheduler = Scheduler(model, tokenizer, max_batch=max_batch, max_queue=max_queue)
     created = int(time.time())
     context = model.config.max_position_embeddings
     template = tokenizer.chat_template or ""
 
     @asynccontextmanager
     async def lifespan(app):
-        engine.start()
+        scheduler.start()
         yield
-        engine.stop()
+        scheduler.stop()
 
     app = FastAPI(title="minimind", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -81,7 +82,7 @@ def create_app(model, tokenizer, name: str = "minimind", api_key: str | None = N
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": name, **engine.load}
+        return {"status": "ok", "model": name, **scheduler.load}
 
     @app.get("/v1/models")
     async def models():
@@ -110,6 +111,7 @@ def create_app(model, tokenizer, name: str = "minimind", api_key: str | None = N
     def submit(body: _Sampling, prompts: list[list[int]], limit: int | None, param: str) -> Job:
         """Check the prompts against the context, build each choice's sampling, queue the job."""
         requests = []
+        logprobs, top_logprobs = body.logprob_settings()
         for ids in prompts:
             if len(ids) >= context:
                 raise APIError(400, f"the prompt is {len(ids)} tokens; this model's context is {context} "
@@ -121,9 +123,11 @@ def create_app(model, tokenizer, name: str = "minimind", api_key: str | None = N
                 requests.append((ids, SamplingParams(
                     max_new_tokens=min(limit or context, context - len(ids)), temperature=body.temperature,
                     top_k=body.top_k, top_p=body.top_p, repetition_penalty=body.repetition_penalty,
-                    stop_strings=tuple(body.stop or ()), seed=seed, stop_token_ids=() if body.ignore_eos else None)))
+                    frequency_penalty=body.frequency_penalty, presence_penalty=body.presence_penalty,
+                    stop_strings=tuple(body.stop or ()), seed=seed, stop_token_ids=() if body.ignore_eos else None,
+                    logprobs=logprobs, top_logprobs=top_logprobs)))
         try:
-            return engine.submit(requests, asyncio.get_running_loop(), body.frequency_penalty, body.presence_penalty)
+            return scheduler.submit(requests, asyncio.get_running_loop())
         except QueueFull as e:
             raise APIError(429, f"server busy: {e}", code="rate_limit_exceeded", type="rate_limit_error") from None
         except MiniMindError as e:
@@ -154,7 +158,7 @@ def create_app(model, tokenizer, name: str = "minimind", api_key: str | None = N
         meta = {"id": f"chatcmpl-{secrets.token_hex(12)}", "object": "chat.completion", "created": int(time.time()),
                 "model": name}
         if body.stream:
-            return sse(chat_stream(job, meta, len(ids), thinking, tools, body.include_usage, forced))
+            return sse(chat_stream(job, meta, len(ids), thinking, tools, body.include_usage, forced, tokenizer))
         done = await until_disconnect(request, job, collect(job))
         choices = []
         for i, c in enumerate(done):
@@ -164,7 +168,7 @@ def create_app(model, tokenizer, name: str = "minimind", api_key: str | None = N
                 message["reasoning_content"] = reasoning
             if calls:
                 message["tool_calls"] = calls
-            choices.append({"index": i, "message": message, "logprobs": None,
+            choices.append({"index": i, "message": message, "logprobs": chat_logprobs(tokenizer, shown(c)),
                             "finish_reason": finish_reason(c, bool(calls))})
         return {**meta, "choices": choices, "usage": usage([len(ids)], done)}
 
@@ -181,10 +185,10 @@ def create_app(model, tokenizer, name: str = "minimind", api_key: str | None = N
                 "model": name}
         echo = [tokenizer.decode(p, skip_special_tokens=True) if body.echo else "" for p in prompts for _ in range(body.n)]
         if body.stream:
-            return sse(text_stream(job, meta, echo, [len(p) for p in prompts], body.include_usage))
+            return sse(text_stream(job, meta, echo, [len(p) for p in prompts], body.include_usage, tokenizer))
         done = await until_disconnect(request, job, collect(job))
-        choices = [{"index": i, "text": echo[i] + c.text, "logprobs": None, "finish_reason": finish_reason(c, False)}
-                   for i, c in enumerate(done)]
+        choices = [{"index": i, "text": echo[i] + c.text, "logprobs": text_logprobs(tokenizer, shown(c)),
+                    "finish_reason": finish_reason(c, False)} for i, c in enumerate(done)]
         return {**meta, "choices": choices,
                 "usage": usage([len(p) for p in prompts], done)}
 
@@ -231,10 +235,41 @@ async def parse(request: Request, model: type[_Sampling]) -> _Sampling:
 
 async def collect(job: Job) -> list[Completion]:
     done: list[Completion | None] = [None] * len(job.sequences)
-    async for i, _, completion in job:
+    async for i, _, completion, _ in job:
         if completion is not None:
+            if completion.finish_reason == "error":  # this request's settings broke its sampling
+                raise APIError(400, completion.error)
             done[i] = completion
     return done
+
+
+def shown(c: Completion) -> list | None:
+    """The completion's log-probabilities without the stop token's (it is not in the text)."""
+    return None if c.logprobs is None else c.logprobs[:len(c.token_ids)]
+
+
+def chat_logprobs(tokenizer, entries: list | None) -> dict | None:
+    """OpenAI's chat `logprobs` object: {"content": [{token, logprob, bytes, top_logprobs}]}."""
+    if entries is None:
+        return None
+
+    def one(token_id: int, logprob: float) -> dict:
+        raw = tokenizer.token_bytes(token_id)
+        return {"token": raw.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(raw)}
+
+    return {"content": [{**one(e.token_id, e.logprob), "top_logprobs": [one(t, lp) for t, lp in e.top]}
+                        for e in entries]}
+
+
+def text_logprobs(tokenizer, entries: list | None, offset: int = 0) -> dict | None:
+    """The legacy /v1/completions `logprobs` object: parallel lists per token."""
+    if entries is None:
+        return None
+    text = lambda t: tokenizer.token_bytes(t).decode("utf-8", errors="replace")  # noqa: E731
+    tokens = [text(e.token_id) for e in entries]
+    offsets = list(itertools.accumulate((len(t) for t in tokens[:-1]), initial=offset)) if tokens else []
+    return {"tokens": tokens, "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [{text(t): lp for t, lp in e.top} for e in entries], "text_offset": offsets}
 
 
 async def until_disconnect(request: Request, job: Job, work):
@@ -276,37 +311,46 @@ def data(obj) -> str:
 
 
 async def chat_stream(job: Job, meta: dict, prompt_len: int, thinking: bool, tools: bool, include_usage: bool,
-                      forced: str = ""):
+                      forced: str = "", tokenizer=None):
     """Server-sent events: a role delta per choice, then reasoning / content / tool_calls
     deltas as text arrives, a final chunk with finish_reason per choice, usage, [DONE].
-    `forced`: the start of a tool call the prompt ended with, parsed as if generated."""
+    `forced`: the start of a tool call the prompt ended with, parsed as if generated.
+    With logprobs, each chunk carries those of the tokens behind its text."""
     base = {**meta, "object": "chat.completion.chunk"}
     extra = {"usage": None} if include_usage else {}
 
-    def chunk(i: int, delta: dict, reason: str | None = None) -> str:
-        return data({**base, "choices": [{"index": i, "delta": delta, "logprobs": None, "finish_reason": reason}],
+    def chunk(i: int, delta: dict, reason: str | None = None, logprobs: dict | None = None) -> str:
+        return data({**base, "choices": [{"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": reason}],
                      **extra})
 
     n = len(job.sequences)
     parsers = [OutputParser(thinking, tools, forced) for _ in range(n)]
     calls = [0] * n  # tool calls sent per choice (their index in the delta)
+    pending: list[list] = [[] for _ in range(n)]  # log-probabilities not yet sent, per choice
     done: list[Completion] = []
     try:
         for i in range(n):
             yield chunk(i, {"role": "assistant", "content": ""})
-        async for i, piece, completion in job:
+        async for i, piece, completion, logprobs in job:
+            if completion is not None and completion.finish_reason == "error":
+                raise APIError(400, completion.error)
+            pending[i] += logprobs
             events = parsers[i].feed(piece) + (parsers[i].finish() if completion is not None else [])
             for kind, value in events:
+                lp, pending[i] = chat_logprobs(tokenizer, pending[i]) if pending[i] else None, []
                 if kind == "tool_call":
-                    yield chunk(i, {"tool_calls": [{"index": calls[i], **value}]})
+                    yield chunk(i, {"tool_calls": [{"index": calls[i], **value}]}, logprobs=lp)
                     calls[i] += 1
                 else:
-                    yield chunk(i, {"reasoning_content" if kind == "reasoning" else "content": value})
+                    yield chunk(i, {"reasoning_content" if kind == "reasoning" else "content": value}, logprobs=lp)
             if completion is not None:
                 done.append(completion)
-                yield chunk(i, {}, finish_reason(completion, calls[i] > 0))
+                lp = chat_logprobs(tokenizer, pending[i]) if pending[i] else None
+                yield chunk(i, {}, finish_reason(completion, calls[i] > 0), lp)
         if include_usage:
             yield data({**base, "choices": [], "usage": usage([prompt_len], done)})
+    except APIError as e:  # the status is already sent: say it in-band
+        yield data(e.body())
     except Exception:  # the engine failed mid-stream: the status is already sent, say so in-band
         log.exception("generation failed")
         yield data(error_body("generation failed", "server_error"))
@@ -315,28 +359,36 @@ async def chat_stream(job: Job, meta: dict, prompt_len: int, thinking: bool, too
     yield "data: [DONE]\n\n"
 
 
-async def text_stream(job: Job, meta: dict, echo: list[str], prompt_lengths: list[int], include_usage: bool):
+async def text_stream(job: Job, meta: dict, echo: list[str], prompt_lengths: list[int], include_usage: bool,
+                      tokenizer=None):
     """/v1/completions streamed: text chunks per choice, a finish chunk each, usage, [DONE]."""
     base = meta
     extra = {"usage": None} if include_usage else {}
 
-    def chunk(i: int, text: str, reason: str | None = None) -> str:
-        return data({**base, "choices": [{"index": i, "text": text, "logprobs": None, "finish_reason": reason}],
+    def chunk(i: int, text: str, reason: str | None = None, logprobs: dict | None = None) -> str:
+        return data({**base, "choices": [{"index": i, "text": text, "logprobs": logprobs, "finish_reason": reason}],
                      **extra})
 
     done: list[Completion] = []
+    offsets = [len(text) for text in echo]  # where each choice's next token starts in its text
     try:
         for i, text in enumerate(echo):
             if text:
                 yield chunk(i, text)
-        async for i, piece, completion in job:
-            if piece:
-                yield chunk(i, piece)
+        async for i, piece, completion, logprobs in job:
+            if completion is not None and completion.finish_reason == "error":
+                raise APIError(400, completion.error)
+            if piece or logprobs:
+                lp = text_logprobs(tokenizer, logprobs, offsets[i]) if logprobs else None
+                offsets[i] += len(piece)
+                yield chunk(i, piece, logprobs=lp)
             if completion is not None:
                 done.append(completion)
                 yield chunk(i, "", finish_reason(completion, False))
         if include_usage:
             yield data({**base, "choices": [], "usage": usage(prompt_lengths, done)})
+    except APIError as e:
+        yield data(e.body())
     except Exception:
         log.exception("generation failed")
         yield data(error_body("generation failed", "server_error"))

@@ -110,7 +110,10 @@ class _Sampling(_Body):
     ignore_eos: bool = False  # generate max_tokens whatever the model says (benchmarks)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    # chat: logprobs true/false and top_logprobs 0-20; completions: logprobs 0-5 (the number of
+    # alternatives), as OpenAI's two endpoints define them
     logprobs: bool | int | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
 
     @field_validator("stop")
     @classmethod
@@ -122,12 +125,17 @@ class _Sampling(_Body):
             raise ValueError("stop sequences must be non-empty strings")
         return stops
 
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, v):
-        if v:
-            raise ValueError("logprobs are not supported by this server")
-        return v
+    def logprob_settings(self) -> tuple[bool, int]:
+        """(record log-probabilities, how many alternatives per token) for SamplingParams."""
+        if isinstance(self, ChatRequest):
+            if self.top_logprobs and not self.logprobs:
+                raise APIError(400, "top_logprobs needs logprobs: true", "top_logprobs")
+            return bool(self.logprobs), self.top_logprobs or 0
+        if self.logprobs is None or self.logprobs is False:
+            return False, 0
+        if not 0 <= int(self.logprobs) <= 5:
+            raise APIError(400, "logprobs must be between 0 and 5 for /v1/completions", "logprobs")
+        return True, int(self.logprobs)
 
     @property
     def include_usage(self) -> bool:

@@ -1,13 +1,14 @@
-"""The batching engine: one background thread owns the model and decodes every request together.
+"""The server's scheduler: one background thread owns the model and decodes every request together.
 
-    engine = Engine(model, tokenizer)
-    engine.start()
-    job = engine.submit([(prompt_ids, params)], loop=asyncio.get_running_loop())
+    scheduler = Scheduler(model, tokenizer)
+    scheduler.start()
+    job = scheduler.submit([(prompt_ids, params)], loop=asyncio.get_running_loop())
     async for index, piece, done in job:      # text as it is generated, per choice
         ...
 
 Each loop iteration admits waiting requests (their prompts are prefilled together and join
-the running batch), then runs one decode step for all rows (infer.continuous.RunningBatch).
+the running batch), then runs one decode step for all rows (the generation engine,
+infer.engine.Engine, which every other caller uses too).
 New text goes to the request's asyncio queue through `loop.call_soon_threadsafe`, so the
 event loop never waits on the model, and a request that arrives while others are
 generating starts at the next step instead of after they finish. A cancelled job (client
@@ -23,8 +24,8 @@ from collections import deque
 
 import torch
 
-from ..infer.continuous import RunningBatch, Sequence
-from ..infer.generate import Completion, SamplingParams
+from ..infer.engine import Engine
+from ..infer.sequence import Completion, SamplingParams, Sequence
 
 log = logging.getLogger("minimind.serve")
 
@@ -36,8 +37,9 @@ class QueueFull(Exception):
 class Job:
     """One request: its sequences (choices: n per prompt) and the queue their output goes to.
 
-    Iterating it yields (choice index, new text, Completion or None) until every choice has
-    finished; the Completion comes with the last piece of its choice.
+    Iterating it yields (choice index, new text, Completion or None, new TokenLogprobs) until
+    every choice has finished; the Completion comes with the last piece of its choice. The
+    log-probabilities are those of the tokens behind the text (empty unless requested).
     """
 
     def __init__(self, sequences: list[Sequence], loop: asyncio.AbstractEventLoop):
@@ -47,9 +49,9 @@ class Job:
         self.open = len(sequences)  # choices not yet finished (read on the event loop only)
         self.ready: deque = deque()  # merged items not yet handed out
 
-    def emit(self, index: int, piece: str, done: Completion | None) -> None:
+    def emit(self, index: int, piece: str, done: Completion | None, logprobs: list) -> None:
         """Called from the engine thread."""
-        self._put((index, piece, done))
+        self._put((index, piece, done, logprobs))
 
     def fail(self, error: BaseException) -> None:
         self._put(error)
@@ -68,7 +70,7 @@ class Job:
     def __aiter__(self):
         return self
 
-    async def __anext__(self) -> tuple[int, str, Completion | None]:
+    async def __anext__(self) -> tuple[int, str, Completion | None, list]:
         """The next piece of some choice. When the reader has fallen behind (many clients,
         a busy event loop), everything queued for a choice comes as one piece: fewer, larger
         chunks instead of a backlog of one-token events."""
@@ -78,23 +80,24 @@ class Job:
             items = [await self.queue.get()]
             while not self.queue.empty():
                 items.append(self.queue.get_nowait())
-            merged: dict[int, list] = {}  # choice -> [text, completion]; a choice's items arrive in order
+            merged: dict[int, list] = {}  # choice -> [text, completion, logprobs]; in order per choice
             for item in items:
                 if isinstance(item, BaseException):
                     self.open = 0
                     raise item
-                index, piece, done = item
-                entry = merged.setdefault(index, ["", None])
+                index, piece, done, logprobs = item
+                entry = merged.setdefault(index, ["", None, []])
                 entry[0] += piece
                 entry[1] = done
-            self.ready = deque((i, text, done) for i, (text, done) in merged.items())
+                entry[2] += logprobs
+            self.ready = deque((i, *entry) for i, entry in merged.items())
         item = self.ready.popleft()
         if item[2] is not None:
             self.open -= 1
         return item
 
 
-class Engine:
+class Scheduler:
     """Owns the model; `submit` is called from the event loop, everything else runs in its thread.
 
     max_batch: rows decoded together at most (more wait for a free row).
@@ -122,12 +125,10 @@ class Engine:
         if self.thread is not None:
             self.thread.join()
 
-    def submit(self, requests: list[tuple[list[int], SamplingParams]], loop: asyncio.AbstractEventLoop,
-               frequency_penalty: float = 0.0, presence_penalty: float = 0.0) -> Job:
+    def submit(self, requests: list[tuple[list[int], SamplingParams]], loop: asyncio.AbstractEventLoop) -> Job:
         """Queue one job: a (prompt ids, SamplingParams) pair per choice. Raises MiniMindError
         for a prompt the model cannot take (too long for its context, ...) and QueueFull."""
-        sequences = [Sequence(self.model, self.tokenizer, prompt, params, frequency_penalty, presence_penalty)
-                     for prompt, params in requests]
+        sequences = [Sequence(self.model, self.tokenizer, prompt, params) for prompt, params in requests]
         job = Job(sequences, loop)
         with self.wakeup:
             if len(self.waiting) + len(sequences) > self.max_queue:
@@ -140,7 +141,7 @@ class Engine:
     def load(self) -> dict:
         return {"running": self.rows_running, "waiting": len(self.waiting)}
 
-    def _admit(self, batch: RunningBatch) -> list[tuple[Job, int, Sequence]]:
+    def _admit(self, batch: Engine) -> list[tuple[Job, int, Sequence]]:
         """Take waiting rows (cancelled ones are dropped) while there is room; block when idle."""
         with self.wakeup:
             self.rows_running = len(batch.sequences)
@@ -155,7 +156,7 @@ class Engine:
             return taken
 
     def _loop(self) -> None:
-        batch = RunningBatch(self.model)
+        batch = Engine(self.model)
         rows: dict[int, tuple[Job, int]] = {}  # id(sequence) -> (job, choice index)
         while self.running:
             try:
@@ -167,18 +168,18 @@ class Engine:
                     batch.add([s for _, _, s in admitted])
                 for s in batch.step():
                     job, i = rows[id(s)]
-                    piece = s.row.new_text()
-                    done = s.row.completion() if s.finished else None
+                    piece = s.new_text()
+                    done = s.completion() if s.finished else None
                     if done is not None:
                         rows.pop(id(s))
                     if piece or done is not None:
-                        job.emit(i, piece, done)
+                        job.emit(i, piece, done, s.new_logprobs())
                 self.rows_running = len(rows)
             except Exception as e:  # a bug or out of memory: fail these requests, keep serving
                 log.exception("generation failed")
                 for job in {id(j): j for j, _ in rows.values()}.values():
                     job.fail(e)
-                batch, rows = RunningBatch(self.model), {}
+                batch, rows = Engine(self.model), {}
                 self.rows_running = 0
                 if isinstance(e, torch.cuda.OutOfMemoryError):
                     torch.cuda.empty_cache()
