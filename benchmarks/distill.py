@@ -36,11 +36,11 @@ from minimind.config import preset
 from minimind.data import build_datasets
 from minimind.data.formats import read_records
 from minimind.infer import SamplingParams
+from minimind.infer.generate_data import generate_data
 from minimind.model import MiniMindForCausalLM
 from minimind.tokenizer import Tokenizer
-from minimind.train.commands import make_objective
+from minimind.train.objectives import make_objective
 from minimind.train.distill import distill_terms
-from minimind.train.generate_data import generate_data
 from minimind.train.objectives import packed_attention_mask
 from minimind.train.trainer import TrainConfig, train
 
@@ -119,8 +119,7 @@ def main() -> None:
         timings["teacher"] = time.perf_counter() - started
     tokenizer = Tokenizer.from_dir(teacher_dir)
     # Every student starts from these weights (the trainer's --init).
-    cfg = preset(args.student_preset, vocab_size=tokenizer.vocab_size, bos_token_id=tokenizer.bos_token_id,
-                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    cfg = preset(args.student_preset, tokenizer=tokenizer)
     from minimind.checkpoint import save_model_dir
 
     init = save_model_dir(MiniMindForCausalLM(cfg).init_weights(3), work / "student_init", tokenizer)

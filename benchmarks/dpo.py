@@ -61,14 +61,13 @@ def records(out: Path) -> list[dict]:
 
 
 def run_dpo(sft: Path, data: Path, out: Path, lr: float, epochs: float, **kw) -> dict:
-    from minimind.train.commands import STAGE_DEFAULTS
     from minimind.train.dpo import DPOObjective
     from minimind.train.trainer import TrainConfig, train
 
-    settings = {**STAGE_DEFAULTS["dpo"], "lr": lr, "epochs": epochs, "val_fraction": 0.2, "eval_batches": 1000,
+    settings = {"lr": lr, "epochs": epochs, "val_fraction": 0.2, "eval_batches": 1000,
                 "log_every": 1, "save_every": 10**6, "progress": False, **kw}
     t0 = time.perf_counter()
-    train(TrainConfig(stage="dpo", data=[str(data)], out=str(out), init=str(sft), **settings), DPOObjective())
+    train(TrainConfig.for_stage("dpo", data=[str(data)], out=str(out), init=str(sft), **settings), DPOObjective())
     seconds = time.perf_counter() - t0
     rows = records(out)
     steps = [r for r in rows if "loss" in r]

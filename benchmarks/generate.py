@@ -55,10 +55,9 @@ def load_tokenizer(path: str | None):
     return Tokenizer.from_dir(path)
 
 
-def build_pair(name: str, seed: int = 0):
-    """Our model with random weights, and the transformers twin holding the same tensors."""
-    import transformers
-
+def build_pair(name: str, seed: int = 0, with_hf: bool = True):
+    """Our model with random weights, and the transformers twin holding the same tensors
+    (None without transformers)."""
     cfg = preset(name)
     ours = MiniMindForCausalLM(cfg).init_weights(seed).eval()
     # Scramble to std 0.1: with the small default init a random model greedily repeats its
@@ -68,6 +67,10 @@ def build_pair(name: str, seed: int = 0):
         for p in ours.parameters():
             if p.dim() > 1:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    if not with_hf:
+        return ours, None
+    import transformers
+
     common = {"vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
                   "num_hidden_layers": cfg.num_hidden_layers, "num_attention_heads": cfg.num_attention_heads,
                   "num_key_value_heads": cfg.num_key_value_heads, "head_dim": cfg.head_dim,
@@ -83,6 +86,17 @@ def build_pair(name: str, seed: int = 0):
     hf.generation_config.eos_token_id = None  # never stop early: both sides make exactly N tokens
     hf.generation_config.pad_token_id = cfg.pad_token_id
     return ours, hf
+
+
+def cpu_name() -> str:
+    """The CPU's model name (platform.processor() is often empty on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def load_other_minimind(src: str):
@@ -101,7 +115,7 @@ def load_other_minimind(src: str):
 def other_twin(other, name: str, ours):
     """The other tree's model class holding our model's very tensors."""
     model = importlib.import_module("minimind_other.model").MiniMindForCausalLM(other.preset(name)).eval()
-    model.load_state_dict(ours.state_dict(), strict=True)
+    model.load_state_dict({k: v.float().cpu() for k, v in ours.state_dict().items()}, strict=True)
     return model, importlib.import_module("minimind_other.infer")
 
 
@@ -128,17 +142,21 @@ def best_of(fns, repeats: int) -> list[tuple[float, object]]:
 
 
 def bench(name: str, batch: int, new_tokens: int, prompt_len: int, repeats: int, tokenizer, other=None,
-          sample: bool = False):
-    ours, hf = build_pair(name)
+          sample: bool = False, device: str = "cpu", dtype: torch.dtype = torch.float32, with_hf: bool = True):
+    ours, hf = build_pair(name, with_hf=with_hf)
     g = torch.Generator().manual_seed(1)
     prompt = torch.randint(36, ours.config.vocab_size, (batch, prompt_len), generator=g)  # no special tokens
-    diff = check_logits(ours, hf, prompt)
+    diff = check_logits(ours, hf, prompt) if hf is not None else float("nan")  # fp32 on the CPU: one network?
+    ours, prompt = ours.to(device, dtype), prompt.to(device)
+    hf = hf.to(device, dtype) if hf is not None else None
     params = SamplingParams(max_new_tokens=new_tokens, temperature=0.0, stop_token_ids=())
 
     def run_ours():
         return [c.token_ids for c in generate(ours, tokenizer, prompt.tolist(), params)]
 
     def run_hf():
+        if hf is None:  # without transformers: this side is skipped
+            return [[] for _ in range(batch)]
         with torch.inference_mode():
             out = hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
                               max_new_tokens=new_tokens, min_new_tokens=new_tokens,
@@ -148,6 +166,7 @@ def bench(name: str, batch: int, new_tokens: int, prompt_len: int, repeats: int,
     sides = [run_ours, run_hf]
     if other is not None:
         twin, other_infer = other_twin(other, name, ours)
+        twin = twin.to(device, dtype)
         other_params = other_infer.SamplingParams(max_new_tokens=new_tokens, temperature=0.0, stop_token_ids=())
         sides.append(lambda: [c.token_ids for c in other_infer.generate(twin, tokenizer, prompt.tolist(), other_params)])
     if other is not None and sample:
@@ -184,15 +203,19 @@ def main():
     ap.add_argument("--tokenizer", default=None, help="tokenizer dir (default: ../shared/data/tokenizer/minimind3)")
     ap.add_argument("--compare", metavar="SRC", help="also time the minimind package in SRC (another tree's src/)")
     ap.add_argument("--sample", action="store_true", help="with --compare: also a sampled run of both")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--no-transformers", action="store_true", help="skip the transformers side (not installed)")
     args = ap.parse_args()
     other = load_other_minimind(args.compare) if args.compare else None
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    import transformers
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
-          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
-    print(f"greedy, fp32, prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, best of {args.repeats}\n")
+    version = "not used" if args.no_transformers else __import__("transformers").__version__
+    machine = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
+        f"{torch.get_num_threads()} threads, {cpu_name()}"
+    print(f"torch {torch.__version__}, transformers {version}, {machine}")
+    print(f"greedy, {args.dtype} on {args.device}, prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, best of {args.repeats}\n")
     tokenizer = load_tokenizer(args.tokenizer)
     header = f"| {'model':<16} | batch | ours tok/s | transformers tok/s | ratio | same ids |"
     if other is not None:
@@ -204,10 +227,12 @@ def main():
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for name in args.models:
         for batch in args.batches:
-            r = bench(name, batch, args.new_tokens, args.prompt_len, args.repeats, tokenizer, other, args.sample)
+            r = bench(name, batch, args.new_tokens, args.prompt_len, args.repeats, tokenizer, other, args.sample,
+                      args.device, getattr(torch, args.dtype), not args.no_transformers)
             same = "yes" if r["same"] else f"no (from token {r['first_diff']})"
             line = (f"| {r['model']:<16} | {r['batch']:>5} | {r['ours']:>10.1f} | {r['hf']:>18.1f} | "
-                    f"{r['ratio']:>4.2f}x | {same} |")
+                    f"{r['ratio']:>4.2f}x | {same} |") if not args.no_transformers else \
+                f"| {r['model']:<16} | {r['batch']:>5} | {r['ours']:>10.1f} | - | - | - |"
             if other is not None:
                 line += f" {r['other']:>11.1f} | {r['other_ratio']:>11.2f}x | {'yes' if r['other_same'] else 'no'} |"
             if "sampled" in r:

@@ -37,11 +37,9 @@ def test_load_in_bfloat16_keeps_rope_frequencies_in_float32(model_dir):
     assert loaded.model.inv_freq.dtype == torch.float32
 
 
-def test_public_load_returns_model_and_tokenizer(model_dir, shared_data):
+def test_public_load_returns_model_and_tokenizer(model_dir, tok):
     path, _ = model_dir
-    from minimind.tokenizer import Tokenizer
-
-    Tokenizer.from_dir(shared_data / "tokenizer" / "minimind3").save(path)
+    tok.save(path)
     model, tokenizer = minimind.load(path)
     assert tokenizer.eos_token_id == model.config.eos_token_id == 2
 

@@ -36,9 +36,9 @@ def test_unknown_preset_is_one_line_error(capsys):
     assert code == 2 and err.startswith("error: unknown preset 'gpt5'") and err.count("\n") == 1
 
 
-def test_init_writes_a_loadable_model_directory(capsys, tmp_path, shared_data):
+def test_init_writes_a_loadable_model_directory(capsys, tmp_path, tok_dir):
     out_dir = tmp_path / "tiny"
-    code, out, _ = run(capsys, "init", "--preset", "nano", "--tokenizer", str(shared_data / "tokenizer" / "minimind3"),
+    code, out, _ = run(capsys, "init", "--preset", "nano", "--tokenizer", str(tok_dir),
                        "--out", str(out_dir), "--seed", "7")
     assert code == 0 and "nano" in out
     assert {p.name for p in out_dir.iterdir()} == {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
@@ -49,7 +49,7 @@ def test_init_writes_a_loadable_model_directory(capsys, tmp_path, shared_data):
     code, out, _ = run(capsys, "info", "--model", str(out_dir))
     assert code == 0 and "1.21M parameters" in out
     # same seed, same weights; a non-empty --out is refused without --force
-    code, _, err = run(capsys, "init", "--preset", "nano", "--tokenizer", str(shared_data / "tokenizer" / "minimind3"),
+    code, _, err = run(capsys, "init", "--preset", "nano", "--tokenizer", str(tok_dir),
                        "--out", str(out_dir))
     assert code == 2 and "not empty" in err
 
@@ -70,9 +70,9 @@ def test_console_script_is_installed():
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, shared_data):
+def tiny_model_dir(tmp_path_factory, tok_dir):
     out = tmp_path_factory.mktemp("chat") / "nano"
-    assert main(["init", "--preset", "nano", "--tokenizer", str(shared_data / "tokenizer" / "minimind3"), "--out", str(out)]) == 0
+    assert main(["init", "--preset", "nano", "--tokenizer", str(tok_dir), "--out", str(out)]) == 0
     return out
 
 

@@ -5,11 +5,12 @@ import os
 
 import numpy as np
 import pytest
+from helpers import chat_records, write_jsonl
 
 from minimind.data import cache as cache_mod
 from minimind.data import default_cache_dir, tokenize_file
 from minimind.errors import MiniMindError
-from minimind.tokenizer import Tokenizer
+from minimind.tokenizer import Tokenizer, train_tokenizer
 
 
 class CountingTokenizer:
@@ -42,8 +43,8 @@ def test_pretrain_documents_are_bos_text_eos(tmp_path, tok):
     assert isinstance(tf.ids, np.memmap)
 
 
-def test_second_build_reuses_the_cache(tmp_path, tok, shared_data):
-    data = shared_data / "minimind_format" / "sft_toolcall_glaive_demo_zh_en.jsonl"
+def test_second_build_reuses_the_cache(tmp_path, tok):
+    data = write_jsonl(tmp_path / "chats.jsonl", chat_records(120))
     counting = CountingTokenizer(tok)
     first = tokenize_file(data, counting, "sft", cache_dir=tmp_path)
     calls = counting.calls
@@ -53,7 +54,7 @@ def test_second_build_reuses_the_cache(tmp_path, tok, shared_data):
     second = tokenize_file(data, counting, "sft", cache_dir=tmp_path)
     assert counting.calls == calls and second.from_cache and built.stat().st_mtime_ns == mtime
     assert np.array_equal(first.ids, second.ids) and np.array_equal(first.mask, second.mask)
-    assert second.meta["docs"] == 600 and second.doc_loss.sum() == second.mask.sum() == second.meta["loss_tokens"]
+    assert second.meta["docs"] == 120 and second.doc_loss.sum() == second.mask.sum() == second.meta["loss_tokens"]
     # chat options that change tokens get a cache of their own
     third = tokenize_file(data, counting, "sft", cache_dir=tmp_path, strip_empty_think=True)
     assert counting.calls > calls and third.cache_path != first.cache_path
@@ -69,10 +70,11 @@ def test_rebuilt_when_the_data_changes(tmp_path, tok):
     assert not first.cache_path.exists()  # the stale cache of the old file content was removed
 
 
-def test_rebuilt_when_the_tokenizer_changes(tmp_path, tok, shared_data):
+def test_rebuilt_when_the_tokenizer_changes(tmp_path, tok):
     data = write(tmp_path / "p.jsonl", ["some text"])
     first = tokenize_file(data, tok, "pretrain", cache_dir=tmp_path / "c")
-    other = Tokenizer.from_dir(shared_data / "tokenizer" / "minimind2")
+    train_tokenizer([str(data)], vocab_size=300, out_dir=str(tmp_path / "other"))
+    other = Tokenizer.from_dir(tmp_path / "other")
     second = tokenize_file(data, other, "pretrain", cache_dir=tmp_path / "c")
     assert not second.from_cache and second.cache_path != first.cache_path and first.cache_path.exists()
     edited = Tokenizer(tok._tk, {**tok.config, "chat_template": "{{ messages }}"}, "edited")  # config only
@@ -147,11 +149,11 @@ def test_leftovers_of_a_killed_build_are_cleaned_up(tmp_path, tok):
     assert not leftover.exists() and live.exists()
 
 
-def test_concurrent_builders_tokenize_once(tmp_path, tok, shared_data):
+def test_concurrent_builders_tokenize_once(tmp_path, tok):
     """All DDP ranks call build_datasets at once: one tokenizes, the others wait and reuse."""
     import threading
 
-    data = shared_data / "minimind_format" / "sft_numina_math_cot_1k.jsonl"
+    data = write_jsonl(tmp_path / "chats.jsonl", chat_records(600))
     counting = [CountingTokenizer(tok) for _ in range(3)]
     results = [None] * 3
 

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from helpers import chat_records, dpo_records, pretrain_records, rl_records, write_jsonl
 
 from minimind.cli import main
 
@@ -30,6 +31,20 @@ def test_report_on_shared_tool_call_data(capsys, shared_data):
     assert "longer than 512 tokens and would be truncated" in out and out.rstrip().endswith("problems   none")
 
 
+def test_report_on_generated_chats(capsys, tmp_path, tok_dir):
+    records = chat_records(60)
+    path = write_jsonl(tmp_path / "chats.jsonl", records)
+    messages = [m for r in records for m in r["conversations"]]
+    calls = sum(len(json.loads(c) if isinstance(c, str) else c) for m in messages if (c := m.get("tool_calls")))
+    turns = sum(m["role"] == "assistant" for m in messages)
+    reasoning = sum(bool(m.get("reasoning_content")) or "<think>" in m["content"] for m in messages)
+    code, out, _ = check(capsys, path, "--kind", "sft", "--tokenizer", tok_dir, "--seq-len", "512")
+    assert code == 0 and out.splitlines()[0] == f"{path}  (sft)"
+    assert "records    60 read, 60 valid, 0 with problems" in out
+    assert f"messages   {len(messages)} ({turns} assistant turns, {calls} tool calls, {reasoning} with reasoning)" in out
+    assert "tokens per record: min" in out and out.rstrip().endswith("problems   none")
+
+
 def test_problems_are_listed_and_the_exit_status_is_1(capsys, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"text": ""}\n{broken\n{"text": "ok"}\n', encoding="utf-8")
@@ -42,23 +57,22 @@ def test_problems_are_listed_and_the_exit_status_is_1(capsys, tmp_path):
     assert code == 1 and "records    2 read, 1 valid, 1 with problems" in out and ":3:" not in out
 
 
-def test_wrong_kind_gets_a_hint(capsys, shared_data):
-    code, out, _ = check(capsys, shared_data / "minimind_format" / "tiny" / "tiny_dpo.jsonl", "--kind", "sft")
+def test_wrong_kind_gets_a_hint(capsys, tmp_path):
+    code, out, _ = check(capsys, write_jsonl(tmp_path / "pairs.jsonl", dpo_records(2)), "--kind", "sft")
     assert code == 1 and "missing 'conversations'" in out and "did you mean --kind dpo?" in out
 
 
-@pytest.mark.parametrize("kind,name,unit", [("dpo", "dpo_medicalgpt_zh_500.jsonl", "pair (longer side)"),
-                                            ("rl", "rl_gsm8k_train_gt.jsonl", "prompt"),
-                                            ("pretrain", "pretrain_en_c4_wiki_demo.jsonl", "record")])
-def test_other_kinds(capsys, shared_data, kind, name, unit):
-    code, out, _ = check(capsys, shared_data / "minimind_format" / name, "--kind", kind,
-                         "--tokenizer", shared_data / "tokenizer" / "minimind3", "--limit", "200")
+@pytest.mark.parametrize("kind,make,unit", [("dpo", dpo_records, "pair (longer side)"), ("rl", rl_records, "prompt"),
+                                            ("pretrain", pretrain_records, "record")])
+def test_other_kinds(capsys, tmp_path, tok_dir, kind, make, unit):
+    code, out, _ = check(capsys, write_jsonl(tmp_path / "data.jsonl", make(250)), "--kind", kind,
+                         "--tokenizer", tok_dir, "--limit", "200")
     assert code == 0 and "200 read, 200 valid" in out and f"tokens per {unit}: min" in out
 
 
-def test_json_output_and_missing_file(capsys, shared_data, tmp_path):
-    code, out, _ = check(capsys, shared_data / "minimind_format" / "tiny" / "tiny_sft.jsonl", "--kind", "sft",
-                         "--tokenizer", shared_data / "tokenizer" / "minimind3", "--json")
+def test_json_output_and_missing_file(capsys, tok_dir, tmp_path):
+    code, out, _ = check(capsys, write_jsonl(tmp_path / "chats.jsonl", chat_records(3)), "--kind", "sft",
+                         "--tokenizer", tok_dir, "--json")
     report = json.loads(out)
     assert code == 0 and report["valid"] == 3 and report["problems"] == 0 and report["loss_tokens"] > 0
     code, _, err = check(capsys, tmp_path / "nope.jsonl", "--kind", "sft")

@@ -4,6 +4,8 @@ import json
 import re
 
 import numpy as np
+import pytest
+from helpers import chat_records, dpo_records, write_jsonl
 
 from minimind.data import encode_chats, read_records
 from minimind.data.sft import EMPTY_THINK, SYSTEM_PROMPTS, ChatRenderer
@@ -39,7 +41,8 @@ def expected_turn(message) -> str:
     return text + "<|im_end|>"
 
 
-def test_handmade_conversation_mask_token_by_token(tok):
+def test_handmade_conversation_mask_token_by_token(minimind_tok):
+    tok = minimind_tok  # the token pieces below are MiniMind's
     conv = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
             {"role": "assistant", "content": "hello"}, {"role": "user", "content": "2+2?"},
             {"role": "assistant", "content": "4", "reasoning_content": "add"}]
@@ -60,10 +63,14 @@ def test_handmade_conversation_mask_token_by_token(tok):
     assert [(tok.decode([i]), int(m)) for i, m in zip(ids, mask)] == expected
 
 
-def test_tool_call_records_train_every_assistant_turn(tok, shared_data):
-    path = shared_data / "minimind_format" / "sft_toolcall_glaive_demo_zh_en.jsonl"
+@pytest.mark.parametrize("source", ["generated", "shared"])
+def test_tool_call_records_train_every_assistant_turn(tok, source, request, tmp_path):
+    if source == "shared":
+        path = request.getfixturevalue("shared_data") / "minimind_format" / "sft_toolcall_glaive_demo_zh_en.jsonl"
+    else:
+        path = write_jsonl(tmp_path / "chats.jsonl", chat_records(120))
     records = [r.data["conversations"] for r in read_records(path, "sft")][:120]
-    assert sum(1 for c in records for m in c if m.get("tool_calls")) > 50
+    assert sum(1 for c in records for m in c if m.get("tool_calls")) > 30
     for conv, (ids, mask) in zip(records, encode_chats(tok, records)):
         turns = [m for m in conv if m["role"] == "assistant"]
         assert masked_runs(tok, ids, mask) == [expected_turn(m) for m in turns]
@@ -72,9 +79,10 @@ def test_tool_call_records_train_every_assistant_turn(tok, shared_data):
         assert "<tool_response>" in tok.decode(ids) or not any(m["role"] == "tool" for m in conv)
 
 
-def test_reasoning_records_train_the_think_block(tok, shared_data):
-    path = shared_data / "minimind_format" / "sft_numina_math_cot_1k.jsonl"
-    chats = [r.data["conversations"] for r in read_records(path, "sft")][:40]
+def test_reasoning_records_train_the_think_block(tok):
+    chats = [[{"role": "user", "content": f"What is {a} × {a + 7}?"},  # chains of thought, answers in \boxed{}
+              {"role": "assistant", "content": f"{a} × {a} = {a * a}.\n{a} × 7 = {7 * a}.\n"
+                                               f"So the product is \\boxed{{{a * a + 7 * a}}}."}] for a in range(40)]
     variants = []
     for conv in chats:  # the same chain of thought three ways: content only, reasoning_content, inline <think>
         user, reply = conv[0], conv[1]["content"]
@@ -93,15 +101,16 @@ def test_older_template_without_think_blocks(shared_data):
         assert masked_runs(tok2, ids, mask) == [conv[-1]["content"] + "<|im_end|>"]
 
 
-def test_fast_renderer_equals_the_jinja_template(tok, shared_data):
-    d = shared_data / "minimind_format"
-    names = ["sft_toolcall_glaive_demo_zh_en.jsonl", "sft_sharegpt_zh_1k.jsonl", "dpo_medicalgpt_zh_500.jsonl",
-             "sft_numina_math_cot_1k.jsonl", "lora_identity.jsonl", "tiny/tiny_sft.jsonl"]
-    chats = []
-    for name in names:
-        for line in (d / name).read_text(encoding="utf-8").splitlines():
-            r = json.loads(line)
-            chats += [r[k] for k in ("conversations", "chosen", "rejected") if k in r]
+@pytest.mark.parametrize("source", ["generated", "shared"])
+def test_fast_renderer_equals_the_jinja_template(tok, source, request):
+    if source == "shared":
+        d = request.getfixturevalue("shared_data") / "minimind_format"
+        names = ["sft_toolcall_glaive_demo_zh_en.jsonl", "sft_sharegpt_zh_1k.jsonl", "dpo_medicalgpt_zh_500.jsonl",
+                 "sft_numina_math_cot_1k.jsonl", "lora_identity.jsonl", "tiny/tiny_sft.jsonl"]
+        records = [json.loads(line) for name in names for line in (d / name).read_text(encoding="utf-8").splitlines()]
+    else:
+        records = chat_records(300) + dpo_records(100)
+    chats = [r[k] for r in records for k in ("conversations", "chosen", "rejected") if k in r]
     call = [{"function": {"name": "f", "arguments": '{"x": 1}'}}, {"name": "g", "arguments": {"y": "是"}}]
     chats += [  # edge cases the shared files do not cover
         [{"role": "user", "content": "q"}, {"role": "assistant", "content": "\n\n<think>\nr\n</think>\n\n\nans"}],
@@ -115,7 +124,7 @@ def test_fast_renderer_equals_the_jinja_template(tok, shared_data):
          {"role": "assistant", "content": "a"}],
         [{"role": "tool", "content": "first"}, {"role": "assistant", "content": "a"}],
     ]
-    assert len(chats) > 3500
+    assert len(chats) > (3500 if source == "shared" else 500)
     for messages in chats:
         assert render_minimind3(messages) == tok.apply_chat_template(messages)
     # shapes it does not handle go to Jinja instead of being guessed

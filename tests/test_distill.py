@@ -16,10 +16,10 @@ from minimind.data import read_records
 from minimind.data.demo import build_demo_corpus
 from minimind.errors import MiniMindError
 from minimind.infer import SamplingParams
+from minimind.infer.generate_data import generate_data
 from minimind.tokenizer import train_tokenizer
-from minimind.train.commands import make_objective
+from minimind.train.objectives import make_objective
 from minimind.train.distill import DistillObjective, distill_terms
-from minimind.train.generate_data import generate_data
 from minimind.train.trainer import TrainConfig, train
 
 

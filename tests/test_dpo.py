@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import train_project_tokenizer
 from safetensors.torch import load_file
 
 from minimind import MiniMindForCausalLM, preset
@@ -37,12 +38,12 @@ def write_jsonl(path: Path, rows) -> Path:
 
 
 @pytest.fixture(scope="module")
-def setup(shared_data, tmp_path_factory):
+def setup(tok_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("dpo")
-    tok = str(shared_data / "tokenizer" / "minimind3")
+    tok = str(tok_dir)
     assert main(["init", "--preset", "nano", "--tokenizer", tok, "--out", str(root / "nano"), "--seed", "3"]) == 0
     data = write_jsonl(root / "pairs.jsonl", [pair(q, i, system=i % 4 == 0) for i, q in enumerate(QUESTIONS * 2)])
-    return {"root": root, "tok": tok, "model": root / "nano", "data": data, "shared": shared_data}
+    return {"root": root, "tok": tok, "model": root / "nano", "data": data}
 
 
 def dpo_args(s, out, *extra):
@@ -212,9 +213,9 @@ def test_bad_input_fails_before_training(setup, tmp_path, capsys):
     assert main(dpo_args(setup, tmp_path / "x", "--strip-empty-think")) == 2
     assert "both sides of a pair the same way" in capsys.readouterr().err
 
-    # A reference with another tokenizer, and one whose vocabulary has another size.
+    # A reference with another tokenizer (of the same size), and one whose vocabulary has another size.
     other = tmp_path / "other"
-    assert main(["init", "--preset", "nano", "--tokenizer", str(setup["shared"] / "tokenizer" / "minimind2"),
+    assert main(["init", "--preset", "nano", "--tokenizer", str(train_project_tokenizer(tmp_path / "tok2", seed=1)),
                  "--out", str(other)]) == 0
     assert main(dpo_args(setup, tmp_path / "y", "--ref", str(other))) == 2
     assert "its tokenizer differs from the policy's" in capsys.readouterr().err

@@ -3,7 +3,7 @@
 The state dicts here use MiniMind's exact key names and dtypes (fp16 as its trainers save,
 fp32), for both generations, dense and MoE, and for the early MiniMind2 `MiniMindLM` layout.
 The expected logits come from `reference_logits`, a compact re-implementation of the
-original MiniMind forward pass written from the spec (minimind-reference.md §2): it shares
+original MiniMind forward pass, written independently of ours: it shares
 no code with our model, so a mistake in the import (or in our model) shows up as a mismatch.
 """
 

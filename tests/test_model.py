@@ -6,7 +6,8 @@ import torch
 from minimind.config import PRESETS, ModelConfig, preset
 from minimind.model import MiniMindForCausalLM, count_parameters
 
-# The parameter counts of the original MiniMind models (minimind-reference.md, section 2.2).
+# The parameter counts of the original MiniMind models, in millions (total, active), recomputed from its model
+# code with the tied embedding counted once.
 ORIGINAL_SIZES = {
     "minimind3": (63.91, 63.91),
     "minimind3-moe": (198.42, 63.94),

@@ -70,7 +70,7 @@ def test_weights_zero_the_prompt_tokens_and_weight_the_boundary(tok):
         heavy = (w == 4.0).nonzero().flatten().tolist()
         if conv is think:
             # </think>, "\n", "\n", and the answer's first token
-            assert heavy == [end, end + 1, end + 2, end + 3] and pieces[end + 3] == "答案"
+            assert heavy == [end, end + 1, end + 2, end + 3] and int(ids[end + 4]) == tok.encode("答案/Answer: 72")[0]
             assert (w[start + zeros:end] == 1).all()  # the reasoning
         else:
             assert heavy == [start + zeros]  # the first answer token after the prompt's empty block
@@ -135,7 +135,7 @@ def test_tag_penalty_is_the_unlikelihood_of_tags_after_the_block(tok):
         closed = obj.after_block(ids[None, :-1])[0]
         assert closed.tolist() == closed_naively(tok, ids[:-1]).tolist()
         w = obj.token_weights(labels[None, 1:], 1.0)[0]
-        penalised = "".join(tok.decode([int(t)]) for t in ids[1:][closed & (w > 0)])
+        penalised = tok.decode(ids[1:][closed & (w > 0)].tolist())  # whole characters: runs end at <|im_end|>
         # exactly the answers (from the blank line the model writes after its own </think>, to
         # <|im_end|>): never the reasoning, never what the prompt supplies
         expected = ("\n\n答案/Answer: 72<|im_end|>144<|im_end|>" if ids is rows[0][0]
@@ -194,12 +194,12 @@ def write_jsonl(path, rows):
     return path
 
 
-def test_reason_trains_end_to_end(tmp_path, shared_data, capsys):
+def test_reason_trains_end_to_end(tmp_path, tok_dir, capsys):
     data = write_jsonl(tmp_path / "math.jsonl", [
         {"conversations": [user(f"What is {i} + {i}?"), {"role": "assistant", "content": f"{i} + {i} = {2 * i}.\n答案/Answer: {2 * i}"}]}
         for i in range(40)])
     out = tmp_path / "model"
-    argv = ["reason", "--preset", "nano", "--tokenizer", str(shared_data / "tokenizer" / "minimind3"), "--data", str(data),
+    argv = ["reason", "--preset", "nano", "--tokenizer", str(tok_dir), "--data", str(data),
             "--out", str(out), "--max-steps", "2", "--batch-size", "2", "--seq-len", "64", "--think-weight", "3",
             "--think-mix", "0.5", "--no-progress"]
     assert main(argv) == 0
@@ -210,8 +210,25 @@ def test_reason_trains_end_to_end(tmp_path, shared_data, capsys):
     assert (out / "model.safetensors").is_file()
 
 
-def test_bad_input_fails_before_training(tmp_path, shared_data, capsys):
-    tokenizer = str(shared_data / "tokenizer" / "minimind3")
+def tokenizer_without_think_tokens(out) -> str:
+    """A tokenizer with MiniMind2's three special tokens only (no <think>, </think>)."""
+    import tokenizers
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    from minimind.tokenizer import Tokenizer, minimind_tokenizer_config
+
+    backend = tokenizers.Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator(["How many clips? 48 + 24 = 72"] * 10, trainer=trainer)
+    Tokenizer(backend, minimind_tokenizer_config(), str(out)).save(out)
+    return str(out)
+
+
+def test_bad_input_fails_before_training(tmp_path, tok_dir, capsys):
+    tokenizer = str(tok_dir)
     good = write_jsonl(tmp_path / "good.jsonl", [{"conversations": [user(), {"role": "assistant", "content": COT}]}] * 4)
     one_line = write_jsonl(tmp_path / "short.jsonl", [{"conversations": [user(), {"role": "assistant", "content": "72"}]}] * 4)
     broken = tmp_path / "broken.jsonl"
@@ -221,7 +238,8 @@ def test_bad_input_fails_before_training(tmp_path, shared_data, capsys):
         (["--tokenizer", tokenizer, "--data", str(good), "--think-mix", "1.5"], "--think-mix must be between 0 and 1"),
         (["--tokenizer", tokenizer, "--data", str(good), "--think-weight", "0"], "--think-weight must be positive"),
         (["--tokenizer", tokenizer, "--data", str(good), "--tag-penalty", "-1"], "--tag-penalty must be 0 or more"),
-        (["--tokenizer", str(shared_data / "tokenizer" / "minimind2"), "--data", str(good)], "has no <think> and </think>"),
+        (["--tokenizer", tokenizer_without_think_tokens(tmp_path / "no-think"), "--data", str(good)],
+         "has no <think> and </think>"),
         (["--tokenizer", tokenizer, "--data", str(one_line)], "none of its 4 conversations can get a think block"),
         (["--tokenizer", tokenizer, "--data", str(broken)], f"{broken}:5:"),
     ]

@@ -6,7 +6,9 @@ import json
 import random
 
 import pytest
+from helpers import babble, chat_records, rl_records, write_jsonl
 
+from minimind.data.demo import build_demo_corpus
 from minimind.errors import MiniMindError
 from minimind.tokenizer import (
     MINIMIND3_CHAT_TEMPLATE,
@@ -26,9 +28,13 @@ def hf_tokenizer(path):
     return transformers.PreTrainedTokenizerFast.from_pretrained(str(path))
 
 
-@pytest.fixture(scope="module", params=["minimind3", "minimind2"])
-def tok_dir(shared_data, request):
-    return shared_data / "tokenizer" / request.param
+@pytest.fixture(scope="module", params=["project-made", "minimind3", "minimind2"])
+def tok_dir(request, tok_dir):
+    """Each tokenizer under test: the project-made one (conftest's) everywhere, MiniMind's two
+    where ../shared/data is there."""
+    if request.param == "project-made":
+        return tok_dir
+    return request.getfixturevalue("shared_data") / "tokenizer" / request.param
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +49,7 @@ def hf_tok(tok_dir):
 
 # ---------------------------------------------------------------------- 1. loading ---
 
-def test_shared_tokenizers_load_with_minimind_ids(tok):
+def test_tokenizers_load_with_minimind_ids(tok):
     assert tok.vocab_size == 6400
     assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (1, 2, 0)
     assert tok.token_to_id("<|im_start|>") == 1 and tok.id_to_token(2) == "<|im_end|>"
@@ -97,8 +103,8 @@ def original_minimind_render(hf_tok, conversations, **kwargs):
 
 
 def reasoning_records(math_records):
-    """No shared file has reasoning_content, so build some: the field, <think> inside content,
-    a system prompt, and multi-turn history with earlier reasoning."""
+    """Reasoning in every form from records whose answer is "steps\n\nanswer": the field,
+    <think> inside content, a system prompt, and multi-turn history with earlier reasoning."""
     out = []
     for i, rec in enumerate(math_records[:12]):
         user, assistant = rec["conversations"]
@@ -117,8 +123,21 @@ def reasoning_records(math_records):
     return out
 
 
+def generated_math(n=12):
+    return [{"conversations": [{"role": "user", "content": f"{a} × {a + 3} = ?"},
+                               {"role": "assistant", "content": f"{a} × {a} = {a * a}\n{a} × 3 = {3 * a}\n\n"
+                                                                f"\\boxed{{{a * a + 3 * a}}}"}]} for a in range(2, 2 + n)]
+
+
 @pytest.fixture(scope="module")
-def chat_records(shared_data):
+def generated_chats():
+    records = chat_records(60) + generated_math() + reasoning_records(generated_math())
+    assert any(m.get("role") == "tool" for r in records for m in r["conversations"])
+    return records
+
+
+@pytest.fixture(scope="module")
+def shared_chats(shared_data):
     fmt = shared_data / "minimind_format"
     math = read_records(fmt / "sft_numina_math_cot_1k.jsonl")
     records = (read_records(fmt / "sft_sharegpt_zh_1k.jsonl") + read_records(fmt / "sft_toolcall_glaive_demo_zh_en.jsonl")
@@ -127,10 +146,11 @@ def chat_records(shared_data):
     return records
 
 
-def test_chat_template_equals_transformers(tok, hf_tok, chat_records):
+@pytest.mark.parametrize("records", ["generated_chats", "shared_chats"])
+def test_chat_template_equals_transformers(tok, hf_tok, records, request):
     # transformers 5 loads both MiniMind dirs without complaint and renders every record, so no
     # fallback to a direct jinja2 rendering is needed.
-    for rec in chat_records:
+    for rec in request.getfixturevalue(records):
         before = copy.deepcopy(rec)
         for agp in (False, True):
             for think in (False, True):
@@ -141,9 +161,10 @@ def test_chat_template_equals_transformers(tok, hf_tok, chat_records):
         assert rec == before  # the caller's messages are not modified
 
 
-def test_chat_prompt_for_generation(tok, hf_tok, shared_data):
+def test_chat_prompt_for_generation(tok, hf_tok):
     # RLAIF style: drop the placeholder answer, ask for a generation prompt (thinking on/off).
-    for rec in read_records(shared_data / "minimind_format" / "rlaif-mini.jsonl", 20):
+    plain = [r for r in chat_records(12) if not any("tools" in m or "tool_calls" in m for m in r["conversations"])]
+    for rec in rl_records(10) + plain:
         msgs = rec["conversations"][:-1]
         for think in (False, True):
             ours = tok.encode_chat(msgs, add_generation_prompt=True, open_thinking=think)
@@ -151,8 +172,8 @@ def test_chat_prompt_for_generation(tok, hf_tok, shared_data):
                                                       tokenize=True, return_dict=False)
 
 
-def test_minimind3_template_details(shared_data):
-    tok = Tokenizer.from_dir(shared_data / "tokenizer" / "minimind3")
+@pytest.mark.parametrize("tok_dir", ["project-made", "minimind3"], indirect=True)
+def test_minimind3_template_details(tok):
     msgs = [{"role": "user", "content": "hi"}]
     assert tok.apply_chat_template(msgs, add_generation_prompt=True) == (
         "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n")
@@ -213,13 +234,12 @@ def test_stream_decoder_on_invalid_bytes_equals_a_full_decode(tok):
 # ------------------------------------------------------------------------ 4. training ---
 
 @pytest.fixture(scope="module")
-def trained(shared_data, tmp_path_factory):
+def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tok")
-    # 50 Chinese conversations + 6000 lines of Shakespeare: Chinese needs ~2 merges per character
-    # (3 UTF-8 bytes), so with only 1000 tokens more Chinese would push chars/token below 1.
-    with open(shared_data / "minimind_format" / "sft_sharegpt_zh_1k.jsonl", encoding="utf-8") as f:
-        (tmp / "zh.jsonl").write_text("".join(line for _, line in zip(range(50), f)), encoding="utf-8")
-    files = [shared_data / "corpus" / "tinyshakespeare" / "input.txt", tmp / "zh.jsonl"]
+    # The demo corpus (facts in English and Chinese) and 300 documents of babble: the demo corpus
+    # alone has too few distinct words to fill 1000 tokens. 6000 lines a file at most.
+    demo = build_demo_corpus(tmp / "demo", pretrain_docs=1500)
+    files = [demo["pretrain"], demo["sft"], write_jsonl(tmp / "babble.jsonl", ({"text": t} for t in babble(1, 300)))]
     report = train_tokenizer([str(f) for f in files], vocab_size=1000, out_dir=str(tmp / "trained"),
                              holdout_fraction=0.05, max_lines=6000)
     return tmp / "trained", report

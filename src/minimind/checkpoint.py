@@ -14,13 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .config import ModelConfig
 from .errors import MiniMindError
-from .files import atomic_write
+from .files import atomic_write, read_safetensors
 from .model import MiniMindForCausalLM
+from .model.lora import load_adapter
+from .tokenizer import Tokenizer
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -55,16 +56,6 @@ def save_model_dir(model: MiniMindForCausalLM, out_dir: str | Path, tokenizer=No
     if tokenizer is not None:
         tokenizer.save(out)
     return out
-
-
-def read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors file; a missing or broken file is one MiniMindError line."""
-    if not path.is_file():
-        raise MiniMindError(f"{path}: {what} not found")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise MiniMindError(f"{path}: not a valid safetensors file ({e})") from None
 
 
 def read_weights(path: str | Path, model: MiniMindForCausalLM) -> dict[str, torch.Tensor]:
@@ -124,12 +115,8 @@ def load(model_dir: str | Path, device: str | torch.device = "cpu", dtype: torch
          lora: str | Path | None = None):
     """`model, tokenizer = minimind.load(DIR)`: a ready-to-use model (eval mode) and tokenizer.
     `lora=ADAPTER_DIR` puts a LoRA adapter (trained on this base) on top of it."""
-    from .tokenizer import Tokenizer
-
     model = load_model(model_dir, device, dtype)
     if lora is not None:
-        from .model.lora import load_adapter
-
         model = load_adapter(model, lora, base_dir=model_dir)
     tokenizer = Tokenizer.from_dir(model_dir)
     if tokenizer.vocab_size > model.config.vocab_size:

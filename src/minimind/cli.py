@@ -1,8 +1,9 @@
 """The `minimind` command: parse arguments, call one function per verb.
 
-Every verb imports what it needs when it runs, so `minimind --help` is instant (tested: building
-the parsers imports no torch). A problem
-with the user's input (MiniMindError) is printed as one line and exits with status 2.
+The packages' parsers come from light `commands` modules imported at the top; each verb imports
+the code that does the work (and torch) inside its function, when it runs, so `minimind --help`
+is instant (tested: building the parsers imports no torch). A problem with the user's input
+(MiniMindError) is printed as one line and exits with status 2.
 """
 
 from __future__ import annotations
@@ -12,40 +13,52 @@ import json
 import sys
 from pathlib import Path
 
+from . import __version__
+from .config import add_shape_args
+from .data.commands import register as register_data
 from .errors import MiniMindError
+from .evaluate.commands import register as register_eval
+from .export.commands import register as register_export
+from .serve.commands import register as register_serve
+from .train.commands import add_train_parser, register_lora
 
 
 # ---------------------------------------------------------------------------- verbs
 
 
 def cmd_info(args) -> None:
-    from .config import ModelConfig, preset
+    from .config import ModelConfig, describe_shape, preset, shape_from_args
     from .info import format_info, model_info
 
+    shape = shape_from_args(args)
     if args.model:
+        if shape:
+            raise MiniMindError(f"{describe_shape(shape)}: shape overrides reshape a --preset; "
+                                f"the model in {args.model} keeps its own shape")
         cfg, name = ModelConfig.load(Path(args.model) / "config.json"), args.model
     else:
-        cfg, name = preset(args.preset), args.preset
+        cfg, name = preset(args.preset, shape=shape), " ".join([args.preset, describe_shape(shape)]).strip()
     info = model_info(cfg, args.batch_size, args.seq_len)
     print(json.dumps(info, indent=2) if args.json else format_info(name, info))
 
 
 def cmd_init(args) -> None:
     from .checkpoint import save_model_dir
-    from .config import preset
+    from .config import describe_shape, preset, shape_from_args
     from .model import MiniMindForCausalLM, count_parameters
     from .tokenizer import Tokenizer
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise MiniMindError(f"{out}: directory exists and is not empty (use --force to overwrite)")
+    shape = shape_from_args(args)
+    preset(args.preset, shape=shape)  # a bad shape fails before the tokenizer is read
     tokenizer = Tokenizer.from_dir(args.tokenizer)
-    cfg = preset(args.preset, vocab_size=tokenizer.vocab_size, bos_token_id=tokenizer.bos_token_id,
-                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    cfg = preset(args.preset, shape=shape, tokenizer=tokenizer)
     model = MiniMindForCausalLM(cfg).init_weights(args.seed)
     save_model_dir(model, out, tokenizer)
     total, active = count_parameters(cfg)
-    print(f"wrote {out}: {args.preset}, {total / 1e6:.2f}M parameters"
+    print(f"wrote {out}: {' '.join([args.preset, describe_shape(shape)]).strip()}, {total / 1e6:.2f}M parameters"
           + (f" ({active / 1e6:.2f}M active)" if active != total else "") + f", vocab {cfg.vocab_size}, seed {args.seed}")
 
 
@@ -60,6 +73,12 @@ def cmd_chat(args) -> None:
     from .infer.repl import chat_main
 
     chat_main(args)
+
+
+def cmd_generate_data(args) -> None:
+    from .infer.generate_data import generate_data_main
+
+    generate_data_main(args)
 
 
 def cmd_tokenizer_train(args) -> None:
@@ -87,9 +106,29 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+def add_generate_data_parser(verbs) -> None:
+    # Here rather than in infer/generate_data.py: importing anything in minimind.infer imports
+    # torch (its __init__ loads the engine), and building the parsers must not.
+    p = verbs.add_parser("generate-data", help="answer prompts with a teacher model and write SFT data (black-box distillation)",
+                         description="Answer each prompt with --model and write {conversations} JSONL for `minimind sft`. "
+                                     "Stopped runs continue where they were when run again.")
+    p.add_argument("--model", required=True, help="the teacher model directory")
+    p.add_argument("--prompts", required=True, help="a .jsonl of conversations (answered from the last user message) "
+                                                    "or a text file with one prompt per line")
+    p.add_argument("--out", required=True, help="the SFT JSONL file to write")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts generated together (default 16)")
+    p.add_argument("--think", action="store_true", help="let the teacher reason first (open_thinking); the reasoning "
+                                                        "is stored as reasoning_content")
+    p.add_argument("--keep-truncated", action="store_true", help="keep answers cut by --max-new-tokens (default: drop them)")
+    p.add_argument("--limit", type=int, default=None, help="answer only the first N prompts")
+    p.add_argument("--force", action="store_true", help="overwrite --out and ignore a stopped run's progress")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default auto)")
+    p.add_argument("--dtype", default="auto", help="auto, fp32, bf16, fp16 (default: fp32 on CPU, bf16 on GPU)")
+    add_sampling_args(p)
+    p.set_defaults(seed=0, func=cmd_generate_data)  # seeded by default: the same command writes the same file
 
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minimind", description="Train and run small language models from scratch.")
     parser.add_argument("--version", action="version", version=f"minimind {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="COMMAND")
@@ -112,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="batch for the memory estimate (default 8)")
     p.add_argument("--seq-len", type=int, default=512, help="tokens per sequence for the memory estimate (default 512)")
     p.add_argument("--json", action="store_true", help="print JSON (keys params_total, params_active, memory, config)")
+    add_shape_args(p)
     p.set_defaults(func=cmd_info)
 
     p = verbs.add_parser("init", help="write a randomly initialised model directory")
@@ -120,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the model directory to create")
     p.add_argument("--seed", type=int, default=42, help="initialisation seed (default 42)")
     p.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
+    add_shape_args(p)
     p.set_defaults(func=cmd_init)
 
     p = verbs.add_parser("chat", help="talk to a model (a REPL, or one answer with --prompt)")
@@ -143,24 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-lines", type=int, default=None, help="read at most this many documents per file")
     t.set_defaults(func=cmd_tokenizer_train)
 
-    from .train.commands import add_train_parser
-
     add_train_parser(verbs, "pretrain")
     add_train_parser(verbs, "sft")
     add_train_parser(verbs, "reason")
     add_train_parser(verbs, "distill")
-    from .train.generate_data import register as register_generate_data
-
-    register_generate_data(verbs)
+    add_generate_data_parser(verbs)
     add_train_parser(verbs, "dpo")
-    from .train.lora import register as register_lora
-
     register_lora(verbs)  # `minimind lora` (a training stage) and `minimind lora merge`
-    from .data.commands import register as register_data
-    from .export.commands import register as register_export
-    from .evaluate.commands import register as register_eval
-    from .serve.commands import register as register_serve
-
     register_data(verbs)
     register_export(verbs)
     register_eval(verbs)

@@ -10,10 +10,13 @@ tests/test_model.py), plus two small presets for CPU experiments and tests.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import MiniMindError
 from .files import read_json_object
@@ -141,8 +144,10 @@ def minimind2_ffn(hidden: int) -> int:
     return 64 * math.ceil(int(8 * hidden / 3) / 64)
 
 
-def _minimind3(hidden=768, layers=8, heads=8, kv_heads=4, **kw) -> ModelConfig:
-    ffn = kw.pop("intermediate_size", minimind3_ffn(hidden))
+def _minimind3(hidden=768, layers=8, heads=8, kv_heads=4, ffn_ratio=None, **kw) -> ModelConfig:
+    """The minimind-3 layout. The SwiGLU width follows the hidden size: minimind3_ffn, or
+    ffn_ratio * hidden for the small CPU presets."""
+    ffn = round(hidden * ffn_ratio) if ffn_ratio else minimind3_ffn(hidden)
     return ModelConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                        num_key_value_heads=kv_heads, head_dim=hidden // heads,
                        intermediate_size=ffn, moe_intermediate_size=ffn, **kw)
@@ -156,36 +161,135 @@ def _minimind2(hidden=512, layers=8, heads=8, kv_heads=2, **kw) -> ModelConfig:
                        rms_norm_eps=1e-5, qk_norm=False, **kw)
 
 
-# name -> (builder, one-line description)
+class Preset(NamedTuple):
+    """A named size: its layout's builder and the dials it is called with. Keeping the dials
+    (rather than a finished config) lets a shape override re-derive what follows from them:
+    a new hidden size gets the layout's own FFN width and head_dim = hidden / heads."""
+
+    build: Callable[..., ModelConfig]
+    dials: dict
+    description: str
+
+
 PRESETS = {
-    "minimind3": (lambda: _minimind3(), "minimind-3, 63.91M dense (the current MiniMind)"),
-    "minimind3-moe": (
-        lambda: _minimind3(use_moe=True, num_experts=4, num_experts_per_tok=1),
-        "minimind-3-moe, 198.42M total / 63.94M active, 4 experts top-1",
-    ),
-    "minimind2-small": (lambda: _minimind2(512, 8), "MiniMind2-Small, 25.83M dense"),
-    "minimind2": (lambda: _minimind2(768, 16), "MiniMind2, 104.03M dense"),
-    "minimind2-moe": (
-        lambda: _minimind2(640, 8, use_moe=True, num_experts=4, num_experts_per_tok=2,
-                           n_shared_experts=1, router_aux_loss_coef=0.01),
-        "MiniMind2-MoE, 145.03M total, 4 routed + 1 shared expert, top-2",
-    ),
+    "minimind3": Preset(_minimind3, {}, "minimind-3, 63.91M dense (the current MiniMind)"),
+    "minimind3-moe": Preset(_minimind3, dict(use_moe=True, num_experts=4, num_experts_per_tok=1),
+                            "minimind-3-moe, 198.42M total / 63.94M active, 4 experts top-1"),
+    "minimind2-small": Preset(_minimind2, dict(hidden=512, layers=8), "MiniMind2-Small, 25.83M dense"),
+    "minimind2": Preset(_minimind2, dict(hidden=768, layers=16), "MiniMind2, 104.03M dense"),
+    "minimind2-moe": Preset(_minimind2, dict(hidden=640, layers=8, use_moe=True, num_experts=4, num_experts_per_tok=2,
+                                             n_shared_experts=1, router_aux_loss_coef=0.01),
+                            "MiniMind2-MoE, 145.03M total, 4 routed + 1 shared expert, top-2"),
     # Small presets for CPUs, the quickstart and tests (minimind-3 layout, smaller dials).
-    "tiny": (lambda: _minimind3(256, 4, 8, 4, intermediate_size=768), "about 5M parameters, for CPU experiments"),
-    "nano": (lambda: _minimind3(128, 2, 4, 2, intermediate_size=384), "about 1M parameters, for tests"),
-    "tiny-moe": (
-        lambda: _minimind3(256, 4, 8, 4, intermediate_size=768, use_moe=True,
-                           num_experts=4, num_experts_per_tok=1),
-        "a tiny 4-expert top-1 MoE, for CPU experiments",
-    ),
+    "tiny": Preset(_minimind3, dict(hidden=256, layers=4, heads=8, kv_heads=4, ffn_ratio=3),
+                   "about 5M parameters, for CPU experiments"),
+    "nano": Preset(_minimind3, dict(hidden=128, layers=2, heads=4, kv_heads=2, ffn_ratio=3),
+                   "about 1M parameters, for tests"),
+    "tiny-moe": Preset(_minimind3, dict(hidden=256, layers=4, heads=8, kv_heads=4, ffn_ratio=3, use_moe=True,
+                                        num_experts=4, num_experts_per_tok=1),
+                       "a tiny 4-expert top-1 MoE, for CPU experiments"),
 }
 
+# The shape overrides `minimind init`, `pretrain` and `info` accept on top of a preset:
+# ModelConfig field -> (flags, help). The first flag is the one error messages name; the
+# others are Hugging Face's (and MiniMind's) spellings of the same setting.
+SHAPE_FLAGS = {
+    "hidden_size": (("--hidden-size",), "model width (head_dim = hidden size / heads; the FFN width follows the preset's rule)"),
+    "num_hidden_layers": (("--num-layers", "--num-hidden-layers"), "transformer blocks"),
+    "num_attention_heads": (("--num-heads", "--num-attention-heads"), "attention heads (must divide the hidden size)"),
+    "num_key_value_heads": (("--num-kv-heads", "--num-key-value-heads"), "K/V heads for grouped-query attention (must divide the heads)"),
+    "use_moe": (("--use-moe",), "mixture-of-experts FFN (--no-moe: dense)"),
+    "num_experts": (("--num-experts",), "routed experts per MoE layer"),
+    "num_experts_per_tok": (("--experts-per-tok", "--num-experts-per-tok"), "experts each token is routed to (top-k)"),
+    "max_position_embeddings": (("--max-position-embeddings", "--context-length"), "longest sequence the model takes (prompt + reply)"),
+}
+# Which builder dial a shape field sets (the others are ModelConfig fields, passed through).
+_DIALS = {"hidden_size": "hidden", "num_hidden_layers": "layers", "num_attention_heads": "heads",
+          "num_key_value_heads": "kv_heads"}
 
-def preset(name: str, **overrides) -> ModelConfig:
-    """The named preset's config, with any field overridden (e.g. vocab_size)."""
+
+def add_shape_args(parser, suppress: bool = False) -> None:
+    """The shape flags, in one argument group (`minimind init`, `pretrain` and `info`)."""
+    g = parser.add_argument_group("model shape (overrides on top of --preset)")
+    default = {"default": argparse.SUPPRESS} if suppress else {"default": None}
+    for name, (flags, help_text) in SHAPE_FLAGS.items():
+        if name == "use_moe":
+            g.add_argument("--use-moe", dest=name, action="store_const", const=True, help=help_text, **default)
+            g.add_argument("--no-moe", dest=name, action="store_const", const=False, help="dense FFN", **default)
+        else:
+            g.add_argument(*flags, dest=name, type=int, metavar="N", help=help_text, **default)
+
+
+def shape_from_args(args) -> dict:
+    """The shape overrides given on the command line, by ModelConfig field name."""
+    return {name: getattr(args, name) for name in SHAPE_FLAGS if getattr(args, name, None) is not None}
+
+
+def describe_shape(shape: dict) -> str:
+    """`--hidden-size 512 --num-layers 6`: the overrides as they would be typed."""
+    return " ".join(SHAPE_FLAGS[k][0][0] if v is True else ("--no-moe" if v is False else f"{SHAPE_FLAGS[k][0][0]} {v}")
+                    for k, v in shape.items())
+
+
+def check_shape(shape: dict) -> None:
+    """Each override on its own: a known name and a positive whole number (use_moe: a bool)."""
+    for name, value in shape.items():
+        if name not in SHAPE_FLAGS:
+            raise MiniMindError(f"unknown model shape setting {name!r}; choose from: {', '.join(SHAPE_FLAGS)}")
+        flag = SHAPE_FLAGS[name][0][0]
+        if name == "use_moe":
+            if not isinstance(value, bool):
+                raise MiniMindError(f"use_moe must be true or false, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise MiniMindError(f"{flag} must be a positive whole number, got {value!r}")
+
+
+def _reshape(name: str, p: Preset, shape: dict) -> ModelConfig:
+    """The preset built with the overrides, after checking the combination with errors that
+    name the flags (a value the user did not give is named as the preset's)."""
+    check_shape(shape)
+    base = p.build(**p.dials)
+    value = {k: shape.get(k, getattr(base, k)) for k in SHAPE_FLAGS}
+    flag = {k: SHAPE_FLAGS[k][0][0] + ("" if k in shape else f" (preset {name}: {value[k]})") for k in SHAPE_FLAGS}
+    hidden, heads, kv = value["hidden_size"], value["num_attention_heads"], value["num_key_value_heads"]
+    problems = []
+    if hidden % heads:
+        problems.append(f"{flag['num_attention_heads']} must divide {flag['hidden_size']}: "
+                        f"{hidden} / {heads} is not a whole head_dim")
+    elif (hidden // heads) % 2:
+        problems.append(f"head_dim = {hidden} / {heads} = {hidden // heads} must be even (rotary embeddings "
+                        f"rotate pairs of dimensions): change {flag['hidden_size']} or {flag['num_attention_heads']}")
+    if heads % kv:
+        problems.append(f"{flag['num_key_value_heads']} must divide {flag['num_attention_heads']}: "
+                        "query heads share K/V heads in equal groups")
+    if value["use_moe"]:
+        if value["num_experts_per_tok"] > value["num_experts"]:
+            problems.append(f"{flag['num_experts_per_tok']} must be at most {flag['num_experts']}")
+    else:
+        moe_only = [SHAPE_FLAGS[k][0][0] for k in ("num_experts", "num_experts_per_tok") if k in shape]
+        if moe_only:
+            problems.append(f"{' and '.join(moe_only)} set(s) up experts, but the model is dense: add --use-moe")
+    if problems:
+        raise MiniMindError("invalid model shape: " + "; ".join(problems))
+    dials = dict(p.dials)
+    for k, v in shape.items():
+        dials[_DIALS.get(k, k)] = v
+    return p.build(**dials)
+
+
+def preset(name: str, *, shape: dict | None = None, tokenizer=None, **overrides) -> ModelConfig:
+    """The named preset's config:
+    - reshaped by `shape` (the command line's --hidden-size ... overrides, by ModelConfig field
+      name), with what follows from them (head_dim, the FFN width) derived by the preset's rules;
+    - sized to `tokenizer` when given: its vocabulary and special token ids;
+    - with any other field overridden verbatim (e.g. vocab_size=...)."""
     if name not in PRESETS:
         raise MiniMindError(f"unknown preset {name!r}; choose from: {', '.join(PRESETS)}")
-    cfg = PRESETS[name][0]()
+    p = PRESETS[name]
+    cfg = _reshape(name, p, shape) if shape else p.build(**p.dials)
+    if tokenizer is not None:
+        overrides = {"vocab_size": tokenizer.vocab_size, "bos_token_id": tokenizer.bos_token_id,
+                     "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, **overrides}
     if overrides:
         cfg = ModelConfig.from_dict({**cfg.to_dict(), **overrides})
     return cfg

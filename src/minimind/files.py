@@ -56,3 +56,20 @@ def atomic_write(path: str | Path, write) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def read_safetensors(path: str | Path, what: str) -> dict:
+    """All tensors of a safetensors file; a missing or broken file is one MiniMindError line
+    (`what` names the file for the user: "weights file", "adapter weights")."""
+    # Imported here, not at the top: safetensors.torch imports torch, and this module is
+    # imported while the CLI builds its parsers (`minimind --help` must not pay for torch).
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise MiniMindError(f"{path}: {what} not found")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise MiniMindError(f"{path}: not a valid safetensors file ({e})") from None

@@ -13,7 +13,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from .checkpoint import load
+from .data.demo import build_demo_corpus, load_exam
+from .data.download import download
 from .errors import MiniMindError
+from .infer import SamplingParams, chat_prompt, generate
+from .tokenizer import train_tokenizer
+from .train.trainer import TrainConfig, train
 
 
 MINIMIND_LINES = 20000
@@ -35,8 +41,6 @@ def head_lines(path: Path, n: int) -> Path:
 
 def answer(model, tok, questions: list[str], max_new_tokens: int, batch_size: int = 32) -> list[str]:
     """Greedy one-turn chat replies to each question, generated in batches."""
-    from .infer import SamplingParams, chat_prompt, generate
-
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
     replies = []
     for i in range(0, len(questions), batch_size):
@@ -59,10 +63,6 @@ def quickstart(out: str = "out/quickstart", data: str = "demo", preset: str = "t
                pretrain_steps: int | None = None, sft_steps: int | None = None, device: str = "auto",
                cache_dir: str | None = None, progress: bool = True) -> Path:
     """Run every stage into `out`; returns the fine-tuned model directory."""
-    from .data.demo import build_demo_corpus, load_exam
-    from .tokenizer import train_tokenizer
-    from .train.trainer import TrainConfig, train
-
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -79,8 +79,6 @@ def quickstart(out: str = "out/quickstart", data: str = "demo", preset: str = "t
               f"{files['exam_questions']} held-out exam questions in {root / 'data'}")
         vocab_size = 1024  # the generated corpus is small: a small vocabulary trains faster
     elif data == "minimind":
-        from .data.download import download
-
         # The full files hold billions of tokens; a CPU quickstart trains on their first lines.
         pretrain_files = [str(head_lines(download("pretrain_t2t_mini", root / "data")[0], MINIMIND_LINES))]
         sft_files = [str(head_lines(download("sft_t2t_mini", root / "data")[0], MINIMIND_LINES))]
@@ -105,8 +103,6 @@ def quickstart(out: str = "out/quickstart", data: str = "demo", preset: str = "t
                             warmup_steps=10, max_steps=sft_steps or 120, **common))
 
     stage("5/5 results")
-    from .checkpoint import load
-
     sft_model, tok = load(sft)
     prompts = ["Hello!", "What is the capital of France?", "你好！", "3加4等于多少？"]
     for prompt, reply in zip(prompts, answer(sft_model, tok, prompts, max_new_tokens=40)):

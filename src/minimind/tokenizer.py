@@ -11,6 +11,7 @@ package never needs transformers at run time yet produces byte-identical prompts
 from __future__ import annotations
 
 import itertools
+import codecs
 import json
 import re
 from datetime import datetime
@@ -216,21 +217,30 @@ class Tokenizer:
         """A decoder for generation: push ids one at a time, get printable text back."""
         return StreamDecoder(self, skip_special_tokens)
 
+    @property
+    def byte_level(self) -> bool:
+        """True for byte-level BPE (MiniMind's tokenizers): every token stands for raw bytes."""
+        return isinstance(self._tk.decoder, tokenizers.decoders.ByteLevel)
+
     def token_bytes(self, i: int) -> bytes:
-        """The raw bytes one token stands for (a byte-level token may hold part of a UTF-8
-        character, which decode() would show as U+FFFD). Added tokens are their UTF-8 text."""
+        """The raw bytes one token of a byte-level tokenizer stands for (it may hold part of a
+        UTF-8 character, which decode() would show as U+FFFD). As the library's decoder does:
+        a token whose characters are all byte-alphabet characters is those bytes, any other
+        (an added token such as "<|im_end|> ") is its UTF-8 text."""
         token = self._tk.id_to_token(int(i))
         if token is None:
             return b""
-        if token in self._added or any(c not in _BYTE_OF_CHAR for c in token):
+        if any(c not in _BYTE_OF_CHAR for c in token):
             return token.encode("utf-8")
         return bytes(_BYTE_OF_CHAR[c] for c in token)
 
     @property
-    def _added(self) -> set[str]:
-        if not hasattr(self, "_added_cache"):
-            self._added_cache = {t.content for t in self._tk.get_added_tokens_decoder().values()}
-        return self._added_cache
+    def special_ids(self) -> frozenset[int]:
+        """Ids that decode(skip_special_tokens=True) drops (<|im_start|> ..., not <think>)."""
+        if not hasattr(self, "_special_ids"):
+            added = self._tk.get_added_tokens_decoder()
+            self._special_ids = frozenset(i for i, t in added.items() if t.special)
+        return self._special_ids
 
     # --- chats ---
     def apply_chat_template(self, messages, tools=None, add_generation_prompt=False,
@@ -270,14 +280,19 @@ class StreamDecoder:
 
     Byte-level BPE tokens are bytes, not characters: one Chinese character or emoji is 3-4
     UTF-8 bytes and is often spread over two tokens. Decoding one token at a time would print
-    '\\ufffd' garbage. Instead we decode a small window of recent ids and only hand out the
-    new text once it no longer ends in an incomplete character (the trick used by HF's
+    '\ufffd' garbage. For a byte-level tokenizer the token bytes go through Python's
+    incremental UTF-8 decoder, which holds an unfinished character back and replaces invalid
+    bytes exactly as decoding the whole output at once does, so the pieces always join to
+    `tokenizer.decode(ids)`. Other tokenizers decode a small window of recent ids and hand out
+    the new text once it no longer ends in an incomplete character (the trick used by HF's
     text-generation-inference and vLLM).
     """
 
     def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = False):
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
+        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace") if tokenizer.byte_level else None
+        self.skipped = tokenizer.special_ids if skip_special_tokens else frozenset()
         self.ids: list[int] = []
         self.prefix = 0  # window start: already-printed ids kept as context for the decoder
         self.read = 0  # ids before this index have been printed
@@ -287,6 +302,8 @@ class StreamDecoder:
 
     def push(self, token_id: int) -> str:
         """Add one id; return the newly completed text ('' while a character is incomplete)."""
+        if self.utf8 is not None:
+            return "" if token_id in self.skipped else self.utf8.decode(self.tokenizer.token_bytes(token_id))
         self.ids.append(int(token_id))
         done = self._decode(self.ids[self.prefix:self.read])
         text = self._decode(self.ids[self.prefix:])
@@ -307,6 +324,8 @@ class StreamDecoder:
 
     def flush(self) -> str:
         """Return whatever is still held back (call once, at the end of generation)."""
+        if self.utf8 is not None:
+            return self.utf8.decode(b"", final=True)
         done = self._decode(self.ids[self.prefix:self.read])
         text = self._decode(self.ids[self.prefix:])
         self.prefix = self.read = len(self.ids)

@@ -2,26 +2,11 @@
 
 Tokenizing every epoch in Python (as MiniMind does) wastes CPU; tokenizing once in bulk with
 the multi-threaded Rust tokenizer and reading the ids back with np.memmap costs almost nothing
-later. One cache directory per (data file, tokenizer, options):
-
-  ids.bin       every document's token ids end to end (uint16 if the vocabulary has at most
-                65,536 tokens, else uint32)
-  mask.bin      chat data only: uint8 loss mask, 1 on assistant tokens (see sft.py)
-  offsets.npy   int64 [docs + 1]: document d is ids[offsets[d]:offsets[d + 1]]
-  lines.npy     int64 [docs]: the line of the data file each document came from
-  doc_loss.npy  chat data only: int64 [docs], loss-mask tokens per document
-  meta.json     what it was built from, and counts (records, skipped, tokens, ...)
-
-The key is a hash of: the data file's absolute path, size and modification time (hashing a
-10 GB file's content would cost more than a minute on every run; touching the file forces a
-rebuild), a hash of the tokenizer (its tokenizer.json and tokenizer_config.json content, chat
-template included), the kind, the cache format version, and the options that change tokens
-(augmentations and their seed). Sequence length is not in the key: documents are stored whole
-and cut to length when packed, so one cache serves every --seq-len.
-
-The directory is built under a temporary name and renamed into place when complete, so a build
-that is killed never leaves a cache that looks valid. Default location ~/.cache/minimind/tokenized,
-or $MINIMIND_CACHE, or the cache_dir argument.
+later. One directory per (data file, tokenizer, options) holds ids.bin, mask.bin (chat data),
+offsets.npy, lines.npy, doc_loss.npy (chat data) and meta.json; the key hashes the file's path,
+size and mtime, the tokenizer, the kind, FORMAT_VERSION and the augmentations, not seq_len
+(documents are stored whole). A cache is built under a temporary name and renamed into place,
+so a killed build never looks valid. Layout, key and location: docs/data.md.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ from pathlib import Path
 
 from ..errors import MiniMindError
 
+# Each verb imports what it uses when it runs (checking imports numpy, a tokenizer its Rust
+# library): the CLI's parsers import this module and must stay instant.
+
 
 def cmd_check(args) -> None:
     from .check import check_file, format_report

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MiniMindError
+from ..tokenizer import Tokenizer
 from .cache import tokenize_file
 from .formats import check_on_bad_record
 from .packing import PackedDataset, pack
@@ -63,8 +64,6 @@ def build_datasets(files, tokenizer, kind: str, seq_len: int, val_fraction: floa
     if not files:
         raise MiniMindError("no data files given")
     if isinstance(tokenizer, (str, Path)):
-        from ..tokenizer import Tokenizer
-
         tokenizer = Tokenizer.from_dir(tokenizer)
     tokenized = [tokenize_file(f, tokenizer, kind, cache_dir=cache_dir, on_bad_record=on_bad_record,
                                random_system_prompt=random_system_prompt, strip_empty_think=strip_empty_think,

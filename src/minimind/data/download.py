@@ -28,6 +28,8 @@ from http.client import HTTPException
 from pathlib import Path
 from urllib.parse import quote
 
+from tqdm import tqdm
+
 from ..errors import MiniMindError
 
 HF_REPO = "jingyaogong/minimind_dataset"
@@ -106,7 +108,7 @@ def download(name: str, out_dir="dataset", source: str = "hf", force: bool = Fal
 
 
 def _modelscope_download(filename: str, out_dir: Path) -> None:
-    try:
+    try:  # optional (pip install modelscope): imported only for --source modelscope
         from modelscope.hub.file_download import dataset_file_download
     except ImportError:
         raise MiniMindError("--source modelscope needs the modelscope package: pip install modelscope "
@@ -268,8 +270,6 @@ class _Progress:
     def start(self, have: int, total: int | None) -> None:
         self.done()
         if self.enabled:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total, initial=have, desc=self.name, unit="B", unit_scale=True,
                             unit_divisor=1024, file=sys.stderr, mininterval=0.5)
         self.at = have

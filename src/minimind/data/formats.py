@@ -1,20 +1,17 @@
 """Read MiniMind's JSONL data files, checking every record.
 
-One record per line, in the formats of the original project (minimind-reference.md, section 4):
+One record per line, in the formats of the original project:
 
   pretrain   {"text": "..."}
   sft        {"conversations": [{"role", "content", ...}, ...]}   (also LoRA and distillation)
   dpo        {"chosen": [messages], "rejected": [messages]}
   rl         {"conversations": [...], "gt": [...]}                 (RLAIF prompts, agent RL)
 
-A message is {"role": system|user|assistant|tool, "content": str} plus, optionally,
-`reasoning_content` (str), `tools` (on a system message: the OpenAI tool list, usually stored
-as a JSON *string*) and `tool_calls` (on an assistant message: [{"name", "arguments"}], also a
-JSON string). Extra keys are ignored.
-
-A bad record is reported as `FILE:LINE: what is wrong`. With on_bad_record="error" (the
-default) the first one raises MiniMindError; with "skip" it is counted in a BadRecords summary
-and reading goes on. Files are read line by line, so a 10 GB file never sits in memory.
+A message is {"role": system|user|assistant|tool, "content": str}, optionally with
+`reasoning_content`, `tools` (system) and `tool_calls` (assistant). A bad record is reported as
+`FILE:LINE: what is wrong`: the first one raises MiniMindError (on_bad_record="error"), or all
+are counted in a BadRecords summary and skipped ("skip"). Files are streamed line by line.
+Every rule, with examples: docs/data.md.
 """
 
 from __future__ import annotations

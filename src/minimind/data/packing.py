@@ -1,24 +1,12 @@
 """Pack whole documents into fixed-length rows, so no compute is spent on padding.
 
-MiniMind pads every sample to max_seq_len; with short documents most of each row is padding.
-We instead fill each row of `seq_len` tokens with several documents end to end:
-
-1. Cut documents to fit a row. A pretraining document longer than seq_len is split into
-   pieces of seq_len tokens that overlap by one token, so every token is still a target
-   exactly once (a piece's first token only provides context for the second). A chat longer
-   than seq_len is truncated (its end is lost; counted in stats["truncated"]), because a
-   conversation cut in two would start mid-turn; a truncated chat left with no assistant
-   token is dropped (stats["dropped"]).
-2. Best-fit decreasing bin packing: pieces are placed longest first, each into the open row
-   with the least room that still fits it, else a new row. Short pieces fill the gaps that
-   long ones leave; padding is typically well under 1%. Ties between equal lengths are broken
-   by a seeded shuffle, so the packing is deterministic given the seed.
-
-Each row carries position ids that restart at 0 for every piece and segment ids (0, 1, 2, ...
-per piece, -1 for padding): batches.attention_mask_from_segments turns these into a mask so no
-token attends across a document boundary. Labels are the ids with -100 on padding, on the first
-token of each piece (nothing before it in the row may predict it) and, for chat data, on every
-token outside the assistant turns.
+MiniMind pads every sample to max_seq_len; we fill each row of `seq_len` tokens with several
+documents end to end. Long pretraining documents are split into pieces that overlap by one
+token (every token is a target once); long chats are truncated. Pieces are placed by best-fit
+decreasing bin packing (longest first, into the tightest open row; seeded tie-breaks), which
+typically leaves well under 1% padding. Position ids restart and segment ids change at every
+piece, so attention never crosses a document boundary (batches.attention_mask_from_segments).
+The row fields and the stats: docs/data.md.
 """
 
 from __future__ import annotations

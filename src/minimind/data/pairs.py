@@ -1,21 +1,11 @@
 """Preference pairs for DPO: `{"chosen": [messages], "rejected": [messages]}` in, batches out.
 
-Both sides of a pair go through the same chat-template call with the same options (MiniMind
-strips the empty think block independently on each side, so about a third of its pairs differ
-only in that formatting: a preference the model learns for nothing). The two sides share
-every message but the last, so they tokenise to a common prompt followed by two replies. The
-loss is on the final reply only, from the token after `<|im_start|>assistant\\n` through its
-`<|im_end|>` (as SFT marks an assistant turn); the earlier turns are identical on both sides
-and would cancel in the DPO margin anyway.
-
-Truncation (a side longer than seq_len): the replies keep their start and the prompt keeps its
-end, as much of it as the longer reply leaves room for but at least half of seq_len. The same
-prompt tokens are kept on both sides, so a pair is still one prompt and two answers.
-
-Batches put a pair's two sides in the same micro-batch (chosen rows first, then rejected rows)
-right-padded to the longest row of the batch; with causal attention no real token ever sees
-the padding, so no attention mask is needed (the fast SDPA path). To keep padding low, the
-training order groups pairs of similar length (see length_grouped_batches).
+Both sides go through the same chat-template call with the same options (MiniMind strips the
+empty think block on each side independently, so about a third of its pairs differ only in
+that formatting). They share every message but the last, so they tokenise to a common prompt and
+two replies; the loss is on the final reply only. A side longer than seq_len keeps the replies'
+start and the prompt's end, the same prompt tokens on both sides. A pair's two sides share a
+micro-batch, right-padded; the order groups pairs of similar length. See docs/data.md.
 """
 
 from __future__ import annotations

@@ -1,26 +1,11 @@
 """Chat data for training: render a conversation, tokenize it, and mark what the model learns.
 
 A conversation is rendered with the tokenizer's chat template (no generation prompt) and
-tokenized as one string, exactly as MiniMind's SFTDataset does, so the token ids are the same.
-The loss mask is 1 on the assistant turns only: from the token after `<|im_start|>assistant\\n`
-through the closing `<|im_end|>` inclusive. That covers each assistant turn's think block,
-content and tool calls, in every turn of a multi-turn or tool-using conversation. System,
-user and tool-result text and the role headers are 0: the model reads them but is not asked to
-produce them.
-
-One deliberate difference from the original: MiniMind also trains the "\\n" after
-`<|im_end|>` (reference section 9 item 18, issue #636). That newline is template filler the
-model never needs to generate (generation stops at `<|im_end|>`), so we leave it out.
-
-Two augmentations of the original are available, both off by default and seeded:
-  random_system_prompt  with probability 0.2, a conversation without tools and without a
-                        system message gets one of 10 built-in system prompts (5 Chinese, 5
-                        English). The original's 10 prompts are not reproduced here word for
-                        word; ours are written in the same spirit.
-  strip_empty_think     with probability 0.8, every empty think block `<think>\\n\\n</think>\\n\\n`
-                        is removed, so the model learns to answer both with and without it.
-With a token cache these draws happen once, when the cache is built (the seed is part of the
-cache key); the original re-draws every epoch.
+tokenized as one string, as MiniMind's SFTDataset does, so the token ids are the same. The loss
+mask is 1 on the assistant turns only, from the token after `<|im_start|>assistant\n` through
+the closing `<|im_end|>` (not the "\n" after it, which MiniMind also trains: the model never
+needs to generate it). ChatRenderer applies MiniMind's two optional, seeded augmentations
+(random_system_prompt, strip_empty_think), drawn once when the cache is built. See docs/data.md.
 """
 
 from __future__ import annotations

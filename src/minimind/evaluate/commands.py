@@ -16,6 +16,13 @@ import time
 from pathlib import Path
 
 from ..errors import MiniMindError
+from ..files import read_json
+from .lm_eval_cli import register as register_lm_eval
+from .report import register as register_report
+from .results import write_result
+
+# The task modules, checkpoint and device import torch: they are imported inside the functions
+# that use them, so that building the CLI's parsers (which imports this module) stays instant.
 
 TASKS = {"ceval": "choice", "cmmlu": "choice", "mmlu": "choice", "ppl": "perplexity", "gsm8k": "exact_match"}
 
@@ -117,8 +124,6 @@ def check_model_dir(path: str) -> None:
 def cmd_eval(args) -> None:
     from .. import checkpoint
     from ..device import resolve_device, resolve_inference_dtype
-    from ..files import read_json
-    from .results import write_result
 
     start = time.perf_counter()
     check_model_dir(args.model)
@@ -178,8 +183,5 @@ def register(verbs) -> None:
     p.set_defaults(func=cmd_eval)
 
     # `minimind lm-eval` (lm-evaluation-harness) and `minimind report` (Markdown + plots)
-    from .lm_eval_cli import register as register_lm_eval
-    from .report import register as register_report
-
     register_lm_eval(verbs)
     register_report(verbs)

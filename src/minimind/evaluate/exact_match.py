@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..data.formats import BadRecord, check_rl, iter_lines
 from ..errors import MiniMindError
+from ..infer import SamplingParams, chat_prompt, generate
 from .numbers import extract_answer, same_number, to_fraction
 
 
@@ -87,8 +88,6 @@ def evaluate_exact_match(model, tokenizer, problems: list[Problem], thinking: bo
                          examples: int = 3, log=print, progress=None) -> dict:
     """Generate a reply to every problem and score it; the metrics/details part of a result.
     `progress(done, total)` is called after each batch (the CLI shows it on a terminal)."""
-    from ..infer import SamplingParams, chat_prompt, generate
-
     for p in problems:
         if not any(to_fraction(a) is not None for a in p.answers):
             log(f"note: {p.where}: expected answer {p.answers} is not a number; compared as text")

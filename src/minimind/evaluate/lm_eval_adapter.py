@@ -21,15 +21,22 @@ every document), unless the text already starts with it (a chat-templated prompt
 from __future__ import annotations
 
 import torch
+from tqdm import tqdm
 
+from ..checkpoint import load
+from ..device import resolve_device, resolve_inference_dtype
 from ..errors import MiniMindError
-from .lm_eval_cli import DEFAULT_BATCH_SIZE
+from ..infer import SamplingParams, generate
 
 try:
     from lm_eval.api.model import TemplateLM
     from lm_eval.api.registry import register_model
+    from lm_eval.models.utils import normalize_gen_kwargs
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 except ImportError:  # pragma: no cover - depends on the installation
     raise MiniMindError("the lm-evaluation-harness adapter needs lm_eval: pip install 'minimind[lm-eval]'") from None
+
+DEFAULT_BATCH_SIZE = 16  # requests per forward pass; lm_eval's own default is 1
 
 
 @register_model("minimind")
@@ -46,9 +53,6 @@ class MiniMindLM(TemplateLM):
                  dtype: str = "auto", batch_size: int | str = DEFAULT_BATCH_SIZE, max_length: int | None = None,
                  add_bos_token: bool = True, max_batch_size: int | None = None):
         super().__init__()  # max_batch_size: the harness always passes it; we do not search batch sizes
-        from ..checkpoint import load
-        from ..device import resolve_device, resolve_inference_dtype
-
         if not path:
             raise MiniMindError("lm-eval: say which model to evaluate: --model_args path=MODEL_DIR")
         self.path, self.lora = str(path), str(lora) if lora else None
@@ -93,8 +97,6 @@ class MiniMindLM(TemplateLM):
         through the vocabulary projection (the context needs none), which saves most of the work
         for multiple choice and bounds memory for long windows.
         """
-        from tqdm import tqdm
-
         order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1]) - len(requests[i][2]))
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         pad = self.tokenizer.pad_token_id or 0
@@ -129,8 +131,6 @@ class MiniMindLM(TemplateLM):
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """Log-likelihood of whole texts (perplexity tasks), each scored in windows of max_length
         tokens: every token predicted once, with as much preceding context as fits."""
-        from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
-
         windows, owner = [], []
         for k, request in enumerate(requests):
             (text,) = request.args
@@ -150,11 +150,6 @@ class MiniMindLM(TemplateLM):
     # ------------------------------------------------------------------ generation
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Batched generation; requests with the same generation settings share batches."""
-        from lm_eval.models.utils import normalize_gen_kwargs
-        from tqdm import tqdm
-
-        from ..infer import SamplingParams, generate
-
         groups: dict[str, list[int]] = {}
         for i, request in enumerate(requests):
             groups.setdefault(repr(sorted(request.args[1].items())), []).append(i)

@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import sys
 import time
 
 from ..errors import MiniMindError
-
-DEFAULT_BATCH_SIZE = 16  # lm_eval's own default is 1
+from .results import write_result
 
 
 def _metrics(entry: dict) -> dict:
@@ -37,8 +37,6 @@ def save_results(results: dict, model_dir, lora=None, limit=None, seconds: float
     """Write each top-level task (or group) of a harness run as MODEL_DIR/eval/lm_eval.<task>.json
     (the minimind result contract, kind "lm_eval"), so `minimind report` lists it beside
     `minimind eval` results. A group's subtasks go into its "details"."""
-    from .results import write_result
-
     reported = results.get("results", {})
     groups = results.get("group_subtasks", {})
     inside = {sub for subs in groups.values() for sub in subs}
@@ -77,15 +75,15 @@ def run_cli(argv: list[str]) -> None:
     model registered (`--model minimind` when no --model is given), `--batch_size 16` and
     `--device auto` unless given (the harness's defaults are 1 and cuda:0). A run on a minimind
     model also saves each task's result next to the model (save_results) and prints where."""
-    import sys
-
+    # Imported here: lm_eval is optional and slow to import, and the adapter imports torch; the
+    # CLI's parsers import this module.
     try:
         import lm_eval
         from lm_eval.__main__ import cli_evaluate
         from lm_eval.utils import simple_parse_args_string
     except ImportError:
         raise MiniMindError("minimind lm-eval needs lm-evaluation-harness: pip install 'minimind[lm-eval]'") from None
-    from . import lm_eval_adapter  # noqa: F401  (registers --model minimind)
+    from . import lm_eval_adapter  # registers --model minimind
 
     argv = list(argv)
     if argv and argv[0] not in ("ls", "validate"):
@@ -94,7 +92,7 @@ def run_cli(argv: list[str]) -> None:
         if not _given(args, "--model"):
             args = ["--model", "minimind", *args]
         if not _given(args, "--batch_size") and not _given(args, "-b"):
-            args += ["--batch_size", str(DEFAULT_BATCH_SIZE)]
+            args += ["--batch_size", str(lm_eval_adapter.DEFAULT_BATCH_SIZE)]
         if not _given(args, "--device"):  # the harness's default is cuda:0, even on a machine without one
             args += ["--device", "auto"]
         argv = ["run", *args]

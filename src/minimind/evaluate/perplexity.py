@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..data.formats import read_records
 from ..errors import MiniMindError
 
 
@@ -35,8 +36,6 @@ def read_documents(path: str | Path, limit: int | None = None) -> list[str]:
     if not path.is_file():
         raise MiniMindError(f"{path}: file not found")
     if path.suffix == ".jsonl":
-        from ..data.formats import read_records
-
         docs = []
         for record in read_records(path, "pretrain"):
             if limit is not None and len(docs) >= limit:

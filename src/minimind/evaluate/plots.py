@@ -11,6 +11,9 @@ from pathlib import Path
 
 from ..errors import MiniMindError
 
+# matplotlib is optional (pip install "minimind[report]") and slow to import: every function
+# imports it when it draws, and the CLI's parsers import this module through report.py.
+
 
 def _pyplot():
     try:

@@ -16,7 +16,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..config import ModelConfig
 from ..errors import MiniMindError
+from ..files import atomic_write_text
+from .plots import plot_runs
+from .results import read_results
 
 
 @dataclass
@@ -41,7 +45,7 @@ class Run:
             return record["tokens"]
         logged = [(r["step"], r["tokens"]) for r in self.train if "tokens" in r]
         if logged:
-            import numpy as np
+            import numpy as np  # here, not at the top: the CLI's parsers import this module
 
             steps, tokens = zip((0, 0), *logged)
             return float(np.interp(record["step"], steps, tokens))
@@ -71,10 +75,9 @@ def read_metrics(path: Path) -> list[dict]:
 
 def load_run(path: str | Path) -> Run:
     """Read a run directory (MiniMindError if it is not one) and its evaluation results."""
-    from ..config import ModelConfig
+    # Imported here, not at the top: both import torch, and the CLI's parsers import this module.
     from ..model import count_parameters
     from ..train.state import STATE, list_checkpoints
-    from .results import read_results
 
     run = Run(Path(path))
     metrics = run.path / "metrics.jsonl"
@@ -211,8 +214,6 @@ def samples_section(runs: list[Run], width: int = 100) -> list[str]:
 def write_report(run_dirs: list[str], out: str | Path = "report.md") -> tuple[Path, list[Path]]:
     """Read every run (all problems are reported before anything is drawn), write the
     Markdown report and its PNG plots next to it; return (report, plots)."""
-    from .plots import plot_runs
-
     if not run_dirs:
         raise MiniMindError("give at least one run directory")
     runs = [load_run(d) for d in run_dirs]
@@ -234,8 +235,6 @@ def write_report(run_dirs: list[str], out: str | Path = "report.md") -> tuple[Pa
         lines += ["## Samples (greedy, last logged step)", "", *samples]
     lines += ["## Plots", ""]
     lines += [f"![{title}]({path.name})\n" for title, path in plots]
-    from ..files import atomic_write_text
-
     atomic_write_text(out, "\n".join(lines).rstrip() + "\n")
     return out, [path for _, path in plots]
 

@@ -26,6 +26,7 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .. import __version__
 from ..errors import MiniMindError
 from ..files import atomic_write_text, read_json_object
 
@@ -49,8 +50,6 @@ def write_result(result: dict, model_dir, lora=None) -> Path:
         raise MiniMindError(f"evaluation result kind {result['kind']!r}: expected one of {', '.join(KINDS)}")
     if result["primary"] not in result["metrics"]:
         raise MiniMindError(f"evaluation result primary metric {result['primary']!r} is not in its metrics")
-    from .. import __version__
-
     out = dict(result)
     out.setdefault("created", datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
     out.setdefault("minimind_version", __version__)

@@ -12,6 +12,9 @@ The work happens in the modules next to this one; each command prints what it wr
 
 from __future__ import annotations
 
+# Each verb imports its converter when it runs: they import torch, and the CLI's parsers
+# import this module.
+
 
 def cmd_import_pth(args) -> None:
     from .common import describe

@@ -15,10 +15,12 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
+from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_model
 from ..config import ModelConfig
 from ..errors import MiniMindError
-from ..model import MiniMindForCausalLM
+from ..model import MiniMindForCausalLM, count_parameters
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -87,10 +89,6 @@ def build_model(config: ModelConfig, sd: dict[str, torch.Tensor], source: str) -
 
 def load_model_dir(model_dir: str | Path) -> tuple[MiniMindForCausalLM, torch.dtype]:
     """Our model directory -> (fp32 model in eval mode, the dtype its weights were saved in)."""
-    from safetensors import safe_open
-
-    from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_model
-
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise MiniMindError(f"{model_dir}: model directory not found")
@@ -140,8 +138,6 @@ def copy_tokenizer_files(src: str | Path, out: Path) -> list[str]:
 
 def describe(config: ModelConfig) -> str:
     """A one-line summary of a config, for the messages the commands print."""
-    from ..model import count_parameters
-
     total, active = count_parameters(config)
     kind = "dense"
     if config.use_moe:

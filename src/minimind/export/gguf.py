@@ -2,27 +2,12 @@
 
     minimind export gguf --model out/sft --out minimind.gguf [--dtype f32|f16|bf16|q8_0]
 
-Written with the `gguf` Python package (pip install gguf), laid out as llama.cpp's own
-convert_hf_to_gguf.py lays out the matching transformers model:
-
-  our model                          GGUF architecture   llama.cpp RoPE   q/k rows
-  q/k norm, dense (minimind-3)       qwen3               NEOX (halves)    as is
-  q/k norm, MoE (minimind-3-moe)     qwen3moe            NEOX             as is
-  no q/k norm, dense (MiniMind2)     llama               NORM (pairs)     interleaved
-  no q/k norm, MoE + 1 shared        bailingmoe          NORM             interleaved
-    expert (MiniMind2-MoE)
-  no q/k norm, MoE, no shared        llama (+experts)    NORM             interleaved
-
-llama.cpp's `llama` and `bailingmoe` rotate interleaved pairs, so their converters reorder the
-q/k rows of each head; we do the same (common.to_interleaved). `bailingmoe` is the one
-llama.cpp architecture with softmax routing, an optional top-k renormalisation
-(`expert_weights_norm`) and an ungated shared expert: exactly MiniMind2-MoE.
-
-The tokenizer goes in whole: byte-level BPE tokens and merges, token types (special added
-tokens as CONTROL, <think>/<tool_call> as USER_DEFINED), bos/eos/pad ids, add_bos false and the
-pre-tokenizer name. MiniMind pre-tokenizes with ByteLevel(use_regex=True), the GPT-2 regex,
-which llama.cpp calls "gpt-2". (MiniMind's README says to patch llama.cpp to use "qwen2";
-that regex splits numbers into single digits, so "2024" would tokenize differently.)
+Written with the `gguf` package, laid out as llama.cpp's convert_hf_to_gguf.py lays out the
+matching transformers model: minimind-3 as qwen3 / qwen3moe, MiniMind2 as llama and
+MiniMind2-MoE as bailingmoe. llama and bailingmoe rotate interleaved pairs, so their q/k rows are
+reordered per head (common.to_interleaved). The tokenizer goes in whole, with pre-tokenizer
+"gpt-2" (MiniMind's ByteLevel regex; "qwen2" would split numbers into digits). The table of
+architectures and what is refused: the README's "llama.cpp (GGUF)" section.
 """
 
 from __future__ import annotations
@@ -35,12 +20,13 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import MiniMindError
-from .common import to_interleaved
+from .common import load_model_dir, to_interleaved
 
 GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0")
 
 
 def _gguf():
+    # The gguf package is optional (pip install "minimind[export]"): imported when an export runs.
     try:
         import gguf
     except ImportError:
@@ -193,8 +179,6 @@ def _encode(gguf, name: str, t: torch.Tensor, dtype: str):
 def export_gguf(model_dir: str | Path, out: str | Path, dtype: str = "f16", force: bool = False,
                 name: str | None = None) -> dict:
     """Write `model_dir` as a GGUF file. Returns a summary (architecture, dtype, tensors, out)."""
-    from .common import load_model_dir
-
     gguf = _gguf()
     if dtype not in GGUF_DTYPES:
         raise MiniMindError(f"unknown GGUF dtype {dtype!r}; choose from: {', '.join(GGUF_DTYPES)}")

@@ -3,24 +3,11 @@
     minimind export hf --model out/sft --out minimind-hf [--dtype fp32|fp16|bf16]
 
 Each MiniMind layout maps onto a standard transformers class that computes exactly the same
-function (tests/test_export_hf.py checks the logits):
-
-  our model                                     transformers class
-  q/k norm, dense          (minimind-3)         Qwen3ForCausalLM
-  q/k norm, MoE            (minimind-3-moe)     Qwen3MoeForCausalLM
-  no q/k norm, dense       (MiniMind2)          LlamaForCausalLM
-  no q/k norm, MoE + 1 shared expert            Qwen2MoeForCausalLM, see below
-                           (MiniMind2-MoE)
-
-Qwen2-MoE multiplies its shared expert by sigmoid(shared_expert_gate(x)); MiniMind adds the
-shared expert as is. Writing a zero gate makes that factor sigmoid(0) = 0.5 exactly, and
-writing the shared expert's down projection times 2 undoes it exactly (scaling by a power of
-two is exact in floating point). Qwen2-MoE also has q/k/v biases; we write zeros. Any other
-layout (e.g. q/k norm with shared experts) has no exact standard class and is refused.
-
-The directory holds config.json, model.safetensors (tied lm_head left out, as transformers
-does), generation_config.json and the tokenizer files with the chat template. vLLM and SGLang
-serve it as is.
+function (tests/test_export_hf.py checks the logits): Qwen3ForCausalLM, Qwen3MoeForCausalLM,
+LlamaForCausalLM, and Qwen2MoeForCausalLM for MiniMind2-MoE, whose shared-expert gate is written
+as zeros (sigmoid(0) = 0.5) with the shared expert's down projection doubled to undo it exactly.
+Other layouts are refused. vLLM and SGLang serve the result as is; details in the README's
+"transformers, vLLM, SGLang" section.
 """
 
 from __future__ import annotations
@@ -31,10 +18,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..files import atomic_write
 from ..config import ModelConfig
 from ..errors import MiniMindError
-from .common import prepare_out_dir
+from ..files import atomic_write
+from .common import load_model_dir, parse_dtype, prepare_out_dir
 
 DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
@@ -153,8 +140,6 @@ def _write_json(path: Path, obj) -> None:
 def export_hf(model_dir: str | Path, out: str | Path, dtype: str | None = None, force: bool = False) -> dict:
     """Write `model_dir` as a transformers directory at `out`. Returns a summary dict
     (architecture, dtype, tokenizer written or not, out)."""
-    from .common import load_model_dir, parse_dtype
-
     model_dir = Path(model_dir)
     model, stored = load_model_dir(model_dir)
     arch = hf_architecture(model.config, str(model_dir))

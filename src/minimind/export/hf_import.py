@@ -22,9 +22,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from ..checkpoint import save_model_dir
 from ..config import ModelConfig
 from ..errors import MiniMindError
 from ..files import read_json_object
+from ..tokenizer import Tokenizer
 from .common import build_model, copy_tokenizer_files, parse_dtype, prepare_out_dir, stored_dtype
 
 SUPPORTED = {"Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "LlamaForCausalLM", "Qwen2MoeForCausalLM"}
@@ -195,8 +197,6 @@ def _copy_tokenizer(model_dir: Path, out: Path) -> list[str]:
 def import_hf(model_dir: str | Path, out: str | Path, dtype: str | None = None, force: bool = False) -> dict:
     """Convert a transformers directory into our model directory. Returns a summary dict
     (architecture, config, tokenizer files copied, out)."""
-    from ..checkpoint import save_model_dir
-
     model_dir = Path(model_dir)
     d = read_hf_config(model_dir)
     arch, config = config_from_hf(d, str(model_dir / "config.json"))
@@ -207,7 +207,5 @@ def import_hf(model_dir: str | Path, out: str | Path, dtype: str | None = None, 
     save_model_dir(model, out, dtype=keep)
     copied = _copy_tokenizer(model_dir, out)
     if "tokenizer.json" in copied and "tokenizer_config.json" in copied:
-        from ..tokenizer import Tokenizer
-
         Tokenizer.from_dir(out)  # fail now, with the file named, rather than at chat time
     return {"architecture": arch, "config": config, "tokenizer": copied, "out": str(out)}

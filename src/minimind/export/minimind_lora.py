@@ -21,7 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..checkpoint import load_model
 from ..errors import MiniMindError
+from ..model.lora import LoRAConfig, add_lora, lora_layers, save_adapter
 from .common import prepare_out_dir
 from .minimind_pth import load_pth
 
@@ -52,9 +54,6 @@ def group_adapter_tensors(sd: dict[str, torch.Tensor], source: str) -> dict[str,
 
 def import_minimind_lora(path: str | Path, base_dir: str | Path, out_dir: str | Path, force: bool = False) -> dict:
     """Check a MiniMind LoRA `.pth` against the base model and write it as an adapter directory."""
-    from ..checkpoint import load_model
-    from ..model.lora import LoRAConfig, add_lora, lora_layers, save_adapter
-
     source = str(path)
     pairs = group_adapter_tensors(load_pth(path), source)
     model = load_model(base_dir)

@@ -29,9 +29,11 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import save_model_dir
 from ..config import PRESETS, ModelConfig, preset
 from ..errors import MiniMindError
-from .common import build_model, parse_dtype, stored_dtype, to_rotate_half
+from ..tokenizer import Tokenizer
+from .common import build_model, parse_dtype, prepare_out_dir, stored_dtype, to_rotate_half
 
 # Defaults of the numbers a MiniMind state dict does not reveal, per generation.
 GENERATION_DEFAULTS = {
@@ -256,10 +258,6 @@ def import_minimind_pth(path: str | Path, out: str | Path, tokenizer: str | Path
                         **flags) -> tuple[Path, ModelConfig]:
     """Convert a MiniMind `.pth` into a model directory (config.json, model.safetensors and,
     with `tokenizer`, the tokenizer files). Returns (directory, config)."""
-    from ..checkpoint import save_model_dir
-    from ..tokenizer import Tokenizer
-    from .common import prepare_out_dir
-
     source = str(path)
     if preset_name is not None and preset_name not in PRESETS:
         preset(preset_name)  # raises the "unknown preset" error

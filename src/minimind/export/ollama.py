@@ -22,7 +22,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..config import ModelConfig
 from ..errors import MiniMindError
+from ..tokenizer import Tokenizer
+from .common import prepare_out_dir
+from .gguf import export_gguf
 
 # --- pieces shared by both templates ---------------------------------------------------
 # Go text/template. There are no {{- trim markers and no layout whitespace: every character
@@ -115,10 +119,6 @@ def export_ollama(model_dir: str | Path, out: str | Path, name: str = "minimind"
                   force: bool = False) -> dict:
     """Write OUT/model.gguf and OUT/Modelfile. Returns a summary with the `ollama create`
     command to run."""
-    from ..tokenizer import Tokenizer
-    from .common import prepare_out_dir
-    from .gguf import export_gguf
-
     model_dir = Path(model_dir)
     tok = Tokenizer.from_dir(model_dir)
     if template_file is not None:
@@ -131,8 +131,6 @@ def export_ollama(model_dir: str | Path, out: str | Path, name: str = "minimind"
         template = go_template(tok.chat_template)
     out = prepare_out_dir(out, force)
     summary = export_gguf(model_dir, out / "model.gguf", dtype=dtype, force=True, name=name)
-    from ..config import ModelConfig
-
     num_ctx = min(ModelConfig.load(model_dir / "config.json").max_position_embeddings, 8192)
     text = modelfile("model.gguf", template, num_ctx, system)
     (out / "Modelfile").write_text(text, encoding="utf-8")

@@ -22,16 +22,19 @@ import json
 import os
 import time
 from collections import Counter
+from dataclasses import asdict, replace
 from pathlib import Path
 
+from ..checkpoint import load
+from ..data.formats import BadRecord, check_messages, read_records
+from ..device import resolve_device, resolve_inference_dtype
 from ..errors import MiniMindError
 from ..files import atomic_write_text, read_json
+from . import SamplingParams, chat_prompt, generate
 
 
 def read_prompts(path) -> list[tuple[str, list[dict]]]:
     """(FILE:LINE, messages ending with a user message) for every prompt in the file."""
-    from ..data.formats import BadRecord, check_messages, read_records
-
     path = Path(path)
     if not path.is_file():
         raise MiniMindError(f"--prompts {path}: file not found")
@@ -63,8 +66,6 @@ def read_prompts(path) -> list[tuple[str, list[dict]]]:
 def encode_prompts(prompts, tokenizer, max_positions: int, think: bool) -> list[list[int]]:
     """Token ids of each prompt through the chat template; a prompt that leaves the model no
     room to answer is an error naming its line, before anything is generated."""
-    from ..infer import chat_prompt
-
     encoded = []
     for where, messages in prompts:
         try:
@@ -91,8 +92,6 @@ def answer_message(text: str, think: bool) -> dict:
 
 def _drop_reason(message: dict, finish_reason: str, keep_truncated: bool) -> str | None:
     """Why a generated answer is not written (None: it is)."""
-    from ..data.formats import BadRecord, check_messages
-
     if finish_reason == "length" and not keep_truncated:
         return "truncated"
     if not message["content"]:
@@ -110,12 +109,6 @@ def generate_data(model_dir, prompts_path, out, *, params, batch_size: int = 16,
     """Answer every prompt with the teacher and write SFT JSONL to `out` (resumable, see the
     module docstring). `params` is the SamplingParams; its seed is the base seed. Returns the
     summary (also printed through `say`)."""
-    from dataclasses import asdict, replace
-
-    from ..checkpoint import load
-    from ..device import resolve_device, resolve_inference_dtype
-    from ..infer import generate
-
     out = Path(out)
     if batch_size < 1:
         raise MiniMindError(f"--batch-size must be at least 1, got {batch_size}")
@@ -176,34 +169,10 @@ def generate_data(model_dir, prompts_path, out, *, params, batch_size: int = 16,
     return summary
 
 
-def cmd_generate_data(args) -> None:
-    from ..infer import SamplingParams
-
+def generate_data_main(args) -> None:
+    """`minimind generate-data` (its flags are defined in cli.py)."""
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                             top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed)
     generate_data(args.model, args.prompts, args.out, params=params, batch_size=args.batch_size, think=args.think,
                   keep_truncated=args.keep_truncated, limit=args.limit, force=args.force, device=args.device,
                   dtype=args.dtype)
-
-
-def register(verbs) -> None:
-    """Add `minimind generate-data` to the CLI's subparsers."""
-    from ..cli import add_sampling_args
-
-    p = verbs.add_parser("generate-data", help="answer prompts with a teacher model and write SFT data (black-box distillation)",
-                         description="Answer each prompt with --model and write {conversations} JSONL for `minimind sft`. "
-                                     "Stopped runs continue where they were when run again.")
-    p.add_argument("--model", required=True, help="the teacher model directory")
-    p.add_argument("--prompts", required=True, help="a .jsonl of conversations (answered from the last user message) "
-                                                    "or a text file with one prompt per line")
-    p.add_argument("--out", required=True, help="the SFT JSONL file to write")
-    p.add_argument("--batch-size", type=int, default=16, help="prompts generated together (default 16)")
-    p.add_argument("--think", action="store_true", help="let the teacher reason first (open_thinking); the reasoning "
-                                                        "is stored as reasoning_content")
-    p.add_argument("--keep-truncated", action="store_true", help="keep answers cut by --max-new-tokens (default: drop them)")
-    p.add_argument("--limit", type=int, default=None, help="answer only the first N prompts")
-    p.add_argument("--force", action="store_true", help="overwrite --out and ignore a stopped run's progress")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default auto)")
-    p.add_argument("--dtype", default="auto", help="auto, fp32, bf16, fp16 (default: fp32 on CPU, bf16 on GPU)")
-    add_sampling_args(p)
-    p.set_defaults(seed=0, func=cmd_generate_data)  # seeded by default: the same command writes the same file

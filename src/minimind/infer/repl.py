@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 import time
 
+from ..checkpoint import load
+from ..device import resolve_device, resolve_inference_dtype
 from .generate import SamplingParams, stream
 
 HELP = """commands:
@@ -113,9 +115,6 @@ def repl(session: ChatSession, read=input) -> None:
 
 def chat_main(args) -> None:
     """Entry point of `minimind chat` (arguments from cli.py)."""
-    from ..checkpoint import load
-    from ..device import resolve_device, resolve_inference_dtype
-
     device = resolve_device(args.device)
     model, tokenizer = load(args.model, device=device, dtype=resolve_inference_dtype(args.dtype, device),
                             lora=args.lora)

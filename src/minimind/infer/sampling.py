@@ -68,35 +68,44 @@ def apply_top_p(logits: torch.Tensor, p: float | torch.Tensor) -> torch.Tensor:
 
 
 class BatchSampling:
-    """The sampling settings of every row of a batch, as tensors, and which rows draw from
-    which random generator. Built once per batch composition (rows joining or leaving);
-    `choose` then picks all rows' next tokens in a handful of tensor ops.
+    """The sampling settings of every row of a batch, and which rows draw from which random
+    generator. Built once per batch composition (rows joining or leaving); `choose` then picks
+    all rows' next tokens in a handful of tensor ops.
 
     `params` are SamplingParams (one per row); `generators` are the rows' torch.Generators
     (None for greedy rows). Rows that share one generator object draw together, in batch
     order (generate() gives one generator to all rows of a call); any other row draws alone.
+    When every row has the same settings (one generate() call) each setting stays one number;
+    otherwise it becomes a per-row tensor.
     """
 
     def __init__(self, params: list, generators: list, device: torch.device):
-        def column(values, dtype=torch.float32):
-            return torch.tensor(values, dtype=dtype, device=device)[:, None]
-
-        self.greedy = [p.temperature == 0 for p in params]
-        self.all_plain_greedy = all(self.greedy) and not any(p.penalised for p in params)
-        self.sampled = torch.tensor([not g for g in self.greedy], device=device)
-        self.temperature = column([p.temperature if p.temperature > 0 else 1.0 for p in params])
-        self.top_k = column([p.top_k for p in params], torch.long)[:, 0]
-        self.top_p = column([p.top_p for p in params])
-        self.repetition = column([p.repetition_penalty for p in params])
-        self.frequency = column([p.frequency_penalty for p in params])
-        self.presence = column([p.presence_penalty for p in params])
-        self.any_top_k = any(p.top_k > 0 and not g for p, g in zip(params, self.greedy))
-        self.any_top_p = any(p.top_p < 1.0 and not g for p, g in zip(params, self.greedy))
+        first = params[0]
+        self.uniform = all(p == first for p in params)
+        greedy = [p.temperature == 0 for p in params]
+        self.all_plain_greedy = all(greedy) and not any(p.penalised for p in params)
+        self.any_greedy = any(greedy)
+        self.any_top_k = any(p.top_k > 0 and not g for p, g in zip(params, greedy))
+        self.any_top_p = any(p.top_p < 1.0 and not g for p, g in zip(params, greedy))
         self.any_repetition = any(p.repetition_penalty != 1.0 for p in params)
         self.any_openai = any(p.frequency_penalty or p.presence_penalty for p in params)
+
+        def setting(values, dtype=torch.float32):
+            """One number for a uniform batch, else a [B, 1] tensor."""
+            if self.uniform:
+                return values[0]
+            return torch.tensor(values, dtype=dtype, device=device)[:, None]
+
+        self.temperature = setting([p.temperature if p.temperature > 0 else 1.0 for p in params])
+        self.top_p = setting([p.top_p for p in params])
+        self.repetition = setting([p.repetition_penalty for p in params])
+        self.frequency = setting([p.frequency_penalty for p in params])
+        self.presence = setting([p.presence_penalty for p in params])
+        self.top_k = first.top_k if self.uniform else torch.tensor([p.top_k for p in params], device=device)
+        self.sampled = None if self.uniform else torch.tensor([not g for g in greedy], device=device)
         groups: dict[int, list[int]] = {}
         for i, g in enumerate(generators):
-            if not self.greedy[i]:
+            if not greedy[i]:
                 groups.setdefault(id(g), []).append(i)
         n = len(params)
         self.groups = [(generators[rows[0]], None if len(rows) == n else torch.tensor(rows, device=device))
@@ -124,7 +133,7 @@ class BatchSampling:
         if self.all_plain_greedy:
             return logits.argmax(dim=-1)
         logits = self.penalise(logits, seen, counts)
-        tokens = logits.argmax(dim=-1)
+        tokens = logits.argmax(dim=-1) if self.any_greedy else torch.empty_like(logits[:, 0], dtype=torch.long)
         if not self.groups:
             return tokens
         hot = logits / self.temperature
@@ -133,7 +142,9 @@ class BatchSampling:
         if self.any_top_p:
             hot = apply_top_p(hot, self.top_p)
         probs = hot.softmax(dim=-1)
-        broken = ~torch.isfinite(probs).all(dim=-1) & self.sampled
+        broken = ~torch.isfinite(probs).all(dim=-1)
+        if self.sampled is not None:  # greedy rows beside sampled ones: only sampled rows can break
+            broken &= self.sampled
         probs = probs.masked_fill(broken[:, None], 1.0)  # any valid row: it is discarded below
         for generator, rows in self.groups:
             if rows is None:  # one generator for the whole batch: one draw for all rows

@@ -32,6 +32,7 @@ class KVCache:
         self.mask = torch.ones(batch_size, capacity, dtype=torch.long, device=device)
         self.start = 0  # first live column (columns before it only held padding of rows now gone)
         self.length = 0  # live columns: what the model attends to, and its `past` length
+        self._padded: bool | None = False  # any padding from `start` on? None = not known yet
 
     @property
     def capacity(self) -> int:
@@ -59,12 +60,14 @@ class KVCache:
         """Mark the first mask.shape[1] columns with a prompt's padding mask (1 = real token);
         call before the prefill."""
         self.mask[:, self.start:self.start + mask.shape[1]] = mask
+        self._padded = None
 
     def attention_mask(self, new: int) -> torch.Tensor | None:
         """The [B, length + new] padding mask for a forward pass that adds `new` tokens, or None
         when none of those columns is padding (the model then needs no mask: faster)."""
-        mask = self.mask[:, self.start:self.start + self.length + new]
-        return None if bool(mask.all()) else mask
+        if self._padded is None:  # known again after each change of rows: no check (and GPU sync) per step
+            self._padded = not bool(self.mask[:, self.start:].all())
+        return self.mask[:, self.start:self.start + self.length + new] if self._padded else None
 
     def reserve(self, new: int, headroom: int = 64) -> None:
         """Make room for `new` more columns. When the buffers are full, the live part moves to
@@ -89,6 +92,7 @@ class KVCache:
         mask[:, :width - self.length] = 0
         mask[:, dest] = self.mask[:, live]
         self.mask, self.start, self.length = mask, 0, width
+        self._padded = None
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Keep only the given batch rows (e.g. drop finished sequences), then drop leading
@@ -99,6 +103,7 @@ class KVCache:
         live = self.mask[:, self.start:self.start + self.length]
         first_real = int(live.any(0).int().argmax()) if live.numel() else 0
         self.start, self.length = self.start + first_real, self.length - first_real
+        self._padded = None
 
     def extend(self, other: KVCache, headroom: int = 64) -> None:
         """Append other's rows below ours. Both are first copied into one layout: the live
@@ -110,3 +115,4 @@ class KVCache:
         self.k = [torch.cat(p) for p in zip(self.k, other.k)]
         self.v = [torch.cat(p) for p in zip(self.v, other.v)]
         self.mask = torch.cat([self.mask, other.mask])
+        self._padded = None

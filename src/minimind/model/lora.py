@@ -35,9 +35,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from ..checkpoint import read_safetensors
 from ..errors import MiniMindError
-from ..files import atomic_write, atomic_write_text, read_json_object
+from ..files import atomic_write, atomic_write_text, read_json_object, read_safetensors
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"

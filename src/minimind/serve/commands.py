@@ -12,6 +12,8 @@ from ..errors import MiniMindError
 
 
 def cmd_serve(args) -> None:
+    # Everything is imported here, when the server starts: fastapi and uvicorn are optional
+    # (the serve extra), the model needs torch, and the CLI's parsers import this module.
     try:
         import fastapi  # noqa: F401
         import uvicorn

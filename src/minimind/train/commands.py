@@ -1,41 +1,21 @@
-"""`minimind pretrain` and `minimind sft`: flags, an optional YAML config, and the stage defaults.
+"""The training verbs (`minimind pretrain`, `sft`, `reason`, `distill`, `lora`, `dpo`): flags, an
+optional YAML config, and `minimind lora merge`.
 
-Precedence: the stage's defaults, then `--config FILE.yaml` (same keys as the flags, with
-dashes or underscores), then the flags given on the command line.
+Every flag is derived from a TrainConfig field (train/config.py holds its help, stages and
+defaults). Precedence: the stage's defaults, then `--config FILE.yaml` (same keys as the flags,
+with dashes or underscores), then the flags given on the command line.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
-from importlib import import_module
+import typing
 from pathlib import Path
 
+from ..config import SHAPE_FLAGS, add_shape_args
 from ..errors import MiniMindError
-from .config import TrainConfig
+from .config import TrainConfig, default_for, setting_types, stage_defaults, stage_fields
 
-# MiniMind's defaults where they make sense (reference section 1.2), and why we differ:
-#  - pretrain: lr 5e-4, batch 32 x accumulation 8, as MiniMind. seq_len 512: MiniMind's script
-#    uses 340 while its README recommends ~768; with packing no document is cut short.
-#  - sft: lr 1e-5, batch 16, accumulation 1, seq_len 768, as MiniMind.
-#  - both: 1 epoch (MiniMind's published timings are per epoch), a warmup of 1% of the
-#    steps and weight decay on matrices only (MiniMind has no warmup and decays everything).
-STAGE_DEFAULTS = {
-    "pretrain": dict(lr=5e-4, batch_size=32, grad_accum=8, seq_len=512, epochs=1.0),
-    "sft": dict(lr=1e-5, batch_size=16, grad_accum=1, seq_len=768, epochs=1.0),
-    "reason": dict(lr=1e-5, batch_size=16, grad_accum=1, seq_len=1024, epochs=1.0),
-    # distill: SFT's settings (MiniMind: lr 5e-6, batch 32, seq_len 340, 6 epochs; alpha 0.5, T 1.5).
-    "distill": dict(lr=1e-5, batch_size=16, grad_accum=1, seq_len=768, epochs=1.0),
-    # lora: MiniMind uses lr 1e-4, batch 32 unpacked rows of 340 tokens, 10 epochs, rank 16
-    # without scaling. Packed rows hold several short conversations, so a smaller batch keeps
-    # small sets (lora_identity: 91 conversations) at several steps per epoch. The update is
-    # scaled by alpha/r (rank can change without retuning lr); no weight decay.
-    "lora": dict(lr=1e-4, batch_size=8, grad_accum=1, seq_len=384, epochs=10.0, weight_decay=0.0, lora_rank=8),
-    # dpo: MiniMind uses lr 4e-8, which leaves the loss at 0.693 (issues #430, #674); 5e-6 gave
-    # the lowest held-out loss of 4e-8, 1e-6, 5e-6, 2e-5 (benchmarks/README.md). batch = pairs;
-    # no weight decay (it pulls towards zero, not towards the reference); seq_len 1024 as MiniMind.
-    "dpo": dict(lr=5e-6, batch_size=8, grad_accum=1, seq_len=1024, epochs=1.0, weight_decay=0.0, val_fraction=0.05),
-}
 STAGE_HELP = {
     "pretrain": "pretrain a model on raw text",
     "sft": "supervised fine-tuning on conversations",
@@ -44,109 +24,42 @@ STAGE_HELP = {
     "lora": "LoRA fine-tuning on conversations: train a small adapter, the base stays frozen",
     "dpo": "DPO on preference pairs ({\"chosen\", \"rejected\"}) against a frozen reference",
 }
-# The objective (data + loss) that trains each stage, as "module:Class" so a stage's code is
-# imported only when it runs.
-STAGE_OBJECTIVES = {
-    "pretrain": "minimind.train.objectives:LMObjective",
-    "sft": "minimind.train.objectives:LMObjective",
-    "reason": "minimind.train.reason:ReasonObjective",
-    "distill": "minimind.train.distill:DistillObjective",
-    "lora": "minimind.train.objectives:LMObjective",
-    "dpo": "minimind.train.dpo:DPOObjective",
-}
-
-
-def stage_fields(stage: str) -> list:
-    """The TrainConfig fields a stage takes as settings. A field meant for some stages only
-    says so in its metadata: `field(default=..., metadata={"stages": ("dpo",)})`."""
-    return [f for f in fields(TrainConfig) if f.name != "stage" and stage in f.metadata.get("stages", (stage,))]
-
-
-def make_objective(stage: str):
-    module, name = STAGE_OBJECTIVES[stage].split(":")
-    return getattr(import_module(module), name)()
-
-FLAG_HELP = {
-    "data": "JSONL files ({\"text\"} for pretrain, {\"conversations\"} for sft)",
-    "out": "output model directory (checkpoints, metrics.jsonl, the final model)",
-    "init": "start from this model directory",
-    "preset": "start from a fresh model of this preset (with --tokenizer)",
-    "tokenizer": "tokenizer directory for --preset",
-    "max_steps": "optimizer steps (default: from --epochs)",
-    "epochs": "passes over the data",
-    "batch_size": "rows per micro-batch per process",
-    "grad_accum": "micro-batches per optimizer step",
-    "seq_len": "tokens per packed row",
-    "lr": "peak learning rate",
-    "min_lr": "final learning rate of the cosine (default lr/10)",
-    "warmup_steps": "linear warmup steps (default 1%% of the steps)",
-    "weight_decay": "AdamW weight decay on matrices",
-    "grad_clip": "max gradient norm",
-    "save_every": "checkpoint every N optimizer steps (and at the end)",
-    "keep_last": "checkpoints to keep",
-    "eval_every": "validation loss every N steps (0: only at the end)",
-    "eval_batches": "validation batches per evaluation",
-    "val_fraction": "share of documents held out for validation",
-    "log_every": "log every N steps",
-    "sample_every": "print greedy samples every N steps (0: never)",
-    "seed": "seed for initialisation, data order and dropout",
-    "resume": "continue from the newest checkpoint in --out (exactly)",
-    "device": "auto, cpu, cuda, cuda:N, mps",
-    "dtype": "auto, fp32, bf16, fp16 (auto: bf16 on GPUs and on CPUs with bf16 units, else fp32)",
-    "compile": "torch.compile the model",
-    "grad_checkpointing": "recompute activations in backward (less memory, ~30%% slower)",
-    "fsdp": "shard the model over the torchrun processes (FSDP) instead of replicating it (DDP)",
-    "tracker": "also log to wandb, swanlab and/or tensorboard",
-    "project": "project name for trackers",
-    "run_name": "run name for trackers (default: the --out folder name)",
-    "on_bad_record": "error (default) or skip bad data records",
-    "cache_dir": "where tokenized data is cached (default ~/.cache/minimind/tokenized)",
-    "random_system_prompt": "sft: prepend a random system prompt to 20%% of conversations (MiniMind's trick)",
-    "strip_empty_think": "sft: drop empty <think></think> blocks from 80%% of conversations (MiniMind's trick)",
-    "think_mix": "reason: share of conversations trained to think (the rest answer directly)",
-    "think_weight": "reason: loss weight of </think>, the blank line and the first answer token",
-    "tag_penalty": "reason: weight of the unlikelihood of <think>/</think> once the turn's think block is closed",
-    "teacher": "distill: the teacher model directory (same tokenizer as the student)",
-    "distill_alpha": "distill: weight of the KL term; 1 - alpha weighs the cross entropy (MiniMind: 0.5)",
-    "distill_temperature": "distill: softmax temperature of the KL term, scaled back by T^2 (MiniMind: 1.5)",
-    "distill_kl": "distill: forward = KL(teacher||student) (default), reverse = KL(student||teacher)",
-    "lora_rank": "LoRA rank r (lora: default 8; other stages: 0 = no LoRA)",
-    "lora_alpha": "LoRA alpha: the update is scaled by alpha / rank (default 16)",
-    "lora_dropout": "dropout on the LoRA input (default 0)",
-    "lora_targets": "layers to adapt: last name parts (q_proj ...) or globs of full names (default: all attention and MLP projections)",
-    "dpo_beta": "dpo: beta, the strength of the pull towards the reference (default 0.1)",
-    "dpo_loss": "dpo: sigmoid (DPO, default), ipo or hinge",
-    "dpo_label_smoothing": "dpo: share of pairs assumed mislabelled (conservative DPO, sigmoid loss; default 0)",
-    "dpo_length_norm": "dpo: score a reply by its mean token log-prob instead of the sum (no length bias)",
-    "dpo_sft_weight": "dpo: weight of an SFT term, the chosen reply's token-mean NLL (default 0)",
-    "ref": "dpo: reference model directory (default: the --init model), same tokenizer",
-    "ref_mode": "dpo: cached (reference log-probs computed once, default) or online (reference run every step)",
-    "progress": "show a progress bar",
-}
+# Kept for scripts that read a stage's defaults (benchmarks/dpo.py): derived from the fields.
+STAGE_DEFAULTS = {stage: stage_defaults(stage) for stage in STAGE_HELP}
 
 
 def add_train_parser(verbs, stage: str):
+    """The stage's verb, with one flag per TrainConfig field the stage takes. Flags are
+    suppressed when not given, so the stage defaults and --config can fill in beneath them."""
     help_text = STAGE_HELP[stage]
+    shown = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in stage_defaults(stage).items())
     p = verbs.add_parser(stage, help=help_text, argument_default=argparse.SUPPRESS,
-                         description=f"{help_text}. Defaults: " + ", ".join(f"{k}={v}" for k, v in STAGE_DEFAULTS[stage].items()))
+                         description=f"{help_text}. Defaults: {shown}")
     p.add_argument("--config", help="YAML file with any of these settings (flags override it)")
+    types = setting_types()
     for f in stage_fields(stage):
-        flag = "--" + f.name.replace("_", "-")
-        if f.name == "progress":
-            p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-        elif f.type in ("bool", bool):
-            p.add_argument(flag, action="store_true", help=FLAG_HELP[f.name])
-        elif f.name in ("data", "tracker", "lora_targets"):
-            p.add_argument(flag, nargs="+", help=FLAG_HELP[f.name])
+        flag, kind = "--" + f.name.replace("_", "-"), types[f.name]
+        help_text = f.metadata["help"]
+        default = default_for(stage, f.name)
+        if default not in (None, [], {}) and kind is not bool and "default" not in help_text and "0:" not in help_text:
+            help_text += f" (default {default:g})" if isinstance(default, float) else f" (default {default})"
+        help_text = help_text.replace("%", "%%")  # argparse formats help with %
+        if f.name == "shape":
+            add_shape_args(p, suppress=True)  # --hidden-size ... (shared with init and info)
+        elif kind is bool and f.default is True:
+            p.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false", help=help_text)
+        elif kind is bool:
+            p.add_argument(flag, action="store_true", help=help_text)
+        elif typing.get_origin(kind) is list:
+            p.add_argument(flag, nargs="+", help=help_text)
         else:
-            kind = {"int | None": int, "int": int, "float | None": float, "float": float}.get(str(f.type), str)
-            p.add_argument(flag, type=kind, help=FLAG_HELP[f.name])
+            p.add_argument(flag, type=kind, help=help_text)
     p.set_defaults(func=lambda args: run_stage(stage, args))
     return p
 
 
 def load_yaml_config(path: str, stage: str) -> dict:
-    import yaml
+    import yaml  # (here, not at the top: keeps `minimind --help` fast)
 
     p = Path(path)
     if not p.is_file():
@@ -158,39 +71,61 @@ def load_yaml_config(path: str, stage: str) -> dict:
         raise MiniMindError(f"{p}:{mark.line + 1 if mark else '?'}: invalid YAML") from None
     if not isinstance(data, dict):
         raise MiniMindError(f"{p}: expected a mapping of settings")
-    known = {f.name for f in stage_fields(stage)}
-    out = {}
+    names = {f.name for f in stage_fields(stage)}
+    types = setting_types()
+    out, shape = {}, {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
-        if name not in known:
+        if "shape" in names and name in SHAPE_FLAGS:  # hidden_size: 512 at the top level, as on the command line
+            shape[name] = value
+        elif name not in names:
             raise MiniMindError(f"{p}: unknown setting {key!r} for minimind {stage}")
-        out[name] = [value] if name in ("data", "tracker", "lora_targets") and isinstance(value, str) else value
+        else:
+            out[name] = [value] if typing.get_origin(types[name]) is list and isinstance(value, str) else value
+    if shape:
+        out["shape"] = {**out.get("shape", {}), **shape}
     return out
 
 
 def stage_config(stage: str, args: argparse.Namespace) -> TrainConfig:
-    settings = dict(STAGE_DEFAULTS[stage])
+    """The run's TrainConfig from the parsed flags, checked before anything is loaded."""
+    settings = load_yaml_config(args.config, stage) if getattr(args, "config", None) else {}
     given = {k: v for k, v in vars(args).items() if k not in ("func", "verb", "config")}
-    if getattr(args, "config", None):
-        settings.update(load_yaml_config(args.config, stage))
+    shape = {k: given.pop(k) for k in list(given) if k in SHAPE_FLAGS}
     settings.update(given)
-    if not settings.get("data"):
-        raise MiniMindError(f"minimind {stage} needs --data FILE... (or `data:` in --config)")
-    if "out" not in settings:
-        settings["out"] = f"out/{stage}"
-    for name in ("batch_size", "grad_accum", "seq_len", "save_every", "log_every", "eval_batches", "keep_last"):
-        if name in settings and settings[name] is not None and settings[name] < 1:
-            raise MiniMindError(f"--{name.replace('_', '-')} must be at least 1, got {settings[name]}")
-    if settings.get("on_bad_record", "error") not in ("error", "skip"):
-        raise MiniMindError("--on-bad-record must be error or skip")
-    try:
-        return TrainConfig(stage=stage, **settings)
-    except TypeError as e:
-        raise MiniMindError(f"invalid settings: {e}") from None
+    if shape:
+        settings["shape"] = {**settings.get("shape", {}), **shape}
+    return TrainConfig.for_stage(stage, **settings)
 
 
 def run_stage(stage: str, args: argparse.Namespace) -> None:
+    # Imported here, not at the top: the loop and the objectives import torch, and building the
+    # parsers must not (keeps `minimind --help` fast).
+    from .objectives import make_objective
     from .trainer import train
 
     out = train(stage_config(stage, args), make_objective(stage))
     print(f"done: {out}")
+
+
+# ---------------------------------------------------------------------------- minimind lora merge
+
+def cmd_merge(args) -> None:
+    from .lora import merge_to_dir  # (here: it imports torch; keeps `minimind --help` fast)
+
+    out = merge_to_dir(args.model, args.lora, args.out, force=args.force)
+    print(f"wrote {out}: {args.model} with {args.lora} folded in (a plain model directory)")
+
+
+def register_lora(verbs) -> None:
+    """`minimind lora` (training, the stage's flags) with the `merge` action beside it."""
+    p = add_train_parser(verbs, "lora")
+    p.allow_abbrev = False  # else `merge --lora` reads as an abbreviation of --lora-rank & co.
+    actions = p.add_subparsers(metavar="merge", title="other actions")
+    m = actions.add_parser("merge", help="fold an adapter into its base: a plain model directory",
+                           argument_default=argparse.SUPPRESS)
+    m.add_argument("--model", required=True, help="the base model directory the adapter was trained on")
+    m.add_argument("--lora", required=True, help="the adapter directory")
+    m.add_argument("--out", required=True, help="the model directory to create")
+    m.add_argument("--force", action="store_true", default=False, help="overwrite a non-empty --out")
+    m.set_defaults(func=cmd_merge)

@@ -1,74 +1,308 @@
-"""The settings of a training run (TrainConfig), kept apart from the loop so that building the
-command-line parsers does not import torch."""
+"""The settings of a training run (TrainConfig), each with one home: its field.
+
+A field's metadata (written with `setting(...)`) holds everything about it: the help text of
+its flag, the stages it applies to, its per-stage defaults, the check its value must pass and
+whether a resumed run must keep it. The command-line flags (train/commands.py), the YAML keys
+and the resume check (trainer) are derived from these fields, so a new setting is one field.
+
+Kept apart from the loop, and free of torch, so that building the parsers (`minimind --help`)
+stays fast.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields
+from functools import cache
 
-# Settings that must not change when resuming, or the run would not continue exactly.
-RESUME_FIXED = ("stage", "data", "seq_len", "batch_size", "grad_accum", "seed", "world_size", "val_fraction",
-                "think_mix", "teacher", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
+from ..config import PRESETS, SHAPE_FLAGS, check_shape, preset
+from ..errors import MiniMindError
+
+STAGES = ("pretrain", "sft", "reason", "distill", "lora", "dpo")
+TRACKERS = ("wandb", "swanlab", "tensorboard")
+DPO_LOSSES = ("sigmoid", "ipo", "hinge")  # train/dpo.py
+REF_MODES = ("cached", "online")
+KL_DIRECTIONS = ("forward", "reverse")  # train/distill.py
 
 
+# ---------------------------------------------------------------------------- value checks
+# Each takes (flag, value) and returns None for a good value, else the error message.
+
+def at_least(low):
+    rule = "0 or more" if low == 0 else f"at least {low}"
+    return lambda flag, v: None if v >= low else f"{flag} must be {rule}, got {v}"
+
+
+def positive(flag, v):
+    return None if v > 0 else f"{flag} must be positive, got {v}"
+
+
+def between(low, high, high_open=False):
+    def check(flag, v):
+        if high_open:
+            return None if low <= v < high else f"{flag} must be in [{low}, {high}), got {v}"
+        return None if low <= v <= high else f"{flag} must be between {low} and {high}, got {v}"
+    return check
+
+
+def one_of(*choices):
+    listed = ", ".join(choices[:-1]) + " or " + choices[-1]
+    return lambda flag, v: None if v in choices else f"unknown {flag} {v!r}; choose from: {listed}"
+
+
+def setting(default=MISSING, help="", *, stages=None, per_stage=None, check=None, resume_fixed=False,
+            factory=None):
+    """A TrainConfig field with its metadata:
+    help          the flag's help text
+    stages        the stages that take it (default: all)
+    per_stage     {stage: default} where a stage's default differs from `default`
+    check         a value check (above), applied to each item of a list
+    resume_fixed  a resumed run must have the same value, or it would not continue exactly"""
+    meta = {"help": help, "stages": stages or STAGES, "per_stage": per_stage or {}, "check": check,
+            "resume_fixed": resume_fixed}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _all(value):
+    return {stage: value for stage in STAGES}
+
+
+# Per-stage defaults: MiniMind's where they make sense (reference section 1.2), and why we differ:
+#  - pretrain: lr 5e-4, batch 32 x accumulation 8, as MiniMind. seq_len 512: MiniMind's script
+#    uses 340 while its README recommends ~768; with packing no document is cut short.
+#  - sft: lr 1e-5, batch 16, accumulation 1, seq_len 768, as MiniMind. reason: the same with
+#    seq_len 1024 (a think block makes replies longer).
+#  - distill: SFT's settings (MiniMind: lr 5e-6, batch 32, seq_len 340, 6 epochs; alpha 0.5, T 1.5).
+#  - lora: MiniMind uses lr 1e-4, batch 32 unpacked rows of 340 tokens, 10 epochs, rank 16
+#    without scaling. Packed rows hold several short conversations, so a smaller batch keeps
+#    small sets (lora_identity: 91 conversations) at several steps per epoch. The update is
+#    scaled by alpha/r (rank can change without retuning lr); no weight decay.
+#  - dpo: MiniMind uses lr 4e-8, which leaves the loss at 0.693 (issues #430, #674); 5e-6 gave
+#    the lowest held-out loss of 4e-8, 1e-6, 5e-6, 2e-5 (benchmarks/README.md). batch = pairs;
+#    no weight decay (it pulls towards zero, not towards the reference); seq_len 1024 as MiniMind.
+#  - all: 1 epoch (MiniMind's published timings are per epoch), a warmup of 1% of the steps and
+#    weight decay on matrices only (MiniMind has no warmup and decays everything).
 @dataclass
 class TrainConfig:
-    stage: str = "pretrain"
-    data: list[str] = field(default_factory=list)
-    out: str = "out/run"
-    init: str | None = None  # a model directory to start from ...
-    preset: str | None = None  # ... or a preset plus a tokenizer directory
-    tokenizer: str | None = None
-    max_steps: int | None = None  # optimizer steps; else computed from epochs
-    epochs: float = 1.0
-    batch_size: int = 32  # rows per micro-batch per process
-    grad_accum: int = 1
-    seq_len: int = 512
-    lr: float = 5e-4
-    min_lr: float | None = None  # default lr / 10 (where MiniMind's schedule ends)
-    warmup_steps: int | None = None  # default 1% of the steps
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    save_every: int = 1000
-    keep_last: int = 3
-    eval_every: int = 0  # 0: only at the end
-    eval_batches: int = 20
-    val_fraction: float = 0.01
-    log_every: int = 10
-    sample_every: int = 0  # 0: never
-    seed: int = 42
-    resume: bool = False
-    device: str = "auto"
-    dtype: str = "auto"
-    compile: bool = False
-    grad_checkpointing: bool = False
-    fsdp: bool = False  # shard weights, gradients and optimizer state over the processes
-    tracker: list[str] = field(default_factory=list)
-    project: str = "minimind"
-    run_name: str | None = None
-    on_bad_record: str = "error"
-    cache_dir: str | None = None
-    random_system_prompt: bool = False
-    strip_empty_think: bool = False
-    think_mix: float = field(default=0.7, metadata={"stages": ("reason",)})  # share of conversations that think
-    think_weight: float = field(default=1.0, metadata={"stages": ("reason",)})  # loss weight of the think/answer boundary
-    tag_penalty: float = field(default=1.0, metadata={"stages": ("reason",)})  # unlikelihood of tags after the block closed
+    stage: str = setting("pretrain", "the training stage (checked first, in check_values)", resume_fixed=True)
+    data: list[str] = setting(help="JSONL files ({\"text\"} for pretrain, {\"conversations\"} for sft)",
+                              factory=list, resume_fixed=True)
+    out: str = setting("out/run", "output model directory (checkpoints, metrics.jsonl, the final model)",
+                       per_stage={s: f"out/{s}" for s in STAGES})
+    init: str | None = setting(None, "start from this model directory")
+    preset: str | None = setting(None, "start from a fresh model of this preset (with --tokenizer)",
+                                 check=one_of(*PRESETS), resume_fixed=True)
+    tokenizer: str | None = setting(None, "tokenizer directory for --preset")
+    # --hidden-size, --num-layers, ... (config.SHAPE_FLAGS): a fresh preset model reshaped.
+    shape: dict = setting(help="model shape overrides on top of --preset", factory=dict, stages=("pretrain",),
+                          resume_fixed=True)
+    max_steps: int | None = setting(None, "optimizer steps (default: from --epochs)", check=at_least(1))
+    epochs: float = setting(1.0, "passes over the data", per_stage={"lora": 10.0}, check=positive)
+    batch_size: int = setting(32, "rows per micro-batch per process", check=at_least(1), resume_fixed=True,
+                              per_stage={"sft": 16, "reason": 16, "distill": 16, "lora": 8, "dpo": 8})
+    grad_accum: int = setting(1, "micro-batches per optimizer step", per_stage={"pretrain": 8}, check=at_least(1),
+                              resume_fixed=True)
+    seq_len: int = setting(512, "tokens per packed row", check=at_least(1), resume_fixed=True,
+                           per_stage={"sft": 768, "reason": 1024, "distill": 768, "lora": 384, "dpo": 1024})
+    lr: float = setting(5e-4, "peak learning rate", check=positive,
+                        per_stage={"sft": 1e-5, "reason": 1e-5, "distill": 1e-5, "lora": 1e-4, "dpo": 5e-6})
+    min_lr: float | None = setting(None, "final learning rate of the cosine (default lr/10)", check=at_least(0))
+    warmup_steps: int | None = setting(None, "linear warmup steps (default 1% of the steps)", check=at_least(0))
+    weight_decay: float = setting(0.1, "AdamW weight decay on matrices", per_stage={"lora": 0.0, "dpo": 0.0},
+                                  check=at_least(0))
+    grad_clip: float = setting(1.0, "max gradient norm", check=positive)
+    save_every: int = setting(1000, "checkpoint every N optimizer steps (and at the end)", check=at_least(1))
+    keep_last: int = setting(3, "checkpoints to keep", check=at_least(1))
+    eval_every: int = setting(0, "validation loss every N steps (0: only at the end)", check=at_least(0))
+    eval_batches: int = setting(20, "validation batches per evaluation", check=at_least(1))
+    val_fraction: float = setting(0.01, "share of documents held out for validation", per_stage={"dpo": 0.05},
+                                  check=between(0, 1, high_open=True), resume_fixed=True)
+    log_every: int = setting(10, "log every N steps", check=at_least(1))
+    sample_every: int = setting(0, "print greedy samples every N steps (0: never)", check=at_least(0))
+    seed: int = setting(42, "seed for initialisation, data order and dropout", resume_fixed=True)
+    resume: bool = setting(False, "continue from the newest checkpoint in --out (exactly)")
+    device: str = setting("auto", "auto, cpu, cuda, cuda:N, mps")
+    dtype: str = setting("auto", "auto, fp32, bf16, fp16 (auto: bf16 on GPUs and on CPUs with bf16 units, else fp32)",
+                         check=one_of("auto", "fp32", "bf16", "fp16"))
+    compile: bool = setting(False, "torch.compile the model")
+    grad_checkpointing: bool = setting(False, "recompute activations in backward (less memory, ~30% slower)")
+    fsdp: bool = setting(False, "shard the model over the torchrun processes (FSDP) instead of replicating it (DDP)")
+    tracker: list[str] = setting(help="also log to wandb, swanlab and/or tensorboard", factory=list,
+                                 check=one_of(*TRACKERS))
+    project: str = setting("minimind", "project name for trackers")
+    run_name: str | None = setting(None, "run name for trackers (default: the --out folder name)")
+    on_bad_record: str = setting("error", "error (default) or skip bad data records", check=one_of("error", "skip"))
+    cache_dir: str | None = setting(None, "where tokenized data is cached (default ~/.cache/minimind/tokenized)")
+    random_system_prompt: bool = setting(False, "sft: prepend a random system prompt to 20% of conversations "
+                                         "(MiniMind's trick)")
+    strip_empty_think: bool = setting(False, "sft: drop empty <think></think> blocks from 80% of conversations "
+                                      "(MiniMind's trick)")
+    # Reasoning SFT (train/reason.py).
+    think_mix: float = setting(0.7, "reason: share of conversations trained to think (the rest answer directly)",
+                               stages=("reason",), check=between(0, 1), resume_fixed=True)
+    think_weight: float = setting(1.0, "reason: loss weight of </think>, the blank line and the first answer token",
+                                  stages=("reason",), check=positive)
+    tag_penalty: float = setting(1.0, "reason: weight of the unlikelihood of <think>/</think> once the turn's "
+                                 "think block is closed", stages=("reason",), check=at_least(0))
     # LoRA as a parameter mode (train/lora.py): lora_rank > 0 freezes the model and trains
     # low-rank adapters only; checkpoints and the published result are then the adapter alone.
-    lora_rank: int = field(default=0, metadata={"stages": ("lora", "dpo")})
-    lora_alpha: float = field(default=16.0, metadata={"stages": ("lora", "dpo")})
-    lora_dropout: float = field(default=0.0, metadata={"stages": ("lora", "dpo")})
-    lora_targets: list[str] = field(default_factory=list, metadata={"stages": ("lora", "dpo")})
+    lora_rank: int = setting(0, "LoRA rank r (lora: default 8; dpo: 0 = no LoRA)", stages=("lora", "dpo"),
+                             per_stage={"lora": 8}, check=at_least(0), resume_fixed=True)
+    lora_alpha: float = setting(16.0, "LoRA alpha: the update is scaled by alpha / rank (default 16)",
+                                stages=("lora", "dpo"), check=positive, resume_fixed=True)
+    lora_dropout: float = setting(0.0, "dropout on the LoRA input (default 0)", stages=("lora", "dpo"),
+                                  check=between(0, 1, high_open=True), resume_fixed=True)
+    lora_targets: list[str] = setting(help="layers to adapt: last name parts (q_proj ...) or globs of full names "
+                                      "(default: all attention and MLP projections)", factory=list,
+                                      stages=("lora", "dpo"), resume_fixed=True)
     # White-box distillation (train/distill.py): loss = alpha * T^2 * KL_T + (1 - alpha) * CE.
-    teacher: str | None = field(default=None, metadata={"stages": ("distill",)})
-    distill_alpha: float = field(default=1.0, metadata={"stages": ("distill",)})
-    distill_temperature: float = field(default=1.0, metadata={"stages": ("distill",)})
-    distill_kl: str = field(default="forward", metadata={"stages": ("distill",)})
+    teacher: str | None = setting(None, "distill: the teacher model directory (same tokenizer as the student)",
+                                  stages=("distill",), resume_fixed=True)
+    distill_alpha: float = setting(1.0, "distill: weight of the KL term; 1 - alpha weighs the cross entropy "
+                                   "(MiniMind: 0.5)", stages=("distill",), check=between(0, 1))
+    distill_temperature: float = setting(1.0, "distill: softmax temperature of the KL term, scaled back by T^2 "
+                                         "(MiniMind: 1.5)", stages=("distill",), check=positive)
+    distill_kl: str = setting("forward", "distill: forward = KL(teacher||student) (default), reverse = "
+                              "KL(student||teacher)", stages=("distill",), check=one_of(*KL_DIRECTIONS))
     # DPO (train/dpo.py): a frozen reference (the starting model unless --ref), beta, the loss variant.
-    dpo_beta: float = field(default=0.1, metadata={"stages": ("dpo",)})
-    dpo_loss: str = field(default="sigmoid", metadata={"stages": ("dpo",)})
-    dpo_label_smoothing: float = field(default=0.0, metadata={"stages": ("dpo",)})
-    dpo_length_norm: bool = field(default=False, metadata={"stages": ("dpo",)})
-    dpo_sft_weight: float = field(default=0.0, metadata={"stages": ("dpo",)})
-    ref: str | None = field(default=None, metadata={"stages": ("dpo",)})
-    ref_mode: str = field(default="cached", metadata={"stages": ("dpo",)})
-    progress: bool = True
+    dpo_beta: float = setting(0.1, "dpo: beta, the strength of the pull towards the reference (default 0.1)",
+                              stages=("dpo",), check=positive)
+    dpo_loss: str = setting("sigmoid", "dpo: sigmoid (DPO, default), ipo or hinge", stages=("dpo",),
+                            check=one_of(*DPO_LOSSES))
+    dpo_label_smoothing: float = setting(0.0, "dpo: share of pairs assumed mislabelled (conservative DPO, sigmoid "
+                                         "loss; default 0)", stages=("dpo",), check=between(0, 0.5, high_open=True))
+    dpo_length_norm: bool = setting(False, "dpo: score a reply by its mean token log-prob instead of the sum "
+                                    "(no length bias)", stages=("dpo",))
+    dpo_sft_weight: float = setting(0.0, "dpo: weight of an SFT term, the chosen reply's token-mean NLL (default 0)",
+                                    stages=("dpo",), check=at_least(0))
+    ref: str | None = setting(None, "dpo: reference model directory (default: the --init model), same tokenizer",
+                              stages=("dpo",))
+    ref_mode: str = setting("cached", "dpo: cached (reference log-probs computed once, default) or online "
+                            "(reference run every step)", stages=("dpo",), check=one_of(*REF_MODES))
+    # A bool that defaults to True is turned off on the command line: --no-progress.
+    progress: bool = setting(True, "no progress bar")
+
+    def __post_init__(self):
+        """Each value on its own, and no setting of another stage: cheap checks that hold for
+        any TrainConfig, including one built in code for a single objective."""
+        check_values(self)
+
+    @classmethod
+    def for_stage(cls, stage: str, **settings) -> TrainConfig:
+        """A stage's run as its command builds it: the stage's defaults, then `settings`, then
+        the checks of a whole run (validate), all before any model or data is loaded."""
+        if stage not in STAGES:
+            raise MiniMindError(f"unknown stage {stage!r}; choose from: {', '.join(STAGES)}")
+        known = {f.name for f in fields(cls)}
+        for name in settings:
+            if name not in known:
+                raise MiniMindError(f"unknown setting {name!r} for minimind {stage}")
+        return cls(stage=stage, **{**stage_defaults(stage), **settings}).validate()
+
+    def validate(self) -> TrainConfig:
+        """What a whole run needs beyond good values: data, a model to start from, the
+        options that only make sense together. Called by the command builder and by the
+        trainer, before any model or data is loaded; returns self."""
+        s = self.stage
+        if not self.data:
+            raise MiniMindError(f"minimind {s} needs --data FILE... (or `data:` in --config)")
+        if not (self.init or (self.preset and self.tokenizer)):
+            raise MiniMindError("say where the model starts: --init DIR, or --preset NAME with --tokenizer DIR")
+        if self.shape:
+            if self.init:
+                raise MiniMindError(f"{shape_flags(self.shape)} reshape a fresh --preset model; the --init model "
+                                    f"{self.init} keeps its own shape")
+            config = preset(self.preset, shape=self.shape)  # the combination, with errors naming the flags
+            if self.seq_len > config.max_position_embeddings:
+                raise MiniMindError(f"--seq-len {self.seq_len} is longer than the model's context "
+                                    f"(--max-position-embeddings {config.max_position_embeddings})")
+        if s == "dpo" and (self.random_system_prompt or self.strip_empty_think):
+            raise MiniMindError("--random-system-prompt and --strip-empty-think are SFT augmentations; "
+                                "dpo renders both sides of a pair the same way")
+        if s == "distill" and not self.teacher:
+            raise MiniMindError("minimind distill needs --teacher DIR (the model to learn from)")
+        if s == "lora" and self.lora_rank < 1:
+            raise MiniMindError(f"--lora-rank must be a whole number >= 1 for minimind lora (it trains an adapter), "
+                                f"got {self.lora_rank}")
+        if self.uses_lora:
+            if not self.init:
+                raise MiniMindError(f"minimind {s} with LoRA adapts an existing model: pass --init BASE_DIR")
+            if self.fsdp:
+                raise MiniMindError("--fsdp is not needed with LoRA (the adapter is tiny): drop --fsdp to use DDP")
+        return self
+
+    @property
+    def uses_lora(self) -> bool:
+        """LoRA as a parameter mode: the lora stage, or any stage given --lora-rank."""
+        return self.stage == "lora" or self.lora_rank > 0
+
+
+# ---------------------------------------------------------------------------- derived views
+
+def check_values(cfg: TrainConfig) -> None:
+    """Every field's own check, and no value set for a setting of another stage."""
+    if cfg.stage not in STAGES:
+        raise MiniMindError(f"unknown stage {cfg.stage!r}; choose from: {', '.join(STAGES)}")
+    for f in fields(cfg):
+        value, meta = getattr(cfg, f.name), f.metadata
+        if cfg.stage not in meta["stages"] and value != _default(f):
+            flag = shape_flags(value) if f.name == "shape" else flag_name(f.name)
+            raise MiniMindError(f"{flag} is a setting of minimind {'/'.join(meta['stages'])}, "
+                                f"not of minimind {cfg.stage}")
+        if value is None or meta["check"] is None:
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            problem = meta["check"](flag_name(f.name), item)
+            if problem:
+                raise MiniMindError(problem)
+    check_shape(cfg.shape)
+
+
+def _default(f):
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def shape_flags(shape: dict) -> str:
+    return " ".join(SHAPE_FLAGS[k][0][0] for k in shape if k in SHAPE_FLAGS)
+
+
+def stage_fields(stage: str) -> list:
+    """The TrainConfig fields a stage takes as settings (all but `stage` itself)."""
+    return [f for f in fields(TrainConfig) if f.name != "stage" and stage in f.metadata["stages"]]
+
+
+def stage_defaults(stage: str) -> dict:
+    """The defaults of the settings that depend on the stage (lr, batch_size, seq_len, ...),
+    as this stage has them."""
+    return {f.name: f.metadata["per_stage"].get(stage, f.default) for f in stage_fields(stage)
+            if f.metadata["per_stage"]}
+
+
+def default_for(stage: str, name: str):
+    """A setting's default in this stage."""
+    f = next(f for f in fields(TrainConfig) if f.name == name)
+    return f.metadata["per_stage"].get(stage, _default(f))
+
+
+@cache
+def setting_types() -> dict:
+    """Each field's value type, from the real annotations (typing.get_type_hints), with
+    `X | None` read as X: int, float, str, bool, list[str] or dict."""
+    out = {}
+    for name, hint in typing.get_type_hints(TrainConfig).items():
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        out[name] = hint
+    return out
+
+
+# Settings that must not change when resuming, or the run would not continue exactly (the
+# trainer adds world_size, which is not a setting).
+RESUME_FIXED = tuple(f.name for f in fields(TrainConfig) if f.metadata["resume_fixed"])

@@ -2,31 +2,15 @@
 
     minimind distill --teacher out/big --init out/small --data sft.jsonl --out out/distilled
 
-On every assistant token (the same packed SFT rows and loss mask as `minimind sft`) the loss is
+On every assistant token (the packed rows and loss mask of `minimind sft`) the loss is
 
     loss = alpha * T^2 * KL_T + (1 - alpha) * CE
 
-where CE is the usual cross entropy on the data's next token and KL_T compares the teacher's
-and the student's distributions softened by the temperature T (softmax(logits / T)):
-forward KL(teacher || student) (the default, Hinton et al.: the student covers every token the
-teacher gives mass to) or reverse KL(student || teacher) (mode-seeking: the student puts its
-mass where the teacher is confident). The T^2 factor keeps the gradient scale independent of T
-(the soft-target gradients shrink as 1/T^2).
-
-Logged, per assistant token: `kl`, the forward KL(teacher || student) at T = 1 (how far the
-student is from the teacher, the figure to watch and the same whatever the settings), `kd`, the
-distillation term as trained (T^2 * KL_T in the chosen direction), and `ce`. The validation
-records carry them as val_kl, val_kd, val_ce.
-
-Where we differ from MiniMind's train_distillation.py (minimind-reference.md 6.5):
-  * its `--alpha` weighs CE (0.5 by default, T 1.5); our `--distill-alpha` weighs the KL term and
-    defaults to 1 at T 1, pure forward KL: in benchmarks/distill.py that student ends nearest
-    the teacher and also best on the data's own answers (MiniMind's 0.5 / 1.5 is 4% farther);
-  * its teacher runs in fp32 outside autocast (2-3x slower on GPUs); ours runs in the
-    training precision, as the student does;
-  * it silently truncates the teacher's logits to the student's vocabulary; we refuse a
-    teacher whose tokenizer or vocabulary differs, before any data is tokenized;
-  * reverse KL is offered, and the KL to the teacher is logged on held-out data.
+KL_T compares the teacher's and the student's distributions softened by T, forward
+(teacher || student, the default) or reverse; T^2 keeps the gradient's size independent of T.
+Logged per assistant token: `kl` (forward KL at T = 1, the distance to watch), `kd` (the term as
+trained) and `ce`. The settings, how they differ from MiniMind's, and measurements: the README's
+Distillation section and benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -37,10 +21,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..checkpoint import load_model
+from ..config import ModelConfig
 from ..errors import MiniMindError
-from .objectives import LMObjective, packed_attention_mask
-
-KL_DIRECTIONS = ("forward", "reverse")
+from ..tokenizer import Tokenizer
+from .objectives import LMObjective, SetupContext, packed_attention_mask
 
 
 def distill_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
@@ -90,8 +75,6 @@ def _tokenizer_difference(a, b) -> str | None:
 def check_teacher(teacher_dir, tokenizer) -> None:
     """Fail fast (before data is tokenized or weights are read) on a missing teacher or one
     whose tokenizer is not the student's: logits over different vocabularies cannot be compared."""
-    from ..tokenizer import Tokenizer
-
     d = Path(teacher_dir)
     if not d.is_dir():
         raise MiniMindError(f"--teacher {d}: model directory not found")
@@ -111,31 +94,21 @@ class DistillObjective(LMObjective):
     name = "distill"
 
     def build_data(self, cfg, tokenizer):
-        if not cfg.teacher:
-            raise MiniMindError("minimind distill needs --teacher DIR (the model to learn from)")
-        if cfg.distill_kl not in KL_DIRECTIONS:
-            raise MiniMindError(f"--distill-kl must be forward or reverse, got {cfg.distill_kl!r}")
-        if not 0.0 <= cfg.distill_alpha <= 1.0:
-            raise MiniMindError(f"--distill-alpha must be between 0 and 1, got {cfg.distill_alpha}")
-        if not cfg.distill_temperature > 0:
-            raise MiniMindError(f"--distill-temperature must be > 0, got {cfg.distill_temperature}")
+        # (the settings themselves were checked when the TrainConfig was built)
         check_teacher(cfg.teacher, tokenizer)
         self.alpha, self.temperature, self.direction = cfg.distill_alpha, cfg.distill_temperature, cfg.distill_kl
         return super().build_data(cfg, tokenizer)
 
-    def setup(self, trainer) -> None:
+    def setup(self, ctx: SetupContext) -> None:
         """Load the teacher frozen, in eval mode (no dropout), on the student's device and in the
         training precision; re-created the same way on resume (it never changes)."""
-        from ..checkpoint import load_model
-        from ..config import ModelConfig
-
-        d = Path(trainer.cfg.teacher)
+        d = Path(ctx.cfg.teacher)
         teacher_vocab = ModelConfig.load(d / "config.json").vocab_size
-        student_vocab = trainer.model.config.vocab_size
+        student_vocab = ctx.model.config.vocab_size
         if teacher_vocab != student_vocab:
             raise MiniMindError(f"--teacher {d}: vocab_size {teacher_vocab} in config.json, the student has "
                                 f"{student_vocab}; their logits must cover the same tokens")
-        self.teacher = load_model(d, device=trainer.device, dtype=trainer.dtype)
+        self.teacher = load_model(d, device=ctx.device, dtype=ctx.dtype)
         self.teacher.requires_grad_(False)
 
     def loss_sum(self, model, batch: dict):

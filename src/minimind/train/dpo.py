@@ -30,13 +30,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
 
+from ..checkpoint import load_model
+from ..data.pairs import build_pair_datasets, length_grouped_batches, padding_fraction
 from ..errors import MiniMindError
 from ..files import atomic_write
+from ..tokenizer import Tokenizer
+from .config import DPO_LOSSES
 from .distributed import all_reduce_sum
+from .objectives import Objective, SetupContext
 
-LOSSES = ("sigmoid", "ipo", "hinge")
-REF_MODES = ("cached", "online")
 CACHE_NAME = "ref_logps.safetensors"
 
 
@@ -53,7 +58,7 @@ def dpo_losses(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta: float, ki
     elif kind == "hinge":
         loss = torch.relu(1 - beta * h)
     else:
-        raise MiniMindError(f"unknown --dpo-loss {kind!r}; choose from: {', '.join(LOSSES)}")
+        raise MiniMindError(f"unknown --dpo-loss {kind!r}; choose from: {', '.join(DPO_LOSSES)}")
     return loss, chosen_reward.detach(), rejected_reward.detach()
 
 
@@ -69,66 +74,56 @@ def sequence_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torc
     return token_logp.sum(1), (targets != -100).sum(1), out.aux_loss
 
 
-class DPOObjective:
+class DPOObjective(Objective):
+    """The DPO loss on preference pairs; its units are pairs, not tokens. Its settings
+    (dpo_beta, dpo_loss, ...) were checked when the TrainConfig was built."""
+
     name = "dpo"
 
     def __init__(self):
         self.ref_model = None
         self.cfg = None
+        self.padding = None  # share of padding in the training batches (length-grouped), for the start line
 
     # ------------------------------------------------------------------ data
     def build_data(self, cfg, tokenizer):
-        from ..data.pairs import build_pair_datasets
-
-        if cfg.dpo_loss not in LOSSES:
-            raise MiniMindError(f"unknown --dpo-loss {cfg.dpo_loss!r}; choose from: {', '.join(LOSSES)}")
-        if cfg.ref_mode not in REF_MODES:
-            raise MiniMindError(f"unknown --ref-mode {cfg.ref_mode!r}; choose from: {', '.join(REF_MODES)}")
-        if cfg.dpo_beta <= 0:
-            raise MiniMindError(f"--dpo-beta must be positive, got {cfg.dpo_beta}")
-        if not 0 <= cfg.dpo_label_smoothing < 0.5:
-            raise MiniMindError(f"--dpo-label-smoothing must be in [0, 0.5), got {cfg.dpo_label_smoothing}")
-        if cfg.random_system_prompt or cfg.strip_empty_think:
-            raise MiniMindError("--random-system-prompt and --strip-empty-think are SFT augmentations; "
-                                "dpo renders both sides of a pair the same way")
         self.cfg = cfg
         return build_pair_datasets(cfg.data, tokenizer, cfg.seq_len, cfg.val_fraction, cfg.seed, cfg.on_bad_record)
+
+    def describe_data(self, cfg, train_ds, val_ds) -> str:
+        padding = self.padding if self.padding is not None else train_ds.stats.get("padding_fraction", 0)
+        return (f"{len(train_ds)} pairs of at most {cfg.seq_len} tokens a side, {padding * 100:.1f}% padding"
+                + (f", {len(val_ds)} validation pairs" if val_ds is not None else ""))
 
     def iterate_batches(self, ds, batch_size: int, seed: int, epoch: int, start: int = 0, rank: int = 0,
                         world_size: int = 1):
         """Length-grouped batches (little padding), resumable at batch `start`, sharded by rank."""
-        from ..data.pairs import length_grouped_batches
-
         batches = length_grouped_batches(ds.lengths, batch_size, seed, epoch, world_size)
         for rows in batches[start:]:
             yield ds.get_batch(rows[rank * batch_size:(rank + 1) * batch_size])
 
     # ------------------------------------------------------------------ the reference
-    def setup(self, trainer) -> None:
+    def setup(self, ctx: SetupContext) -> None:
         """Load and check the reference, then cache its log-probs (or keep it for online use).
-        Runs before any training step and before a checkpoint is restored, so trainer.model
-        still holds the starting weights."""
-        from ..data.pairs import length_grouped_batches, padding_fraction
-
+        Runs before any training step and before a checkpoint is restored, so ctx.model still
+        holds the starting weights."""
         cfg = self.cfg
-        ref = load_reference(cfg.ref, trainer) if cfg.ref else trainer.model
-        ds = trainer.train_ds
-        if len(ds) >= cfg.batch_size * trainer.dist.world_size:
-            ds.stats["padding_fraction"] = padding_fraction(
-                ds, length_grouped_batches(ds.lengths, cfg.batch_size, cfg.seed, 0, trainer.dist.world_size))
+        ref = load_reference(cfg.ref, ctx) if cfg.ref else ctx.model
+        ds = ctx.train_ds
+        if len(ds) >= cfg.batch_size * ctx.dist.world_size:
+            self.padding = padding_fraction(
+                ds, length_grouped_batches(ds.lengths, cfg.batch_size, cfg.seed, 0, ctx.dist.world_size))
         if cfg.ref_mode == "online":
-            self.ref_model = copy.deepcopy(ref) if ref is trainer.model else ref
+            self.ref_model = copy.deepcopy(ref) if ref is ctx.model else ref
             self.ref_model.requires_grad_(False).eval()
             return
-        parts = {"train": trainer.train_ds, **({"val": trainer.val_ds} if trainer.val_ds is not None else {})}
-        cache = Path(cfg.out) / CACHE_NAME
-        key = cache_key(ref, parts, trainer.dtype)
+        parts = {"train": ctx.train_ds, **({"val": ctx.val_ds} if ctx.val_ds is not None else {})}
+        cache = ctx.out / CACHE_NAME
+        key = cache_key(ref, parts, ctx.dtype)
         cached = read_cache(cache, key)
         for name, part in parts.items():
-            part.set_reference(cached[name] if cached else reference_logps(ref, part, trainer))
-        if cached is None and trainer.dist.is_main:
-            from safetensors.torch import save_file
-
+            part.set_reference(cached[name] if cached else reference_logps(ref, part, ctx))
+        if cached is None and ctx.dist.is_main:
             tensors = {name: part.ref.contiguous() for name, part in parts.items()}
             atomic_write(cache, lambda tmp: save_file(tensors, tmp, metadata={"key": key}))
 
@@ -169,16 +164,13 @@ class DPOObjective:
         return total, aux, metrics
 
 
-def load_reference(ref_dir: str, trainer):
+def load_reference(ref_dir: str, ctx: SetupContext):
     """A --ref model directory, checked against the policy: same vocabulary, token for token."""
-    from ..checkpoint import load_model
-    from ..tokenizer import Tokenizer
-
-    ref = load_model(ref_dir, device=trainer.device)
-    policy_tok, ref_tok = trainer.tokenizer, Tokenizer.from_dir(ref_dir)
-    if ref.config.vocab_size != trainer.model.config.vocab_size:
+    ref = load_model(ref_dir, device=ctx.device)
+    policy_tok, ref_tok = ctx.tokenizer, Tokenizer.from_dir(ref_dir)
+    if ref.config.vocab_size != ctx.model.config.vocab_size:
         raise MiniMindError(f"--ref {ref_dir}: vocab_size {ref.config.vocab_size} does not match the policy's "
-                            f"{trainer.model.config.vocab_size}: the reference must use the policy's tokenizer")
+                            f"{ctx.model.config.vocab_size}: the reference must use the policy's tokenizer")
     if ref_tok.vocab_size != policy_tok.vocab_size or any(
             ref_tok.id_to_token(i) != policy_tok.id_to_token(i) for i in range(policy_tok.vocab_size)):
         raise MiniMindError(f"--ref {ref_dir}: its tokenizer differs from the policy's ({policy_tok.source}): "
@@ -187,7 +179,7 @@ def load_reference(ref_dir: str, trainer):
 
 
 @torch.no_grad()
-def reference_logps(ref, ds, trainer) -> torch.Tensor:
+def reference_logps(ref, ds, ctx: SetupContext) -> torch.Tensor:
     """[N, 2] float64 summed log-probs of each pair's (chosen, rejected) reply under `ref`.
 
     Eval mode, fixed batches of pairs sorted by length (little padding), the training
@@ -195,16 +187,15 @@ def reference_logps(ref, ds, trainer) -> torch.Tensor:
     batch and the sums are combined."""
     was_training = ref.training
     ref.eval()
-    dist, bs = trainer.dist, trainer.cfg.batch_size
-    out = torch.zeros(len(ds), 2, dtype=torch.float64, device=trainer.device)
-    autocast = torch.autocast(trainer.device.type, dtype=trainer.dtype, enabled=trainer.dtype != torch.float32)
+    dist, bs = ctx.dist, ctx.cfg.batch_size
+    out = torch.zeros(len(ds), 2, dtype=torch.float64, device=ctx.device)
     order = np.argsort(ds.lengths, kind="stable").tolist()
     for k, i in enumerate(range(0, len(ds), bs)):
         if k % dist.world_size != dist.rank:
             continue
         rows = order[i:i + bs]
-        batch = {name: v.to(trainer.device) for name, v in ds.get_batch(rows).items()}
-        with autocast:
+        batch = {name: v.to(ctx.device) for name, v in ds.get_batch(rows).items()}
+        with ctx.autocast():
             logp, _, _ = sequence_logps(ref, batch)
         out[rows] = torch.stack([logp[:len(rows)], logp[len(rows):]], 1).double()
     ref.train(was_training)
@@ -228,8 +219,6 @@ def read_cache(path: Path, key: str) -> dict | None:
     """The cached reference log-probs in `path` if they were made for `key`, else None."""
     if not path.is_file():
         return None
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             if (f.metadata() or {}).get("key") != key:

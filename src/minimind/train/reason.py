@@ -1,50 +1,12 @@
 """`minimind reason`: SFT that teaches a model to think first (open_thinking on) or answer
 directly (open_thinking off), as minimind-3's chat template expects.
 
-How the data supplies both modes (--think-mix F). The template renders every assistant turn
-with a think block, `<think>\\n{reasoning}\\n</think>\\n\\n{answer}`, empty when there is no
-reasoning; the generation prompt ends with `<think>\\n` (thinking on) or with the empty block
-`<think>\\n\\n</think>\\n\\n` (off). Each conversation is drawn, seeded, as a thinking example
-(probability F) or a direct one:
-  thinking  turns with reasoning (`reasoning_content`, or `<think>...</think>` in the content)
-            keep it; a turn without it is split: its last paragraph (after the last blank
-            line, else its last line) becomes the answer and the text before it the reasoning.
-            Chain-of-thought answers (GSM8K, NuminaMath: working, then the result) split
-            naturally. A conversation where some turn cannot be split stays direct.
-  direct    reasoning is dropped, so the turn renders with the empty block: exactly what the
-            model sees after a thinking-off prompt.
-The mixed data goes to JSONL files beside the token cache (named by a hash of the source file,
-F and the seed, so a resumed or repeated run reuses them and tokenizes nothing again).
-
-The loss (ReasonObjective) is SFT's token cross entropy with per-token weights, derived from
-the token ids (the token cache format is unchanged):
-  0  on the tokens the generation prompt supplies: `<think>\\n` of a thinking turn and the
-     whole empty block of a direct turn. They are context at inference, never generated.
-     Training them would teach a conflict: after `<think>\\n` direct turns continue with
-     `\\n` (the empty block) and thinking turns with reasoning, the same context with two
-     targets, so a model asked to think may close the block at once.
-  W  (--think-weight) on the think/answer boundary: `</think>`, the blank line after it and
-     the answer's first token, where the model must decide to stop reasoning and answer (in
-     a direct turn only the first token after the empty block: the rest is prompt).
-  1  everywhere else on the assistant turns.
-count() is the sum of the weights, so the loss is a correctly normalised weighted mean and
-W = 1 is plain SFT apart from the zeroed prompt tokens. (MiniMind2's train_reason.py weighted
-its tag tokens x10 but divided by the unweighted token count, which scales the learning rate
-with the number of tags; and its tags were several sub-tokens each, so the x10 also hit every
-`<`, `>` and `</` inside answers. Here `<think>`/`</think>` are single tokens.)
-
-Once a turn's think block is closed (the prompt's empty block, or the model's own `</think>`), a
-`<think>` or `</think>` can only be a mistake: a stray tag in a thinking-off reply, or a second
-block after the answer began. Cross entropy teaches this only weakly: the direct reply's
-working and the thinking reply's reasoning are the same text, so after the last working line
-the same context is followed by `</think>` in most examples and by the answer in the rest, and
-only the turn's first tokens tell them apart. An unlikelihood term (Welleck et al., 2019),
-    --tag-penalty P:  P * -log(1 - p(<think>) - p(</think>))  on every trained token after the
-                      block closed,
-pushes the tags' probability down exactly there. It costs almost nothing where the model
-already puts no mass on the tags and grows as p/(1-p) where it does, so it acts on the
-confusing positions alone. Logged as `tag_p` (and `val_tag_p`): the tags' probability on those
-tokens, summed and divided by the trained-token count like the loss.
+Each conversation is drawn, seeded, as a thinking example (probability --think-mix, its reply
+split into reasoning and answer if it has no reasoning) or a direct one (reasoning dropped); the
+mix is written once beside the token cache. ReasonObjective is SFT's cross entropy with
+per-token weights: 0 on the tokens the generation prompt supplies, --think-weight on the
+think/answer boundary, 1 elsewhere, plus an unlikelihood penalty (--tag-penalty) on think tags
+after the block closed. Why each piece is there: docs/reasoning.md.
 """
 
 from __future__ import annotations
@@ -57,8 +19,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..data import BadRecords, build_datasets, default_cache_dir, read_records
 from ..errors import MiniMindError
-from .objectives import LMObjective, packed_attention_mask
+from ..files import atomic_write_text
+from .objectives import LMObjective, SetupContext, packed_attention_mask
 
 MIX_VERSION = 1  # bump when the mixing rules change, so old mixed files are not reused
 
@@ -118,9 +82,6 @@ def mix_conversations(messages: list[dict], think: bool) -> tuple[list[dict], st
 def mixed_file(path, think_mix: float, seed: int, out_dir: Path, on_bad_record: str = "error") -> tuple[Path, dict]:
     """Write (once) the thinking/direct mix of one SFT file; returns (its path, counts).
     Records are validated here, so bad data is reported against the user's file and line."""
-    from ..data import BadRecords, read_records
-    from ..files import atomic_write_text
-
     path = Path(path)
     if not path.is_file():
         raise MiniMindError(f"{path}: file not found")
@@ -157,14 +118,7 @@ class ReasonObjective(LMObjective):
     name = "reason"
 
     def build_data(self, cfg, tokenizer):
-        from ..data import build_datasets, default_cache_dir
-
-        if not 0 <= cfg.think_mix <= 1:
-            raise MiniMindError(f"--think-mix must be between 0 and 1, got {cfg.think_mix}")
-        if not cfg.think_weight > 0:
-            raise MiniMindError(f"--think-weight must be positive, got {cfg.think_weight}")
-        if not cfg.tag_penalty >= 0:
-            raise MiniMindError(f"--tag-penalty must be 0 or more, got {cfg.tag_penalty}")
+        # (think_mix, think_weight and tag_penalty were checked when the TrainConfig was built)
         self.use_tokenizer(tokenizer)
         self.weight = cfg.think_weight
         self.tag_penalty = cfg.tag_penalty
@@ -177,8 +131,8 @@ class ReasonObjective(LMObjective):
             random_system_prompt=cfg.random_system_prompt, strip_empty_think=cfg.strip_empty_think,
         )
 
-    def setup(self, trainer):
-        if trainer.dist.is_main:
+    def setup(self, ctx: SetupContext) -> None:
+        if ctx.dist.is_main:
             c = self.mix_counts
             print(f"reason data: {c['own'] + c['split']} thinking conversations ({c['own']} with their own reasoning, "
                   f"{c['split']} split at the answer's last paragraph), {c['direct']} direct"

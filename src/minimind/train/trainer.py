@@ -23,31 +23,35 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.distributed.fsdp import fully_shard
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
 
+from ..checkpoint import load_model
+from ..config import preset
+from ..device import resolve_device, resolve_train_dtype
 from ..errors import MiniMindError
+from ..model import MiniMindForCausalLM, count_parameters
+from ..model.lora import has_lora, trainable_summary
+from ..tokenizer import Tokenizer
 from .config import RESUME_FIXED, TrainConfig
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
 from .flops import flops_per_token, measured_peak_flops
-from .objectives import drop_last_row, real_tokens, to_device
+from .lora import attach_lora
+from .objectives import Objective, SetupContext, autocast, make_objective, real_tokens, to_device
 from .optim import lr_at, make_optimizer
 from .state import (gather_state, list_checkpoints, load_checkpoint, publish, save_checkpoint, save_rng,
                     staging_dir)
 from .tracking import MetricsLog, Trackers
 
-def build_model(cfg: TrainConfig):
-    """The starting model and tokenizer: a model directory (--init) or a fresh preset."""
-    from ..checkpoint import load_model
-    from ..config import preset
-    from ..model import MiniMindForCausalLM
-    from ..tokenizer import Tokenizer
 
+def build_model(cfg: TrainConfig):
+    """The starting model and tokenizer: a model directory (--init) or a fresh preset (reshaped
+    by --hidden-size & co., sized to the tokenizer)."""
     if cfg.init:
         return load_model(cfg.init), Tokenizer.from_dir(cfg.init)
-    if not (cfg.preset and cfg.tokenizer):
-        raise MiniMindError("say where the model starts: --init DIR, or --preset NAME with --tokenizer DIR")
     tokenizer = Tokenizer.from_dir(cfg.tokenizer)
-    config = preset(cfg.preset, vocab_size=tokenizer.vocab_size, bos_token_id=tokenizer.bos_token_id,
-                    eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = preset(cfg.preset, shape=cfg.shape, tokenizer=tokenizer)
     return MiniMindForCausalLM(config).init_weights(cfg.seed), tokenizer
 
 
@@ -73,13 +77,10 @@ class StopRequested:
             signal.signal(sig, old)
 
 
-def _micro_batches(objective, ds, cfg: TrainConfig, dist: DistInfo, epoch: int, index: int):
+def _micro_batches(objective: Objective, ds, cfg: TrainConfig, dist: DistInfo, epoch: int, index: int):
     """Endless stream of (epoch, index-after-this-batch, batch), continuing at (epoch, index)."""
-    from ..data import iterate_batches
-
-    iterate = getattr(objective, "iterate_batches", iterate_batches)
     while True:
-        for batch in iterate(ds, cfg.batch_size, cfg.seed, epoch, start=index, rank=dist.rank, world_size=dist.world_size):
+        for batch in objective.iterate_batches(ds, cfg.batch_size, cfg.seed, epoch, start=index, rank=dist.rank, world_size=dist.world_size):
             index += 1
             yield epoch, index, batch
         epoch, index = epoch + 1, 0
@@ -92,18 +93,15 @@ def new_window() -> dict:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, objective=None):
-        if objective is None:  # the stage's own objective (pretrain/sft: LM; dpo: DPO; ...)
-            from .commands import make_objective
-
-            objective = make_objective(cfg.stage)
-        self.cfg, self.objective = cfg, objective
+    def __init__(self, cfg: TrainConfig, objective: Objective | None = None):
+        # The whole run's settings are checked before any model or data is loaded.
+        self.cfg = cfg.validate()
+        # The stage's own objective unless given one (pretrain/sft: LM; dpo: DPO; ...).
+        self.objective = objective if objective is not None else make_objective(cfg.stage)
         self.out = Path(cfg.out)
 
     # ------------------------------------------------------------------ set-up
     def setup(self):
-        from ..device import resolve_device, resolve_train_dtype
-
         cfg = self.cfg
         self.dist, self.device = init_distributed(resolve_device(cfg.device))
         if cfg.fsdp and not self.dist.enabled:
@@ -113,9 +111,7 @@ class Trainer:
         torch.manual_seed(seed), random.seed(seed), np.random.seed(seed % 2**32)
 
         self.model, self.tokenizer = build_model(cfg)
-        if cfg.lora_rank or cfg.stage == "lora":  # before the data: a bad target or base fails fast
-            from .lora import attach_lora
-
+        if cfg.uses_lora:  # before the data: a bad target or base fails fast
             attach_lora(self.model, cfg)
         self.model.to(self.device).train()
         self.model.model.gradient_checkpointing = cfg.grad_checkpointing
@@ -128,8 +124,9 @@ class Trainer:
             barrier(self.dist)
         # Objectives that need more than data and a loss (a frozen reference or teacher model,
         # precomputed log-probs) prepare it here, with the model, device and dtype known.
-        if hasattr(self.objective, "setup"):
-            self.objective.setup(self)
+        self.objective.setup(SetupContext(cfg=cfg, model=self.model, tokenizer=self.tokenizer, device=self.device,
+                                          dtype=self.dtype, dist=self.dist, train_ds=self.train_ds,
+                                          val_ds=self.val_ds, out=self.out))
 
         global_rows = cfg.batch_size * self.dist.world_size
         self.micro_per_epoch = len(self.train_ds) // global_rows
@@ -153,8 +150,6 @@ class Trainer:
         if cfg.compile:
             self.forward_model = torch.compile(self.forward_model)
         if self.dist.enabled and not cfg.fsdp:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
             self.forward_model = DDP(self.forward_model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                                      find_unused_parameters=self.model.config.use_moe)  # an expert may get no tokens
         if self.dist.is_main:
@@ -168,8 +163,6 @@ class Trainer:
         """FSDP (PyTorch's fully_shard): each process keeps 1/N of every layer's weights,
         gradients and AdamW state and gathers a layer's weights only while it runs. For models
         that do not fit one device; the checkpoints are the same as without it."""
-        from torch.distributed.fsdp import fully_shard
-
         for layer in self.model.model.layers:
             fully_shard(layer)
         fully_shard(self.model)
@@ -196,7 +189,7 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def fit(self) -> Path:
         cfg, dist = self.cfg, self.dist
-        autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+        precision = autocast(self.device, self.dtype)
         batches = _micro_batches(self.objective, self.train_ds, cfg, dist, *self.position)
         flops_tok = flops_per_token(self.model.config, cfg.seq_len)
         peak = measured_peak_flops(self.device, self.dtype) * dist.world_size
@@ -215,7 +208,7 @@ class Trainer:
                     batch = to_device(batch, self.device)
                     last = i == len(group) - 1
                     with self._grad_sync(last):
-                        with autocast:
+                        with precision:
                             loss_sum, aux, metrics = self.objective.loss_sum(self.forward_model, batch)
                         # DDP averages gradients over ranks; * world_size turns that into the sum.
                         loss = loss_sum * dist.world_size / max(count, 1) + aux / len(group)
@@ -274,11 +267,7 @@ class Trainer:
     def _announce(self):
         if not self.dist.is_main:
             return
-        from ..model import count_parameters
-        from ..model.lora import has_lora, trainable_summary
-
         total, active = count_parameters(self.model.config)
-        stats = getattr(self.train_ds, "stats", {})
         where = f"resuming from {self.resumed_from.name}" if self.resumed_from else "starting"
         print(f"{self.cfg.stage}: {total / 1e6:.2f}M parameters"
               + (f" ({active / 1e6:.2f}M active)" if active != total else "")
@@ -286,20 +275,13 @@ class Trainer:
               + (f" x {self.dist.world_size} processes" if self.dist.enabled else ""), flush=True)
         if has_lora(self.model):
             print(trainable_summary(self.model), flush=True)
-        if stats:
-            unit = stats.get("unit", "rows")  # DPO's data is pairs, not packed rows
-            what = (f"{len(self.train_ds)} pairs of at most {self.cfg.seq_len} tokens a side" if unit == "pairs" else
-                    f"{len(self.train_ds)} rows of {self.cfg.seq_len} tokens from {stats.get('docs', '?')} documents")
-            print(f"data: {what}, {stats.get('padding_fraction', 0) * 100:.1f}% padding"
-                  + (f", {len(self.val_ds)} validation {unit}" if self.val_ds is not None else ""), flush=True)
+        print("data: " + self.objective.describe_data(self.cfg, self.train_ds, self.val_ds), flush=True)
         print(f"{where}: {self.total_steps} optimizer steps of {self.cfg.batch_size * self.dist.world_size * self.cfg.grad_accum} "
               f"rows, lr {self.cfg.lr:g} -> {self.min_lr:g}, warmup {self.warmup}", flush=True)
 
     def _progress_bar(self):
         if not (self.cfg.progress and self.dist.is_main):
             return None
-        from tqdm import tqdm
-
         return tqdm(total=self.total_steps, initial=self.step, desc=self.cfg.stage, dynamic_ncols=True)
 
     def _log(self, window, lr, grad_norm, flops_tok, peak, bar):
@@ -339,15 +321,15 @@ class Trainer:
         dummy = len(rows) < -(-n // dist.world_size)
         rows += [0] * dummy
         self.model.eval()
-        autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+        precision = autocast(self.device, self.dtype)
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
         metric_sums: dict[str, float] = {}
         for i in range(0, len(rows), cfg.batch_size):
             batch = self.val_ds.get_batch(rows[i:i + cfg.batch_size])
             if dummy and i + cfg.batch_size >= len(rows):
-                getattr(self.objective, "drop_last_unit", drop_last_row)(batch)
+                self.objective.drop_last_unit(batch)
             batch = to_device(batch, self.device)
-            with autocast:
+            with precision:
                 loss_sum, _, metrics = self.objective.loss_sum(self.model, batch)
             total += torch.tensor([loss_sum.item(), self.objective.count(batch)], dtype=torch.float64, device=self.device)
             for name, value in metrics.items():
@@ -399,7 +381,7 @@ class Trainer:
         barrier(self.dist)
 
 
-def train(cfg: TrainConfig, objective=None) -> Path:
+def train(cfg: TrainConfig, objective: Objective | None = None) -> Path:
     """Run a whole training stage; returns the output model directory."""
     trainer = Trainer(cfg, objective)
     trainer.setup()
