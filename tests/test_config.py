@@ -111,7 +111,8 @@ def test_yaml_takes_shape_keys(tmp_path):
 
     f = tmp_path / "run.yaml"
     f.write_text("data: a.jsonl\nhidden-size: 64\nnum_hidden_layers: 3\n")
-    assert load_yaml_config(str(f), "pretrain") == {"data": ["a.jsonl"], "shape": {"hidden_size": 64, "num_hidden_layers": 3}}
+    expected = {"data": ["a.jsonl"], "shape": {"hidden_size": 64, "num_hidden_layers": 3}}
+    assert load_yaml_config(str(f), "pretrain") == expected
     with pytest.raises(MiniMindError, match="unknown setting 'hidden-size' for minimind sft"):
         load_yaml_config(str(f), "sft")
 
@@ -127,7 +128,8 @@ def test_every_stage_objective_keeps_the_contract():
             assert getattr(type(objective), method) is not getattr(Objective, method), (stage, method)
     # setup gets a narrow context, never the trainer
     assert "trainer" not in SetupContext.__dataclass_fields__
-    assert {"model", "device", "dtype", "dist", "train_ds", "val_ds", "out", "cfg"} <= set(SetupContext.__dataclass_fields__)
+    context = set(SetupContext.__dataclass_fields__)
+    assert {"model", "device", "dtype", "dist", "train_ds", "val_ds", "out", "cfg"} <= context
 
 
 # ---------------------------------------------------------------- model shape
@@ -165,7 +167,8 @@ def test_bad_shapes_are_one_clear_error(shape, message):
 
 def test_info_shows_the_reshaped_model(capsys):
     code, out, _ = run(capsys, "info", "--preset", "tiny", "--json", "--hidden-size", "384", "--num-layers", "6",
-                       "--num-heads", "6", "--num-kv-heads", "2", "--use-moe", "--num-experts", "4", "--experts-per-tok", "2")
+                       "--num-heads", "6", "--num-kv-heads", "2", "--use-moe", "--num-experts", "4",
+                       "--experts-per-tok", "2")
     assert code == 0
     info = json.loads(out)
     expected = preset("tiny", shape={"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 6,

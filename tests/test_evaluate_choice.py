@@ -28,6 +28,23 @@ from minimind.model.minimind import CausalLMOutput
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def write_ceval(root, subjects=("accountant", "advanced_mathematics", "art_studies", "computer_network", "law"),
+                questions=4):
+    """A small exam in C-Eval's layout: val/SUBJECT_val.csv and dev/SUBJECT_dev.csv (5 shots,
+    with the explanation column), questions of the form "a + b = ?"; returns root."""
+    for split, n, extra in (("val", questions, ""), ("dev", 5, ",explanation")):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        for k, subject in enumerate(subjects):
+            rows = ["id,question,A,B,C,D,answer" + extra]
+            for i in range(n):
+                a, b, right = i + k, 2 * i + 1, "ABCD"[(i + k) % 4]
+                options = [a + b + "ABCD".index(x) - "ABCD".index(right) for x in "ABCD"]
+                rows.append(f'{i},"{a} + {b} = ?",' + ",".join(map(str, options)) + f",{right}"
+                            + (f",{a} + {b} = {a + b}" if extra else ""))
+            (root / split / f"{subject}_{split}.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return root
+
+
 @pytest.fixture(scope="module")
 def model():
     """A nano model with weights scrambled to std 0.1, so its letter preferences differ by question."""
@@ -106,14 +123,14 @@ def test_bad_csv_names_file_and_row(tmp_path, text, message):
         read_csv(path)
 
 
-def test_wrong_layout_and_missing_dev_are_clear_errors(tmp_path, shared_data):
+def test_wrong_layout_and_missing_dev_are_clear_errors(tmp_path):
     (tmp_path / "stuff").mkdir()
     with pytest.raises(MiniMindError, match=r"no val/\*\.csv files .*subfolders here: stuff"):
         load_exam(tmp_path, "ceval")
-    single = shared_data / "eval" / "ceval" / "val" / "law_val.csv"
+    single = write_ceval(tmp_path / "ceval") / "val" / "law_val.csv"
     assert len(load_exam(single, "ceval", shots=2).dev["law"]) == 2  # dev found beside val/
     folder = load_exam(single.parent, "ceval", shots=1, limit=1)  # the val folder itself
-    assert len(folder.subjects) == 52 and folder.dev["law"] and folder.split == "val"
+    assert len(folder.subjects) == 5 and folder.dev["law"] and folder.split == "val"
     lone = tmp_path / "law_val.csv"
     lone.write_bytes(single.read_bytes())
     with pytest.raises(MiniMindError, match="--shots 1: no dev file for subject law"):
@@ -143,8 +160,8 @@ def test_shots_are_dropped_to_fit_and_too_long_question_errors(tok):
         fit_prompt(tok, q, shots, "zh", "raw", context=10)
 
 
-def test_evaluate_choice_per_subject_and_average(model, tok, shared_data):
-    exam = load_exam(shared_data / "eval" / "ceval", "ceval", shots=1, limit=2)
+def test_evaluate_choice_per_subject_and_average(model, tok, tmp_path):
+    exam = load_exam(write_ceval(tmp_path / "ceval"), "ceval", shots=1, limit=2)
     exam.subjects = exam.subjects[:3]
     result = evaluate_choice(model, tok, exam, "raw", batch_size=4, log=lambda *a: None)
     m = result["metrics"]
@@ -154,11 +171,11 @@ def test_evaluate_choice_per_subject_and_average(model, tok, shared_data):
     assert m["accuracy_macro"] == pytest.approx(sum(s["accuracy"] for s in per) / 3)
 
 
-def test_eval_cli_writes_result_json(tmp_path, shared_data, capsys):
+def test_eval_cli_writes_result_json(tmp_path, tok_dir, capsys):
     model_dir = tmp_path / "nano"
-    assert main(["init", "--preset", "nano", "--tokenizer", str(shared_data / "tokenizer" / "minimind3"), "--out", str(model_dir)]) == 0
+    assert main(["init", "--preset", "nano", "--tokenizer", str(tok_dir), "--out", str(model_dir)]) == 0
     capsys.readouterr()
-    data = shared_data / "eval" / "ceval" / "val" / "computer_network_val.csv"
+    data = write_ceval(tmp_path / "ceval") / "val" / "computer_network_val.csv"
     assert main(["eval", "--model", str(model_dir), "--task", "ceval", "--data", str(data), "--limit", "3", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     saved = json.loads((model_dir / "eval" / "ceval.json").read_text())

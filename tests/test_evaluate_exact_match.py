@@ -5,6 +5,7 @@ import json
 import re
 
 import pytest
+from helpers import rl_records, write_jsonl
 
 from minimind import MiniMindError
 from minimind.cli import main
@@ -49,11 +50,22 @@ def test_is_correct_uses_any_expected_answer():
     assert is_correct("no idea", ["10"]) == (False, None, False)
 
 
-def test_reads_the_three_formats(tmp_path, shared_data):
-    rl = read_problems(shared_data / "minimind_format" / "rl_gsm8k_train_gt.jsonl", limit=2)
-    assert rl[0].answers == ["72"] and [m["role"] for m in rl[0].messages] == ["user"]  # placeholder reply dropped
-    sft = read_problems(shared_data / "minimind_format" / "sft_gsm8k_train.jsonl", limit=2)
-    assert sft[0].answers == ["72"] and sft[1].answers == ["10"] and sft[0].messages == rl[0].messages
+@pytest.mark.parametrize("source", ["generated", "shared"])
+def test_reads_the_three_formats(tmp_path, source, request):
+    if source == "shared":  # MiniMind's GSM8K files
+        d = request.getfixturevalue("shared_data") / "minimind_format"
+        rl_file, sft_file, answers = d / "rl_gsm8k_train_gt.jsonl", d / "sft_gsm8k_train.jsonl", ["72", "10"]
+    else:  # the same two formats: RL prompts with "gt", SFT conversations ending in the answer
+        records = rl_records(2)
+        answers = [r["gt"][0] for r in records]
+        rl_file = write_jsonl(tmp_path / "rl.jsonl", records)
+        sft_file = write_jsonl(tmp_path / "sft.jsonl", [
+            {"conversations": [r["conversations"][0], {"role": "assistant", "content": f"That makes {a}.\nAnswer: {a}"}]}
+            for r, a in zip(records, answers)])
+    rl = read_problems(rl_file, limit=2)
+    assert rl[0].answers == answers[:1] and [m["role"] for m in rl[0].messages] == ["user"]  # placeholder reply dropped
+    sft = read_problems(sft_file, limit=2)
+    assert [p.answers for p in sft] == [[a] for a in answers] and sft[0].messages == rl[0].messages
     openai = tmp_path / "test.jsonl"
     openai.write_text(json.dumps({"question": "How many?", "answer": "2 + 2 = <<2+2=4>>4\n#### 1,004"}) + "\n")
     [p] = read_problems(openai)
@@ -75,15 +87,15 @@ def test_bad_records_name_file_and_line(tmp_path, line, message):
         read_problems(path)
 
 
-def test_gsm8k_cli_generates_and_scores(tmp_path, shared_data, capsys):
+def test_gsm8k_cli_generates_and_scores(tmp_path, tok_dir, capsys):
     model_dir = tmp_path / "nano"
-    assert main(["init", "--preset", "nano", "--tokenizer", str(shared_data / "tokenizer" / "minimind3"), "--out", str(model_dir)]) == 0
+    assert main(["init", "--preset", "nano", "--tokenizer", str(tok_dir), "--out", str(model_dir)]) == 0
     capsys.readouterr()
-    data = shared_data / "minimind_format" / "rl_gsm8k_train_gt.jsonl"
+    data = write_jsonl(tmp_path / "rl.jsonl", rl_records(5))
     assert main(["eval", "--model", str(model_dir), "--task", "gsm8k", "--data", str(data), "--limit", "3",
                  "--max-new-tokens", "4", "--think", "--batch-size", "2", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["kind"] == "exact_match" and r["thinking"] is True and r["metrics"]["n"] == 3
     assert set(r["metrics"]) >= {"accuracy", "n", "format_ok"} and r["metrics"]["truncated"] == 1.0
-    assert r["details"]["examples"][0]["expected"] == ["72"]
+    assert r["details"]["examples"][0]["expected"] == rl_records(1)[0]["gt"]
     assert (model_dir / "eval" / "gsm8k.json").is_file()

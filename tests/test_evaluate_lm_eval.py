@@ -24,9 +24,9 @@ TEXT = "Once upon a time there was a little model that learned to count to ten, 
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, shared_data):
+def model_dir(tmp_path_factory, tok_dir):
     out = tmp_path_factory.mktemp("lm-eval") / "nano"
-    assert main(["init", "--preset", "nano", "--tokenizer", str(shared_data / "tokenizer" / "minimind3"),
+    assert main(["init", "--preset", "nano", "--tokenizer", str(tok_dir),
                  "--out", str(out), "--seed", "3"]) == 0
     return out
 

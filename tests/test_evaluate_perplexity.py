@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from helpers import scrambled_model
+from helpers import pretrain_records, scrambled_model, write_jsonl
 import torch.nn.functional as F
 
 from minimind import MiniMindError
@@ -68,9 +68,9 @@ def test_documents_batched_with_padding_add_up(model, tok):
     assert together["metrics"]["tokens"] == sum(a["metrics"]["tokens"] for a in alone)
 
 
-def test_reading_documents_and_bad_input(tmp_path, shared_data):
-    docs = read_documents(shared_data / "minimind_format" / "pretrain_en_c4_wiki_demo.jsonl", limit=3)
-    assert len(docs) == 3 and all(docs)
+def test_reading_documents_and_bad_input(tmp_path):
+    docs = read_documents(write_jsonl(tmp_path / "docs.jsonl", pretrain_records(5)), limit=3)
+    assert docs == [r["text"] for r in pretrain_records(3)]
     text = tmp_path / "a.txt"
     text.write_text("one\n\ntwo\n", encoding="utf-8")
     assert read_documents(text) == ["one\n\ntwo\n"]
@@ -90,9 +90,9 @@ def test_window_options_are_checked(model, tok):
         evaluate_perplexity(model, tok, [TEXT], window=99999)
 
 
-def test_ppl_cli(tmp_path, shared_data, capsys):
+def test_ppl_cli(tmp_path, tok_dir, capsys):
     model_dir = tmp_path / "nano"
-    assert main(["init", "--preset", "nano", "--tokenizer", str(shared_data / "tokenizer" / "minimind3"), "--out", str(model_dir)]) == 0
+    assert main(["init", "--preset", "nano", "--tokenizer", str(tok_dir), "--out", str(model_dir)]) == 0
     (tmp_path / "t.txt").write_text(TEXT, encoding="utf-8")
     capsys.readouterr()
     assert main(["eval", "--model", str(model_dir), "--task", "ppl", "--data", str(tmp_path / "t.txt"), "--window", "16", "--json"]) == 0

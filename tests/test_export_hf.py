@@ -63,10 +63,7 @@ def test_export_loads_in_transformers_with_equal_logits_and_imports_back_bit_for
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_directory_has_tokenizer_chat_template_and_generation_config(tmp_path, shared_data):
-    from minimind.tokenizer import Tokenizer
-
-    tok = Tokenizer.from_dir(shared_data / "tokenizer" / "minimind3")
+def test_directory_has_tokenizer_chat_template_and_generation_config(tmp_path, tok):
     make_model_dir(tmp_path / "ours", "minimind3", tokenizer=tok)
     assert main(["export", "hf", "--model", str(tmp_path / "ours"), "--out", str(tmp_path / "hf"), "--dtype", "bf16"]) == 0
     files = {p.name for p in (tmp_path / "hf").iterdir()}

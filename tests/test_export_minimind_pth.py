@@ -236,14 +236,14 @@ def test_original_sizes_are_recognised_from_tensor_shapes(name):
         assert getattr(got, field) == getattr(want, field), field
 
 
-def test_cli_with_tokenizer_gives_a_ready_model(tmp_path, shared_data, capsys):
+def test_cli_with_tokenizer_gives_a_ready_model(tmp_path, tok_dir, capsys):
     import minimind
 
     c, dtype = CASES["minimind3-dense-fp16"]
     sd = {f"module.{k}": v for k, v in minimind_state_dict(c, dtype).items()}  # saved from DDP
     torch.save({"model": sd, "optimizer": {"step": torch.tensor(3)}, "epoch": 1}, tmp_path / "ckpt_resume.pth")
     code = main(["import", "minimind-pth", str(tmp_path / "ckpt_resume.pth"), "--out", str(tmp_path / "m"),
-                 "--tokenizer", str(shared_data / "tokenizer" / "minimind3")])
+                 "--tokenizer", str(tok_dir)])
     out = capsys.readouterr().out
     assert code == 0 and "wrote" in out and "q/k norm on" in out
     model, tok = minimind.load(tmp_path / "m")

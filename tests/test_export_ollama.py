@@ -4,7 +4,8 @@ There is no Ollama here, but its template engine is Go's standard text/template.
 compiles a small Go program (when a `go` toolchain is installed; .ci/run installs Debian's
 golang-go) that renders the TEMPLATE the way Ollama's template.Execute does (same data keys,
 `missingkey=zero`, the `json` function, consecutive messages of one role merged), and
-compares it with our Jinja chat template for the shared conversations.
+compares it with our Jinja chat template for generated conversations (and MiniMind's own, where
+../shared/data is there).
 
 JSON inside <tools> and <tool_call> is compared as JSON, not as text: Ollama prints it with
 Go's json.Marshal (compact, its own key order), which no Go template can change. Everything
@@ -158,10 +159,23 @@ def json_as_json(text):
     return re.sub(r"(<tool_call>\n)(.*?)(\n</tool_call>)", lambda m: m[1] + canon(m[2]) + m[3], text, flags=re.S)
 
 
-def conversations(shared_data):
+def carried_by_ollama(conv):
+    """What Ollama's API can carry (see export/ollama.py): no <think> block inside content,
+    reasoning without surrounding newlines, call arguments as objects."""
+    calls = [c for m in conv for c in (json.loads(m["tool_calls"]) if isinstance(m.get("tool_calls"), str)
+                                       else m.get("tool_calls") or [])]
+    return not any("<think>" in (m.get("content") or "") or (m.get("reasoning_content") or "x").strip("\n")
+                   != (m.get("reasoning_content") or "x") for m in conv) and \
+        not any(isinstance(c.get("arguments"), str) for c in calls)
+
+
+def conversations(shared_data=None):
+    """MiniMind's own conversations (when shared_data is given) or generated ones, plus hand-made cases."""
     convs = []
+    if shared_data is None:
+        convs = [r["conversations"] for r in chat_records(120) if carried_by_ollama(r["conversations"])]
     files = (("sft_toolcall_glaive_demo_zh_en.jsonl", 60), ("sft_sharegpt_zh_1k.jsonl", 20), ("tiny/tiny_sft.jsonl", 3))
-    for name, n in files:
+    for name, n in files if shared_data is not None else ():
         with open(shared_data / "minimind_format" / name, encoding="utf-8") as f:
             convs += [json.loads(line)["conversations"] for line, _ in zip(f, range(n))]
     call = {"name": "get_weather", "arguments": {"city": "北京", "days": 2}}
@@ -197,11 +211,10 @@ def _compare(render_go, tok, convs, think_modes):
         assert got == want
 
 
-def test_go_template_renders_like_the_minimind3_chat_template(render_go, shared_data):
-    from minimind.tokenizer import Tokenizer
-
-    tok = Tokenizer.from_dir(shared_data / "tokenizer" / "minimind3")
-    _compare(render_go, tok, conversations(shared_data),
+@pytest.mark.parametrize("source", ["generated", "shared"])
+def test_go_template_renders_like_the_minimind3_chat_template(render_go, tok, source, request):
+    convs = conversations(request.getfixturevalue("shared_data") if source == "shared" else None)
+    _compare(render_go, tok, convs,  # the project-made tokenizer carries the minimind3 template
              [({"think": False}, {}), ({"think": True, "is_think_set": True}, {"open_thinking": True})])
 
 
@@ -213,12 +226,9 @@ def test_go_template_renders_like_the_minimind2_chat_template(render_go, shared_
     _compare(render_go, tok, convs, [({}, {}), ({"think": False, "is_think_set": True}, {"enable_thinking": False})])
 
 
-def test_tool_json_is_the_only_difference(render_go, shared_data):
+def test_tool_json_is_the_only_difference(render_go, tok):
     """Shows what the JSON normalisation hides: spacing/key order, never anything else."""
-    from minimind.tokenizer import Tokenizer
-
-    tok = Tokenizer.from_dir(shared_data / "tokenizer" / "minimind3")
-    conv = conversations(shared_data)[-2]
+    conv = conversations()[-2]
     messages, tools = to_ollama(conv)
     [got] = render_go(go_template(tok.chat_template), [{"messages": messages, "tools": tools}])
     want = tok.apply_chat_template(conv, add_generation_prompt=True)
@@ -226,11 +236,8 @@ def test_tool_json_is_the_only_difference(render_go, shared_data):
     assert '"arguments": {"city":"北京","days":2}' in got  # Go's compact JSON
 
 
-def test_export_writes_gguf_and_modelfile(tmp_path, shared_data, capsys):
-    from minimind.tokenizer import Tokenizer
-
+def test_export_writes_gguf_and_modelfile(tmp_path, tok, capsys):
     pytest.importorskip("gguf", reason="the gguf package is not installed (pip install 'minimind[export]')")
-    tok = Tokenizer.from_dir(shared_data / "tokenizer" / "minimind3")
     save_model_dir(MiniMindForCausalLM(preset("nano")).init_weights(0), tmp_path / "m", tok)
     code = main(["export", "ollama", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "ollama"),
                  "--name", "mini", "--system", "你是 MiniMind。"])

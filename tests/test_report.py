@@ -12,7 +12,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, shared_data):
+def runs(tmp_path_factory, tok_dir):
     """`minimind pretrain` then `minimind sft` on the generated demo corpus, nano, a few steps each,
     and one evaluation result per stage."""
     root = tmp_path_factory.mktemp("runs")
@@ -20,7 +20,7 @@ def runs(tmp_path_factory, shared_data):
     common = ["--batch-size", "4", "--grad-accum", "1", "--seq-len", "64", "--log-every", "2", "--val-fraction", "0.05",
               "--no-progress"]
     assert main(["pretrain", "--data", str(data["pretrain"]), "--preset", "nano", "--out", str(root / "pretrain"),
-                 "--tokenizer", str(shared_data / "tokenizer" / "minimind3"), "--max-steps", "8", "--eval-every", "4",
+                 "--tokenizer", str(tok_dir), "--max-steps", "8", "--eval-every", "4",
                  "--lr", "3e-3", *common]) == 0
     assert main(["sft", "--data", str(data["sft"]), "--init", str(root / "pretrain"), "--out", str(root / "sft"),
                  "--max-steps", "4", "--eval-every", "2", "--sample-every", "4", "--lr", "1e-3", *common]) == 0

@@ -36,14 +36,27 @@ CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</
 
 def teach_tool_call(model, tokenizer) -> None:
     """Overfit the model on one conversation, WEATHER + TOOLS -> CALL (20 steps suffice;
-    the loss is taken on the answer's positions only, so the vocabulary projection is cheap)."""
+    the loss is taken on the answer's positions only, so the vocabulary projection is cheap).
+
+    A model this small barely looks past the generation prompt, which every chat ends with, so
+    it would answer *every* prompt with (a piece of) the call and <|im_end|>. Four of its own
+    sampled replies to a prompt without tools, learned alongside, keep its answers elsewhere
+    varied and free of an early end, whatever the tokenizer."""
+    from minimind.infer import SamplingParams, generate
+
     prompt = tokenizer.encode_chat(WEATHER, tools=TOOLS, add_generation_prompt=True)
-    ids = torch.tensor([prompt + tokenizer.encode(CALL) + [tokenizer.eos_token_id]])
+    rows = [(torch.tensor([prompt + tokenizer.encode(CALL) + [tokenizer.eos_token_id]]), len(prompt))]
+    plain = tokenizer.encode_chat([{"role": "user", "content": "Hello"}], add_generation_prompt=True)
+    for seed in range(4):
+        params = SamplingParams(max_new_tokens=16, temperature=1.0, seed=seed, stop_token_ids=())
+        rows.append((torch.tensor([plain + generate(model, tokenizer, [plain], params)[0].token_ids]), len(plain)))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model.train()
     for _ in range(20):
-        h, _ = model.model(ids[:, :-1])
-        loss = F.cross_entropy(model.lm_head(h[0, len(prompt) - 1:]), ids[0, len(prompt):])
+        loss = 0
+        for ids, start in rows:
+            h, _ = model.model(ids[:, :-1])
+            loss = loss + F.cross_entropy(model.lm_head(h[0, start - 1:]), ids[0, start:])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -158,7 +171,8 @@ def test_logprobs_chat_streamed_and_completions(client):
     r = chat(client, say("Tell me a story"), logprobs=True, top_logprobs=2, extra_body={"ignore_eos": True})
     content, entries = r.choices[0].message.content, r.choices[0].logprobs.content
     assert len(entries) == r.usage.completion_tokens == 16  # no stop token: max_tokens reached
-    spelled = bytes(b for e in entries for b in e.bytes).decode()
+    # max_tokens may cut a character: the text then ends in U+FFFD, as a lossy decode of the bytes does
+    spelled = bytes(b for e in entries for b in e.bytes).decode(errors="replace")
     assert spelled.replace("<|im_end|>", "") == content  # ignore_eos: the skipped end token may recur
     for e in entries:
         assert e.logprob <= 0 and len(e.top_logprobs) == 2

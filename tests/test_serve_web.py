@@ -33,10 +33,10 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def server(tmp_path, shared_data):
+def server(tmp_path, tok_dir):
     """`minimind serve` on a free port with a fresh nano model and an API key; yields (url, process)."""
     model = tmp_path / "nano"
-    assert main(["init", "--preset", "nano", "--tokenizer", str(shared_data / "tokenizer" / "minimind3"),
+    assert main(["init", "--preset", "nano", "--tokenizer", str(tok_dir),
                  "--out", str(model)]) == 0
     port = _free_port()
     url = f"http://127.0.0.1:{port}"

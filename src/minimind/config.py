@@ -95,7 +95,7 @@ class ModelConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "config") -> "ModelConfig":
+    def from_dict(cls, d: dict, source: str = "config") -> ModelConfig:
         known = {f.name for f in fields(cls)} - {"extra"}
         kwargs = {k: v for k, v in d.items() if k in known}
         extra = {k: v for k, v in d.items() if k not in known}
@@ -105,7 +105,7 @@ class ModelConfig:
             raise MiniMindError(f"{source}: {e}") from None
 
     @classmethod
-    def load(cls, path: str | Path) -> "ModelConfig":
+    def load(cls, path: str | Path) -> ModelConfig:
         path = Path(path)
         d = read_json_object(path)
         type_errors = [
@@ -123,7 +123,7 @@ class ModelConfig:
             raise MiniMindError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
 
     # ---------------------------------------------------------------- sizes
-    def yarn(self, factor: float = 16.0, original_max_position_embeddings: int = 2048) -> "ModelConfig":
+    def yarn(self, factor: float = 16.0, original_max_position_embeddings: int = 2048) -> ModelConfig:
         """A copy with MiniMind's YaRN settings, to run on contexts longer than training."""
         d = self.to_dict()
         d["rope_scaling"] = {
@@ -194,14 +194,17 @@ PRESETS = {
 # ModelConfig field -> (flags, help). The first flag is the one error messages name; the
 # others are Hugging Face's (and MiniMind's) spellings of the same setting.
 SHAPE_FLAGS = {
-    "hidden_size": (("--hidden-size",), "model width (head_dim = hidden size / heads; the FFN width follows the preset's rule)"),
+    "hidden_size": (("--hidden-size",),
+                    "model width (head_dim = hidden size / heads; the FFN width follows the preset's rule)"),
     "num_hidden_layers": (("--num-layers", "--num-hidden-layers"), "transformer blocks"),
     "num_attention_heads": (("--num-heads", "--num-attention-heads"), "attention heads (must divide the hidden size)"),
-    "num_key_value_heads": (("--num-kv-heads", "--num-key-value-heads"), "K/V heads for grouped-query attention (must divide the heads)"),
+    "num_key_value_heads": (("--num-kv-heads", "--num-key-value-heads"),
+                            "K/V heads for grouped-query attention (must divide the heads)"),
     "use_moe": (("--use-moe",), "mixture-of-experts FFN (--no-moe: dense)"),
     "num_experts": (("--num-experts",), "routed experts per MoE layer"),
     "num_experts_per_tok": (("--experts-per-tok", "--num-experts-per-tok"), "experts each token is routed to (top-k)"),
-    "max_position_embeddings": (("--max-position-embeddings", "--context-length"), "longest sequence the model takes (prompt + reply)"),
+    "max_position_embeddings": (("--max-position-embeddings", "--context-length"),
+                                "longest sequence the model takes (prompt + reply)"),
 }
 # Which builder dial a shape field sets (the others are ModelConfig fields, passed through).
 _DIALS = {"hidden_size": "hidden", "num_hidden_layers": "layers", "num_attention_heads": "heads",

@@ -141,11 +141,13 @@ class BatchSampling:
             hot = apply_top_k(hot, self.top_k)
         if self.any_top_p:
             hot = apply_top_p(hot, self.top_p)
-        probs = hot.softmax(dim=-1)
-        broken = ~torch.isfinite(probs).all(dim=-1)
+        # A row whose best logit is not finite (NaN, +inf, or every token filtered) has no
+        # distribution; it draws from a stand-in (uniform) and is marked -1 afterwards. On a GPU
+        # multinomial would not raise for it but fail the whole process.
+        broken = ~torch.isfinite(hot.amax(dim=-1))
         if self.sampled is not None:  # greedy rows beside sampled ones: only sampled rows can break
             broken &= self.sampled
-        probs = probs.masked_fill(broken[:, None], 1.0)  # any valid row: it is discarded below
+        probs = hot.masked_fill(broken[:, None], 0.0).softmax(dim=-1)
         for generator, rows in self.groups:
             if rows is None:  # one generator for the whole batch: one draw for all rows
                 tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
