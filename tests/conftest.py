@@ -54,8 +54,6 @@ def one_thread():
 @pytest.fixture(autouse=True, scope="session")
 def _private_token_cache(tmp_path_factory):
     """Tokenized-data caches go to a temporary folder, never the user's ~/.cache/minimind."""
-    import os
-
     old = os.environ.get("MINIMIND_CACHE")
     os.environ["MINIMIND_CACHE"] = str(tmp_path_factory.mktemp("token-cache"))
     yield

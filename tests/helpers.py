@@ -1,6 +1,12 @@
 """Helpers shared by several test modules (imported as `from helpers import ...`; pytest puts
 this folder on sys.path)."""
 
+import json
+import random
+import re
+from itertools import accumulate
+from pathlib import Path
+
 import torch
 
 from minimind.config import preset
@@ -24,12 +30,6 @@ def scrambled_model(seed: int = 0, **overrides) -> MiniMindForCausalLM:
 # A user's clone has no ../shared/data. Tests that need *some* tokenizer or *some* records use
 # what follows (and conftest's `tok`/`tok_dir`, a tokenizer trained from it), so they run
 # everywhere; only the tests of compatibility with MiniMind's own files use shared_data.
-
-import json  # noqa: E402
-import random  # noqa: E402
-import re  # noqa: E402
-from itertools import accumulate  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 
 def write_jsonl(path, records) -> Path:
@@ -59,11 +59,13 @@ def babble(seed: int = 0, docs: int = 2000) -> list[str]:
     out = []
     for _ in range(docs):
         if rng.random() < 0.6:
-            out.append(" ".join(" ".join(rng.choices(words, cum_weights=w_cum, k=rng.randint(4, 14))).capitalize()
-                                + rng.choice(".!?") for _ in range(rng.randint(2, 6))))
+            sentences = (" ".join(rng.choices(words, cum_weights=w_cum, k=rng.randint(4, 14))).capitalize()
+                         + rng.choice(".!?") for _ in range(rng.randint(2, 6)))
+            out.append(" ".join(sentences))
         else:
-            out.append("".join("".join(rng.choices(zwords, cum_weights=z_cum, k=rng.randint(3, 10))) + rng.choice("，。！？")
-                               for _ in range(rng.randint(2, 5))))
+            clauses = ("".join(rng.choices(zwords, cum_weights=z_cum, k=rng.randint(3, 10))) + rng.choice("，。！？")
+                       for _ in range(rng.randint(2, 5)))
+            out.append("".join(clauses))
     return out
 
 
@@ -170,7 +172,7 @@ def dpo_records(n: int = 20, seed: int = 0) -> list[dict]:
         a, b = rng.randint(1, 50), rng.randint(1, 50)
         prompt = [{"role": "user", "content": f"What is {a} + {b}?" if i % 2 else f"{a}加{b}等于多少？"}]
         good = f"{a} + {b} = {a + b}." if i % 2 else f"{a}加{b}等于{a + b}。"
-        bad = f"{a} + {b} = {a + b + 1}." if i % 2 else f"不知道。"
+        bad = f"{a} + {b} = {a + b + 1}." if i % 2 else "不知道。"
         out.append({"chosen": prompt + [{"role": "assistant", "content": good}],
                     "rejected": prompt + [{"role": "assistant", "content": bad}]})
     return out
@@ -182,6 +184,7 @@ def rl_records(n: int = 20, seed: int = 0) -> list[dict]:
     out = []
     for _ in range(n):
         a, b = rng.randint(2, 30), rng.randint(2, 30)
-        out.append({"conversations": [{"role": "user", "content": f"Tom has {a} apples and buys {b} more. How many now?"},
-                                      {"role": "assistant", "content": ""}], "gt": [str(a + b)]})
+        question = f"Tom has {a} apples and buys {b} more. How many now?"
+        out.append({"conversations": [{"role": "user", "content": question}, {"role": "assistant", "content": ""}],
+                    "gt": [str(a + b)]})
     return out

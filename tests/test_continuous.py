@@ -119,14 +119,18 @@ def test_the_cache_grows_when_rows_outlive_their_room(model, tokenizer):
 
 @pytest.mark.parametrize("poison", [{"temperature": 1e-40}, {"repetition_penalty": 1e-300, "temperature": 1.0}])
 def test_a_row_whose_sampling_breaks_ends_alone(model, tokenizer, poison):
-    """Extreme settings that pass validation can turn a row's probabilities into NaN; that row
-    finishes with finish_reason "error", and the rows beside it go on unchanged."""
+    """Extreme settings can turn a row's probabilities into NaN (SamplingParams refuses
+    temperature 1e-40 now, so they are set after its check); that row finishes with
+    finish_reason "error", and the rows beside it go on unchanged."""
     prompts = [tokenizer.encode(t) for t in ("Once upon a time", "你好")]
     healthy = SamplingParams(max_new_tokens=12, temperature=0.8, seed=5, stop_token_ids=())
     alone = Sequence(model, tokenizer, prompts[0], healthy)
     run(model, tokenizer, {0: [alone]})
     good = Sequence(model, tokenizer, prompts[0], healthy)
-    bad = Sequence(model, tokenizer, prompts[1], SamplingParams(max_new_tokens=12, stop_token_ids=(), seed=1, **poison))
+    poisoned = SamplingParams(max_new_tokens=12, stop_token_ids=(), seed=1)
+    for name, value in poison.items():
+        setattr(poisoned, name, value)
+    bad = Sequence(model, tokenizer, prompts[1], poisoned)
     run(model, tokenizer, {0: [good], 3: [bad]})
     assert good.completion() == alone.completion()
     done = bad.completion()

@@ -22,9 +22,9 @@ class CountingTokenizer:
     def __getattr__(self, name):
         return getattr(self._tok, name)
 
-    def encode_batch(self, texts):
+    def encode_batch(self, texts, **options):
         self.calls += 1
-        return self._tok.encode_batch(texts)
+        return self._tok.encode_batch(texts, **options)
 
 
 def write(path, texts):

@@ -1,12 +1,15 @@
 """lm-evaluation-harness on a minimind model, offline: local tasks (YAML over local JSONL files)
 through the harness's Python API and its command line, checked against direct forward passes."""
+# ruff: noqa: E402
 
 import json
 import math
 
-import lm_eval
 import pytest
 import torch
+
+# The imports below need lm_eval: after the skip (ruff: the file-level E402 exception above).
+lm_eval = pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed (pip install -e '.[dev]')")
 from lm_eval.tasks import TaskManager
 
 import minimind

@@ -21,6 +21,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import chat_records
 
 from minimind.checkpoint import save_model_dir
 from minimind.cli import main
@@ -55,10 +56,15 @@ def peaked_model(arch, seed=1, **extra):
 
 
 @pytest.fixture(scope="module")
-def tokenizer(shared_data):
-    from minimind.tokenizer import Tokenizer
+def tokenizer(tok):
+    """conftest's project-made tokenizer: MiniMind's layout (6400 tokens, 36 added, 6108 merges)."""
+    return tok
 
-    return Tokenizer.from_dir(shared_data / "tokenizer" / "minimind3")
+
+def plain_chats(n):
+    """Generated conversations without tools (which the template takes as an argument, not a message)."""
+    return [r["conversations"] for r in chat_records(n)
+            if not any("tools" in m or "tool_calls" in m or m["role"] == "tool" for m in r["conversations"])]
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +169,8 @@ def test_missing_tokenizer_is_a_clear_error(tmp_path):
 
 @pytest.fixture(scope="module")
 def llama_cpp():
-    return pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (.ci/run builds it)")
+    return pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (scripts/install-test-peers.sh "
+                                                  "builds it: it compiles llama.cpp)")
 
 
 def _load(llama_cpp, path, **kw):
@@ -175,24 +182,30 @@ def _load(llama_cpp, path, **kw):
                            type_k=0, type_v=0, **kw)
 
 
-def _prompts(tokenizer, shared_data):
-    """Chinese, English, digits, whitespace, emoji, special and tool tokens, and real chats."""
+def _prompts(tokenizer, shared_data=None):
+    """Chinese, English, digits, whitespace, emoji, special and tool tokens, and chats: generated,
+    or MiniMind's own when shared_data is given."""
     texts = ["你好，世界！今天是2024年10月1日。", "Hello world, it's 3.14159 -- don't panic!", "  two  spaces\n\n\ttab\r\n",
              "emoji 😀👍 ÀÉÎ русский", "<|im_start|>user\n讲个笑话<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
              '<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call><|endoftext|>']
-    for name in ("sft_toolcall_glaive_demo_zh_en.jsonl", "sft_sharegpt_zh_1k.jsonl"):
+    if shared_data is None:
+        texts += [tokenizer.apply_chat_template(r["conversations"]) for r in chat_records(6)]
+    for name in ("sft_toolcall_glaive_demo_zh_en.jsonl", "sft_sharegpt_zh_1k.jsonl") if shared_data else ():
         with open(shared_data / "minimind_format" / name, encoding="utf-8") as f:
             for line, _ in zip(f, range(3)):
                 texts.append(tokenizer.apply_chat_template(json.loads(line)["conversations"]))
     return texts
 
 
-@pytest.mark.parametrize("generation", ["minimind3", "minimind2"])
-def test_llama_cpp_tokenizes_and_detokenizes_like_us(generation, llama_cpp, shared_data, tmp_path):
+@pytest.mark.parametrize("generation", ["project-made", "minimind3", "minimind2"])
+def test_llama_cpp_tokenizes_and_detokenizes_like_us(generation, llama_cpp, tok, tmp_path, request):
     from minimind.export import export_gguf
     from minimind.tokenizer import Tokenizer
 
-    tok = Tokenizer.from_dir(shared_data / "tokenizer" / generation)
+    shared_data = None
+    if generation != "project-made":
+        shared_data = request.getfixturevalue("shared_data")
+        tok = Tokenizer.from_dir(shared_data / "tokenizer" / generation)
     save_model_dir(MiniMindForCausalLM(preset("nano")), tmp_path / "m", tok)
     export_gguf(tmp_path / "m", tmp_path / "m.gguf", dtype="f16")
     llm = _load(llama_cpp, tmp_path / "m.gguf", vocab_only=True)
@@ -202,17 +215,18 @@ def test_llama_cpp_tokenizes_and_detokenizes_like_us(generation, llama_cpp, shar
         assert llm.detokenize(ids, special=True).decode() == tok.decode(ids)
 
 
-def test_chat_template_in_the_file_renders_like_ours(llama_cpp, exported, tokenizer, shared_data):
+def test_chat_template_in_the_file_renders_like_ours(llama_cpp, exported, tokenizer):
     """llama-cpp-python's create_chat_completion renders the template stored in the GGUF."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     llm = _load(llama_cpp, exported["qwen3"][2], vocab_only=True)
     template = llm.metadata["tokenizer.chat_template"]
     formatter = Jinja2ChatFormatter(template, eos_token="<|im_end|>", bos_token="<|im_start|>")
-    with open(shared_data / "minimind_format" / "sft_sharegpt_zh_1k.jsonl", encoding="utf-8") as f:
-        for line, _ in zip(f, range(5)):
-            messages = json.loads(line)["conversations"][:-1]  # end on a user turn
-            assert formatter(messages=messages).prompt == tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    chats = plain_chats(12)
+    assert len(chats) >= 5
+    for conversation in chats:
+        messages = conversation[:-1]  # end on a user turn
+        assert formatter(messages=messages).prompt == tokenizer.apply_chat_template(messages, add_generation_prompt=True)
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 
 import pytest
+from helpers import chat_records
 
 from minimind.checkpoint import save_model_dir
 from minimind.cli import main
@@ -110,7 +111,8 @@ def render_go(tmp_path_factory):
     """render_go(template, cases) -> rendered strings, by Go's text/template."""
     go = shutil.which("go")
     if go is None:
-        pytest.skip("no Go toolchain (apt-get install golang-go): the Ollama template cannot be rendered")
+        pytest.skip("no Go toolchain (apt-get install golang-go, or scripts/install-test-peers.sh): "
+                    "the Ollama template cannot be rendered")
     d = tmp_path_factory.mktemp("go")
     (d / "main.go").write_text(GO_RENDERER)
     subprocess.run([go, "build", "-o", str(d / "render"), str(d / "main.go")], check=True, cwd=d, timeout=300,
@@ -162,11 +164,13 @@ def json_as_json(text):
 def carried_by_ollama(conv):
     """What Ollama's API can carry (see export/ollama.py): no <think> block inside content,
     reasoning without surrounding newlines, call arguments as objects."""
-    calls = [c for m in conv for c in (json.loads(m["tool_calls"]) if isinstance(m.get("tool_calls"), str)
-                                       else m.get("tool_calls") or [])]
-    return not any("<think>" in (m.get("content") or "") or (m.get("reasoning_content") or "x").strip("\n")
-                   != (m.get("reasoning_content") or "x") for m in conv) and \
-        not any(isinstance(c.get("arguments"), str) for c in calls)
+    for m in conv:
+        reasoning, calls = m.get("reasoning_content") or "", m.get("tool_calls") or []
+        calls = json.loads(calls) if isinstance(calls, str) else calls
+        if "<think>" in (m.get("content") or "") or reasoning != reasoning.strip("\n") or \
+                any(isinstance(c.get("arguments"), str) for c in calls):
+            return False
+    return True
 
 
 def conversations(shared_data=None):

@@ -18,10 +18,13 @@ import pytest
 
 from minimind.cli import main
 
-sync_playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed").sync_playwright
+PEERS = "scripts/install-test-peers.sh"
+sync_playwright = pytest.importorskip("playwright.sync_api",
+                                      reason=f"playwright is not installed ({PEERS})").sync_playwright
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary on PATH (Debian: apt-get install chromium)")
+pytestmark = pytest.mark.skipif(CHROMIUM is None,
+                                reason=f"no chromium binary on PATH (Debian: apt-get install chromium, or {PEERS})")
 
 API_KEY = "sk-web-test"
 

@@ -225,7 +225,7 @@ def test_stream_decoder_on_invalid_bytes_equals_a_full_decode(tok):
     import random
 
     sequences = [[196, 196, 196, 196, 152, 291]]  # four stray lead bytes, then a real character
-    sequences += [[random.Random(seed).randrange(36, tok.vocab_size) for _ in range(40)] for seed in range(100)]
+    sequences += [[rng.randrange(36, tok.vocab_size) for _ in range(40)] for rng in map(random.Random, range(100))]
     for ids in sequences:
         stream = tok.stream_decoder()
         assert "".join(stream.push(i) for i in ids) + stream.flush() == tok.decode(ids), ids

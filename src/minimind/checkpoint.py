@@ -20,8 +20,8 @@ from .config import ModelConfig
 from .errors import MiniMindError
 from .files import atomic_write, read_safetensors
 from .model import MiniMindForCausalLM
-from .model.lora import load_adapter
-from .tokenizer import Tokenizer
+from .model.lora import ADAPTER_CONFIG, check_tokenizer, load_adapter
+from .tokenizer import Tokenizer, tokenizer_fingerprint
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -116,9 +116,11 @@ def load(model_dir: str | Path, device: str | torch.device = "cpu", dtype: torch
     """`model, tokenizer = minimind.load(DIR)`: a ready-to-use model (eval mode) and tokenizer.
     `lora=ADAPTER_DIR` puts a LoRA adapter (trained on this base) on top of it."""
     model = load_model(model_dir, device, dtype)
+    tokenizer = Tokenizer.from_dir(model_dir)
     if lora is not None:
         model = load_adapter(model, lora, base_dir=model_dir)
-    tokenizer = Tokenizer.from_dir(model_dir)
+        check_tokenizer(model.lora_config.base, tokenizer_fingerprint(tokenizer), model_dir,
+                        Path(lora) / ADAPTER_CONFIG)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise MiniMindError(
             f"{model_dir}: tokenizer has {tokenizer.vocab_size} tokens but config.json vocab_size is {model.config.vocab_size}"

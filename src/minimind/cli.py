@@ -128,10 +128,31 @@ def add_generate_data_parser(verbs) -> None:
     p.set_defaults(seed=0, func=cmd_generate_data)  # seeded by default: the same command writes the same file
 
 
+class Parser(argparse.ArgumentParser):
+    """No abbreviated flags: `--max-step` must not silently mean `--max-steps` (nor a flag
+    added later make an old abbreviation ambiguous)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
+class VerbParser(Parser):
+    """A verb's parser (and its actions' parsers, which inherit the class): a flag it does not
+    know is its own error, with its own usage. (argparse would hand the flag back to the top
+    parser, which prints `usage: minimind [-h] [--version] COMMAND ...`: no help to anyone.)"""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minimind", description="Train and run small language models from scratch.")
+    parser = Parser(prog="minimind", description="Train and run small language models from scratch.")
     parser.add_argument("--version", action="version", version=f"minimind {__version__}")
-    verbs = parser.add_subparsers(dest="verb", metavar="COMMAND")
+    verbs = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=VerbParser)
 
     p = verbs.add_parser("quickstart", help="the whole pipeline offline on a CPU: tokenizer, pretrain, SFT, exam")
     p.add_argument("--out", default="out/quickstart", help="where everything goes (default out/quickstart)")
@@ -200,18 +221,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    args._argv = argv  # the command as typed, for messages that say how to run it again
     try:
         args.func(args)
     except MiniMindError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # (a training run stopped by SIGTERM says so: 128 + 15)
         print(file=sys.stderr)
-        return 130
+        return 128 + getattr(e, "signum", 2)
     return 0
 
 

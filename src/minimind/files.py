@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -37,11 +38,64 @@ def read_json_object(path: str | Path) -> dict:
     return data
 
 
+def _size(n: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:,} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+def free_space(path: str | Path) -> str:
+    """The free space on the disk that holds `path` (or its nearest existing parent), as
+    '1.2 GB free', for error messages."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return f"{_size(shutil.disk_usage(p).free)} free"
+    except OSError:
+        return "free space unknown"
+
+
+class WriteFailed(MiniMindError):
+    """A failed write, as one line; `path` and `reason` for callers that say more (a checkpoint)."""
+
+    def __init__(self, path, reason: str):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path}: cannot write ({reason}; {free_space(path)} on that disk)")
+
+
+def write_error(path: str | Path, e: BaseException) -> WriteFailed:
+    """A failed write (a full disk, no permission, ...) as one line: the path, the reason and
+    the free space there. Raise it `from None`: the user needs no traceback."""
+    if isinstance(e, WriteFailed):
+        return e
+    if isinstance(e, OSError) and e.strerror:
+        reason = e.strerror
+    else:  # torch.save's RuntimeError, safetensors' error: their first line
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    return WriteFailed(path, reason)
+
+
+# What a failed write raises: OSError, or torch.save's RuntimeError and safetensors' error
+# wrapping one (full disk: "file write failed", "IoError(Os { code: 28 ... })").
+def write_errors() -> tuple:
+    from safetensors import SafetensorError  # (here: keeps `minimind --help` fast)
+
+    return OSError, RuntimeError, SafetensorError, WriteFailed
+
+
 def atomic_write(path: str | Path, write) -> None:
-    """Call `write(tmp_path)`, fsync, then rename over `path`: readers never see half a file."""
+    """Call `write(tmp_path)`, fsync, then rename over `path`: readers never see half a file.
+    A failed write (a full disk) leaves the old file, removes the temporary one and raises a
+    one-line MiniMindError naming `path` and the free space."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise write_error(path, e) from None
     os.close(fd)
     try:
         write(tmp)
@@ -49,6 +103,8 @@ def atomic_write(path: str | Path, write) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
+    except OSError as e:
+        raise write_error(path, e) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

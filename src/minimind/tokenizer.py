@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import codecs
+import hashlib
 import json
 import re
 from datetime import datetime
@@ -152,7 +153,11 @@ class Tokenizer:
         self.pad_token_id = pad if pad is not None else self.eos_token_id
         template = config.get("chat_template")
         if isinstance(template, list):  # HF "named templates" form: [{"name", "template"}, ...]
-            template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+            template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"),
+                            None)
+        if template is not None and not isinstance(template, str):
+            raise MiniMindError(f"{source}/tokenizer_config.json: chat_template must be a string (a Jinja template), "
+                                f"got {type(template).__name__}")
         self.chat_template = template
         # Everything named "*_token" in the config (bos_token, image_token, ...) is visible to the
         # template, as in transformers' special_tokens_map.
@@ -197,10 +202,24 @@ class Tokenizer:
         """Text to ids. Never adds bos/eos: MiniMind's tokenizer has no post-processor."""
         return self._tk.encode(text, add_special_tokens=False).ids
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Many texts at once, on all CPU cores (the Rust library runs a thread pool)."""
-        batch = getattr(self._tk, "encode_batch_fast", self._tk.encode_batch)  # _fast skips offsets
+    def encode_batch(self, texts: list[str], plain_text: bool = False) -> list[list[int]]:
+        """Many texts at once, on all CPU cores (the Rust library runs a thread pool).
+
+        plain_text: a special token written in the text (`<|im_start|>` in a web page) is
+        encoded as the ordinary text it spells, never as its special id. Pretraining data is
+        encoded so: only the chat template and the data pipeline place the control ids."""
+        tk = self._plain_backend() if plain_text else self._tk
+        batch = getattr(tk, "encode_batch_fast", tk.encode_batch)  # _fast skips offsets
         return [e.ids for e in batch(list(texts), add_special_tokens=False)]
+
+    def _plain_backend(self) -> tokenizers.Tokenizer:
+        """A copy of the backend that splits special tokens as text (a setting of the whole
+        backend, so a copy: the shared one keeps encoding templates with special ids)."""
+        if getattr(self, "_plain", None) is None:
+            plain = tokenizers.Tokenizer.from_str(self._tk.to_str())
+            plain.encode_special_tokens = True
+            self._plain = plain
+        return self._plain
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         """Ids to text. skip_special_tokens drops ids 0..20 but keeps <think>, <tool_call>, ..."""
@@ -273,6 +292,65 @@ class Tokenizer:
         """apply_chat_template, then encode (the template already wrote every special token)."""
         return self.encode(self.apply_chat_template(messages, tools, add_generation_prompt,
                                                     open_thinking, **kwargs))
+
+
+def _id_parts(tok: Tokenizer) -> dict:
+    """What decides the ids a text becomes: the vocabulary, the BPE merges, the added
+    (special) tokens and the bos/eos/pad ids."""
+    spec = json.loads(tok._tk.to_str())
+    model = spec.get("model") or {}
+    return {"vocabulary": model.get("vocab") or {}, "BPE merges": model.get("merges") or [],
+            "added tokens": [[t["id"], t["content"], bool(t.get("special"))] for t in spec.get("added_tokens") or []],
+            "bos/eos/pad ids": [tok.bos_token_id, tok.eos_token_id, tok.pad_token_id]}
+
+
+def tokenizer_fingerprint(tok: Tokenizer) -> dict[str, str]:
+    """_id_parts hashed one by one (sha256, 16 hex digits): two tokenizers with equal
+    fingerprints turn every text into the same ids, and unequal ones say which part differs."""
+    return {k: hashlib.sha256(json.dumps(v, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+            for k, v in _id_parts(tok).items()}
+
+
+def _shown_token(token: str) -> str:
+    """A vocabulary entry as the text it stands for ('Ġthe' -> ' the'), quoted."""
+    if token and all(c in _BYTE_OF_CHAR for c in token):
+        token = bytes(_BYTE_OF_CHAR[c] for c in token).decode("utf-8", errors="replace")
+    return repr(token)
+
+
+def tokenizer_difference(a: Tokenizer, b: Tokenizer,
+                         names: tuple[str, str] = ("the first", "the second")) -> str | None:
+    """What differs between two tokenizers in a way that changes token ids (None: nothing), in
+    words: the tokens only one of them has, tokens under other ids, other merges, ...
+    `names` name the two in the message ("the teacher's", "the student's")."""
+    pa, pb = _id_parts(a), _id_parts(b)
+    va, vb = pa["vocabulary"], pb["vocabulary"]
+    if va != vb:
+        parts = [f"{len(va)} vs {len(vb)} tokens"]
+        for name, x, y in ((names[0], va, vb), (names[1], vb, va)):
+            only = sorted((t for t in x if t not in y), key=x.get)
+            if only:
+                parts.append(f"{len(only)} only in {name} (e.g. {', '.join(map(_shown_token, only[:3]))})")
+        moved = sorted((t for t in va if t in vb and va[t] != vb[t]), key=va.get)
+        if moved:
+            t = moved[0]
+            parts.append(f"{len(moved)} shared tokens under other ids (e.g. {_shown_token(t)} is {va[t]} in "
+                         f"{names[0]}, {vb[t]} in {names[1]})")
+        return "vocabularies differ: " + "; ".join(parts)
+    ma, mb = pa["BPE merges"], pb["BPE merges"]
+    if ma != mb:
+        i = next((i for i, (x, y) in enumerate(zip(ma, mb)) if x != y), min(len(ma), len(mb)))
+        return (f"same vocabulary, but the BPE merges differ ({len(ma)} vs {len(mb)}, first at merge {i + 1}): "
+                "the same text splits into other tokens")
+    if pa["added tokens"] != pb["added tokens"]:
+        ta, tb = ({t[0]: t[1] for t in p["added tokens"]} for p in (pa, pb))
+        i = next(i for i in sorted(set(ta) | set(tb)) if ta.get(i) != tb.get(i))
+        return (f"added/special tokens differ (e.g. id {i} is {ta.get(i)!r} in {names[0]}, "
+                f"{tb.get(i)!r} in {names[1]})")
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if getattr(a, name) != getattr(b, name):
+            return f"{name} differs ({getattr(a, name)} in {names[0]}, {getattr(b, name)} in {names[1]})"
+    return None
 
 
 class StreamDecoder:
@@ -378,7 +456,7 @@ def _documents(path: Path, max_lines: int | None):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = json.loads(line.rstrip("\r\n"))  # (a cut line's error is then on its own line)
             except json.JSONDecodeError as e:
                 raise MiniMindError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
             if isinstance(record, dict) and isinstance(record.get("text"), str):

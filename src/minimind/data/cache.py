@@ -94,7 +94,7 @@ def _source_id(path: Path) -> dict:
 
 def cache_key(path, tokenizer, kind: str, random_system_prompt=False, strip_empty_think=False, seed=42) -> str:
     """The hash that names a file's cache (see the module docstring for what goes in)."""
-    options = {}
+    options = {"special_tokens": "as_text"} if kind == "pretrain" else {}  # (Tokenizer.encode_batch plain_text)
     if kind != "pretrain":
         options = {"random_system_prompt": bool(random_system_prompt), "strip_empty_think": bool(strip_empty_think)}
         if random_system_prompt or strip_empty_think:
@@ -295,7 +295,9 @@ def _build(path: Path, tokenizer, kind: str, out: Path, on_bad_record: str, rend
             ThreadPoolExecutor(max_workers=1) as pool:
         pending = None
         for chunk in chunks:
-            job = (chunk, pool.submit(tokenizer.encode_batch, [to_text(r) for r in chunk]))
+            # Pretraining text is plain text: a special token written in it never becomes its id.
+            plain = {"plain_text": True} if kind == "pretrain" else {}
+            job = (chunk, pool.submit(tokenizer.encode_batch, [to_text(r) for r in chunk], **plain))
             if pending is not None:
                 write(pending[0], pending[1].result(), ids_f, mask_f)
             pending = job

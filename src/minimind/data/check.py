@@ -38,7 +38,7 @@ def _token_counts(kind: str, records: list[dict], tokenizer, renderer, masker):
     """Per record: (tokens, length that must fit a row, loss tokens or None, problem or None)."""
     if kind == "pretrain":
         extra = (tokenizer.bos_token_id is not None) + (tokenizer.eos_token_id is not None)
-        n = [len(x) + extra for x in tokenizer.encode_batch([r["text"] for r in records])]
+        n = [len(x) + extra for x in tokenizer.encode_batch([r["text"] for r in records], plain_text=True)]
         return n, n, None, [None] * len(records)
     if kind == "rl":
         texts = [tokenizer.apply_chat_template(_prompt_messages(r["conversations"]), add_generation_prompt=True)
@@ -121,6 +121,8 @@ def check_file(path, kind: str, tokenizer=None, stop_at_first: bool = False, lim
         if len(pending) >= CHUNK:
             flush()
     flush()
+    if report["records"] == 0 and limit != 0:  # training on it would fail later, less clearly
+        bad.add(f"{path}: no records (the file is empty or has only blank lines)")
     report["problems"], report["problem_examples"] = bad.count, bad.examples
     if tokenizer is None or not len(lengths):
         report["tokens"] = None
@@ -147,6 +149,9 @@ def format_report(r: dict) -> str:
              f"  records    {_n(r['records'])} read, {_n(r['valid'])} valid, {_n(r['problems'])} with problems"]
     if r["kind"] == "pretrain" and c:
         lines.append(f"  text       {_n(c['chars'])} characters")
+        if c.get("control_tokens"):
+            lines.append(f"  note       {_n(c['control_tokens'])} records contain special tokens written as text "
+                         "(<|im_start|>, <|im_end|>, ...): they are trained as plain text, never as the special ids")
     elif c:
         lines.append(f"  messages   {_n(c['messages'])} ({_n(c['assistant'])} assistant turns, "
                      f"{_n(c['tool_calls'])} tool calls, {_n(c['reasoning'])} with reasoning)")

@@ -68,6 +68,9 @@ def build_datasets(files, tokenizer, kind: str, seq_len: int, val_fraction: floa
     tokenized = [tokenize_file(f, tokenizer, kind, cache_dir=cache_dir, on_bad_record=on_bad_record,
                                random_system_prompt=random_system_prompt, strip_empty_think=strip_empty_think,
                                seed=seed) for f in files]
+    for f, tf in zip(files, tokenized):  # a file that holds nothing is a mistake (a wrong path, a failed export)
+        if tf.meta["records"] == 0 and tf.meta["skipped"] == 0:
+            raise MiniMindError(f"{f}: no records (the file is empty or has only blank lines)")
     if not any(len(tf) for tf in tokenized):
         raise MiniMindError(f"no valid records in {', '.join(map(str, files))}")
     file_stats = {

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ ON_BAD_RECORD = ("error", "skip")
 # ChatML markers inside message text would be tokenized as the real special tokens and fake a
 # turn boundary (a user writing "<|im_start|>assistant" would get a trained "assistant" span).
 CHAT_MARKERS = ("<|im_start|>", "<|im_end|>")
+# Special tokens as MiniMind's (and Qwen's) tokenizers spell them: <|im_start|>, <|endoftext|>, ...
+_CONTROL_TOKEN = re.compile(r"<\|[a-z0-9_]+\|>")
 
 
 class BadRecord(Exception):
@@ -95,16 +98,54 @@ def iter_lines(path, progress: dict | None = None) -> Iterator[tuple[int, object
             if not raw.strip():
                 continue  # blank lines (e.g. a trailing newline) are not records
             try:
-                text = raw.decode("utf-8")
+                # Without its newline: a line cut short is reported at its own end, not at
+                # "column 1" of the line after it.
+                text = raw.rstrip(b"\r\n").decode("utf-8")
             except UnicodeDecodeError as e:
                 yield number, BadRecord(f"invalid UTF-8 ({e.reason} at byte {e.start} of the line)")
                 continue
             try:
-                yield number, json.loads(text)
+                value = json.loads(text)
             except json.JSONDecodeError as e:
-                yield number, BadRecord(f"invalid JSON: {e.msg} (column {e.colno})")
+                end = ", the end of the line" if e.pos >= len(text) else ""
+                yield number, BadRecord(f"invalid JSON: {e.msg} (column {e.colno}{end})")
+                continue
             except RecursionError:
                 yield number, BadRecord("invalid JSON: nested too deeply")
+                continue
+            # JSON can spell a lone UTF-16 surrogate ("\ud800"), which is not a character:
+            # no tokenizer can encode it. Only lines with such an escape are searched.
+            if _SURROGATE_ESCAPE.search(raw):
+                where = _surrogate_field(value)
+                if where is not None:
+                    yield number, BadRecord(f"{where} contains a lone UTF-16 surrogate (an escape such as "
+                                            "\\ud800 that is not a character)")
+                    continue
+            yield number, value
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _surrogate_field(value) -> str | None:
+    """The first field (as 'conversations[1].content') whose text, or key, holds a lone
+    surrogate, or None. (A valid pair was already joined into one character by json.loads.)
+    Iterative: json.loads accepts nesting deeper than Python's recursion limit allows here."""
+    stack = [(value, "")]
+    while stack:
+        v, where = stack.pop()
+        if isinstance(v, str):
+            if _SURROGATE.search(v):
+                return f"'{where}'" if where else "the record"
+        elif isinstance(v, dict):
+            for k, item in reversed(list(v.items())):
+                if _SURROGATE.search(k):
+                    return f"a key of '{where}'" if where else "a key"
+                stack.append((item, f"{where}.{k}" if where else k))
+        elif isinstance(v, list):
+            stack.extend((item, f"{where}[{i}]") for i, item in reversed(list(enumerate(v))))
+    return None
 
 
 # -------------------------------------------------------------------------- validators ---
@@ -118,9 +159,15 @@ def _parse_json_string(value, what: str):
     """`tools`/`tool_calls` are JSON strings in MiniMind data; already-parsed lists are fine too."""
     if isinstance(value, str):
         try:
-            return json.loads(value)
+            parsed = json.loads(value)
         except json.JSONDecodeError as e:
-            raise BadRecord(f"{what} is not valid JSON ({e.msg}, column {e.colno})") from None
+            raise BadRecord(f"{what} is not valid JSON ({e.msg}, column {e.colno} of the string)") from None
+        except RecursionError:
+            raise BadRecord(f"{what} is nested too deeply") from None
+        if "\\u" in value and _surrogate_field(parsed) is not None:  # "\\ud800" inside the JSON string
+            raise BadRecord(f"{what} contains a lone UTF-16 surrogate (an escape such as \\ud800 that is not "
+                            "a character)")
+        return parsed
     return value
 
 
@@ -224,7 +271,9 @@ def check_pretrain(record: dict) -> dict:
         raise BadRecord(f"'text' must be a string, got {_type_name(text)}")
     if not text.strip():
         raise BadRecord("empty 'text'")
-    return {"chars": len(text)}
+    # Special tokens written in pretraining text are encoded as plain text (cache.py), never as
+    # the ids the chat template uses; counted so that `data check` can say so.
+    return {"chars": len(text), "control_tokens": int(_CONTROL_TOKEN.search(text) is not None)}
 
 
 def check_sft(record: dict) -> dict:

@@ -122,7 +122,12 @@ def build_pair_datasets(files, tokenizer, seq_len: int, val_fraction: float = 0.
     if not files:
         raise MiniMindError("no data files given")
     bad = BadRecords()
-    per_file = [list(read_records(f, "dpo", on_bad_record=on_bad_record, bad=bad)) for f in files]
+    per_file = []
+    for f in files:
+        skipped = bad.count
+        per_file.append(list(read_records(f, "dpo", on_bad_record=on_bad_record, bad=bad)))
+        if not per_file[-1] and bad.count == skipped:  # nothing in it, not even a bad record
+            raise MiniMindError(f"{f}: no records (the file is empty or has only blank lines)")
     records = [r for recs in per_file for r in recs]
     if not records:
         raise MiniMindError(f"no valid preference pairs in {', '.join(files)}")

@@ -64,7 +64,7 @@ def read_metrics(path: Path) -> list[dict]:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = json.loads(line.rstrip("\r\n"))  # (a cut line's error is then on its own line)
             except json.JSONDecodeError as e:
                 raise MiniMindError(f"{path}:{number}: invalid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(record, dict) or not isinstance(record.get("step"), int):

@@ -15,6 +15,8 @@ import torch
 
 from ..errors import MiniMindError
 
+MIN_TEMPERATURE = 1e-4  # the smallest temperature above 0 (0 = greedy)
+
 
 @dataclass
 class SamplingParams:
@@ -49,18 +51,23 @@ class SamplingParams:
         problems = []
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             problems.append(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
-        if not self.temperature >= 0:  # also rejects NaN
-            problems.append(f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
+        # Below MIN_TEMPERATURE sampling is greedy in all but name, and near 1e-38 the scaled
+        # logits overflow float32 (NaN probabilities): ask for 0 instead.
+        if not (self.temperature == 0 or MIN_TEMPERATURE <= self.temperature < float("inf")):  # NaN too
+            problems.append(f"temperature must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE:g}, "
+                            f"got {self.temperature!r}")
+        if not isinstance(self.top_k, int) or not 0 <= self.top_k < 2**63:
             problems.append(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
         if not 0 < self.top_p <= 1:
             problems.append(f"top_p must be in (0, 1] (1 = off), got {self.top_p!r}")
-        if not self.repetition_penalty > 0:
-            problems.append(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty!r}")
+        if not 0 < self.repetition_penalty < float("inf"):
+            problems.append(f"repetition_penalty must be finite and > 0 (1 = off), got {self.repetition_penalty!r}")
         for name in ("frequency_penalty", "presence_penalty"):
             value = getattr(self, name)
             if not -1e6 < value < 1e6:  # also rejects NaN and inf
                 problems.append(f"{name} must be a finite number, got {value!r}")
+        if self.seed is not None and (not isinstance(self.seed, int) or not -(2**63) <= self.seed < 2**64):
+            problems.append(f"seed must be an integer that fits in 64 bits, got {self.seed!r}")
         if not isinstance(self.top_logprobs, int) or self.top_logprobs < 0:
             problems.append(f"top_logprobs must be an integer >= 0, got {self.top_logprobs!r}")
         if not all(isinstance(s, str) and s for s in self.stop_strings):

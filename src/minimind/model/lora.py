@@ -52,7 +52,7 @@ class LoRAConfig:
     dropout: float = 0.0
     targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     modules: list[str] = field(default_factory=list)  # the adapted layers (filled by add_lora)
-    base: dict = field(default_factory=dict)  # base_model, base_shapes_sha256, base_weights_sha256
+    base: dict = field(default_factory=dict)  # base_model, base_shapes_sha256, base_weights_sha256, base_tokenizer
 
     def __post_init__(self):
         if not (isinstance(self.rank, int) and self.rank >= 1):
@@ -217,6 +217,22 @@ def check_base(saved: dict, model: nn.Module, base_dir: str | Path | None, sourc
             raise MiniMindError(f"{source}: this adapter was trained on another base{trained_on}: "
                                 f"{Path(base_dir) / 'model.safetensors'} has sha256 {sha[:12]}..., "
                                 f"the adapter's base had {saved['base_weights_sha256'][:12]}...")
+
+
+def check_tokenizer(saved: dict, fingerprint: dict, base_dir: str | Path, source: Path) -> None:
+    """Refuse an adapter trained with another tokenizer than `base_dir`'s (`fingerprint` is
+    tokenizer_fingerprint of it): the same weights read through other token ids mean other
+    text, so the adapter would load and quietly produce nonsense. Adapters that recorded no
+    tokenizer (older ones, imported MiniMind ones) are not checked."""
+    recorded = saved.get("base_tokenizer")
+    if not recorded:
+        return
+    differ = [part for part, sha in recorded.items() if fingerprint.get(part) != sha]
+    if differ:
+        trained_on = f" (trained on {saved['base_model']})" if saved.get("base_model") else ""
+        raise MiniMindError(f"{source}: this adapter was trained with another tokenizer{trained_on}: "
+                            f"{base_dir}'s tokenizer has another {' and '.join(differ)}; an adapter applies "
+                            "only to the base and tokenizer it was trained on")
 
 
 # ---------------------------------------------------------------------------- save / load

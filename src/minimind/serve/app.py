@@ -5,57 +5,101 @@
     uvicorn.run(app, host="127.0.0.1", port=8998)
 
 Handlers only validate, render the prompt and turn the engine's output into OpenAI's
-objects; generation happens in the scheduler thread (scheduler.py). Every error is OpenAI's
-{"error": {...}} body with a 4xx status; an unexpected failure is a plain 500 with no trace.
+objects; generation happens in the scheduler thread (scheduler.py). The CPU work before it
+(JSON, validation, the chat template, tokenizing) runs in a worker thread, so a big request
+never stalls the event loop: other clients' streams and /health go on. Every error is
+OpenAI's {"error": {...}} body with a 4xx status; an unexpected failure is a plain 500 with
+no trace.
+
+Limits, each configurable (`minimind serve --help`): the body size (413), the number of
+messages, and max_tokens (a default when the request has none, and a cap).
+
+Without an API key, any web page the user visits could drive the server through the
+browser. So, unless --allow-origin says otherwise, a server without a key answers only
+requests whose Host is the address it is bound to (loopback names when bound to loopback:
+no DNS rebinding), whose Origin, if any, is the page's own (the chat page at /), and whose
+body is JSON (a cross-site form or text/plain post is refused). See `RequestGuard`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import json
 import logging
 import secrets
+import socket
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 
 from ..errors import MiniMindError
 from ..infer.sequence import Completion, SamplingParams
-from .scheduler import Job, QueueFull, Scheduler
 from .protocol import (
     APIError,
     ChatRequest,
     CompletionRequest,
     _Sampling,
+    decode_json,
     error_body,
     validation_error,
 )
+from .scheduler import Job, QueueFull, Scheduler
 from .tools import OutputParser, parse_output
 
 STATIC = Path(__file__).parent / "static"
 OPEN_PATHS = ("/health", "/", "/favicon.ico")  # with --api-key, these (and /static/) need no key
 log = logging.getLogger("minimind.serve")
 
+# Server-side limits (the serve verb's flags). max_tokens: a chat request without one gets the
+# default (/v1/completions keeps OpenAI's 16); none may ask for more than the limit (0 = the
+# model's context). 4 MiB of JSON is several times the text a 32k-token context holds.
+MAX_TOKENS_DEFAULT, MAX_TOKENS_LIMIT = 2048, 0
+MAX_BODY_BYTES = 4 * 2**20
+MAX_MESSAGES = 1024
+PREPARING_AT_ONCE = 4  # requests rendered and tokenized at the same time (the rest wait their turn)
+
 
 def create_app(model, tokenizer, name: str = "minimind", api_key: str | None = None,
-               max_batch: int = 32, max_queue: int = 64) -> FastAPI:
+               max_batch: int = 32, max_queue: int = 64, max_tokens_default: int = MAX_TOKENS_DEFAULT,
+               max_tokens_limit: int = MAX_TOKENS_LIMIT, max_body: int = MAX_BODY_BYTES,
+               max_messages: int = MAX_MESSAGES, host: str = "127.0.0.1",
+               allow_origins: tuple[str, ...] = ()) -> FastAPI:
+    """host: the address the server is bound to (for the Host check when there is no key).
+    allow_origins: web origins ("http://host:port", or "*" for any) allowed to call the API
+    from a browser (CORS); without a key they also lift the Host/Origin check for themselves."""
     scheduler = Scheduler(model, tokenizer, max_batch=max_batch, max_queue=max_queue)
     created = int(time.time())
     context = model.config.max_position_embeddings
     template = tokenizer.chat_template or ""
+    max_tokens_limit = min(max_tokens_limit or context, context)  # 0: the context
+    if max_tokens_default < 1:
+        raise MiniMindError(f"the default max_tokens must be at least 1, got {max_tokens_default}")
+    if max_body < 1 or max_messages < 1:
+        raise MiniMindError("the body size and message count limits must be at least 1")
+    allow_origins = tuple(check_origin(o) for o in allow_origins)
+    preparing: list[anyio.CapacityLimiter] = []
 
     @asynccontextmanager
     async def lifespan(app):
+        preparing.append(anyio.CapacityLimiter(PREPARING_AT_ONCE))
         scheduler.start()
         yield
         scheduler.stop()
+
+    async def off_loop(work, *args):
+        """Run CPU work (JSON, validation, template, tokenizer) in a worker thread."""
+        return await anyio.to_thread.run_sync(work, *args, limiter=preparing[0] if preparing else None)
 
     app = FastAPI(title="minimind", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -69,12 +113,22 @@ def create_app(model, tokenizer, name: str = "minimind", api_key: str | None = N
         kind = "not_found" if e.status_code == 404 else None
         return JSONResponse(error_body(str(e.detail), code=kind), status_code=e.status_code, headers=e.headers)
 
+    @app.exception_handler(ClientGone)
+    async def _gone(request, e: ClientGone):  # nobody reads it; 499 is nginx's "client closed request"
+        return Response(status_code=499)
+
     @app.exception_handler(Exception)
     async def _crash(request, e: Exception):  # uvicorn logs the traceback; the client gets none
         return JSONResponse(error_body("internal server error", "server_error"), status_code=500)
 
+    # the last added is the outermost: CORS answers preflights before the key or guard is asked
     if api_key is not None:
         app.add_middleware(RequireKey, key=api_key)
+    else:
+        app.add_middleware(RequestGuard, host=host, allow_origins=allow_origins)
+    if allow_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(allow_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"], max_age=600)
 
     # ------------------------------------------------------------------ small routes
     model_card = {"id": name, "object": "model", "created": created, "owned_by": "minimind",
@@ -108,10 +162,22 @@ def create_app(model, tokenizer, name: str = "minimind", api_key: str | None = N
                            "model", "model_not_found")
 
     # ------------------------------------------------------------------ generation
-    def submit(body: _Sampling, prompts: list[list[int]], limit: int | None, param: str) -> Job:
+    def token_budget(requested: int | None, default: int, param: str) -> int:
+        """max_tokens for a request: the server's default when it asks for none, at most the limit."""
+        if requested is None:
+            return min(default, max_tokens_limit)
+        if requested > max_tokens_limit:
+            raise APIError(400, f"{param} is {requested}; this server allows at most {max_tokens_limit} "
+                                f"(minimind serve --max-tokens-limit)", param)
+        return requested
+
+    def submit(body: _Sampling, prompts: list[list[int]], limit: int, param: str) -> Job:
         """Check the prompts against the context, build each choice's sampling, queue the job."""
         requests = []
         logprobs, top_logprobs = body.logprob_settings()
+        if len(prompts) * body.n > max_queue:  # it could never be queued: not a "try again" (429)
+            raise APIError(400, f"the request asks for {len(prompts) * body.n} completions (prompts x n); this "
+                                f"server takes at most {max_queue} at once", param)
         for ids in prompts:
             if len(ids) >= context:
                 raise APIError(400, f"the prompt is {len(ids)} tokens; this model's context is {context} "
@@ -121,7 +187,7 @@ def create_app(model, tokenizer, name: str = "minimind", api_key: str | None = N
             for i in range(body.n):
                 seed = None if body.seed is None else body.seed + i  # n choices must differ
                 requests.append((ids, SamplingParams(
-                    max_new_tokens=min(limit or context, context - len(ids)), temperature=body.temperature,
+                    max_new_tokens=min(limit, context - len(ids)), temperature=body.temperature,
                     top_k=body.top_k, top_p=body.top_p, repetition_penalty=body.repetition_penalty,
                     frequency_penalty=body.frequency_penalty, presence_penalty=body.presence_penalty,
                     stop_strings=tuple(body.stop or ()), seed=seed, stop_token_ids=() if body.ignore_eos else None,
@@ -147,14 +213,42 @@ def create_app(model, tokenizer, name: str = "minimind", api_key: str | None = N
                                                  open_thinking=thinking, enable_thinking=thinking)
         except MiniMindError as e:
             raise APIError(400, str(e), "messages") from None
-        return tokenizer.encode(text + forced), text.endswith("<think>\n"), bool(tools), forced
+        return encode([text + forced])[0], text.endswith("<think>\n"), bool(tools), forced
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        # encode_batch, not encode: the tokenizer library holds the GIL through a whole encode()
+        # (seconds for megabytes, and the event loop with it), but lets go of it in encode_batch
+        return tokenizer.encode_batch(texts)
+
+    def prepare_chat(raw: bytes):
+        """The body, checked and rendered (in a worker thread)."""
+        data = decode_json(raw)
+        messages = data.get("messages")
+        if isinstance(messages, list) and len(messages) > max_messages:
+            raise APIError(400, f"the request has {len(messages)} messages; this server takes at most "
+                                f"{max_messages} (minimind serve --max-messages)", "messages")
+        body = validated(data, ChatRequest)
+        check_model(body.model)
+        limit = token_budget(body.limit, max_tokens_default,
+                             "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens")
+        return body, limit, *render_chat(body)
+
+    def prepare_completion(raw: bytes):
+        body = validated(decode_json(raw), CompletionRequest)
+        check_model(body.model)
+        limit = token_budget(body.max_tokens, 16, "max_tokens")  # OpenAI's default for this endpoint
+        prompts = body.prompts(encode)
+        bad = [t for p in prompts for t in p if not 0 <= t < model.config.vocab_size]
+        if bad:
+            raise APIError(400, f"token id {bad[0]} is outside the vocabulary [0, {model.config.vocab_size})", "prompt")
+        echo = [tokenizer.decode(p, skip_special_tokens=True) if body.echo else ""
+                for p in prompts for _ in range(body.n)]
+        return body, limit, prompts, echo
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        body = await parse(request, ChatRequest)
-        check_model(body.model)
-        ids, thinking, tools, forced = render_chat(body)
-        job = submit(body, [ids], body.limit, "messages")
+        body, limit, ids, thinking, tools, forced = await off_loop(prepare_chat, await read_body(request, max_body))
+        job = submit(body, [ids], limit, "messages")
         meta = {"id": f"chatcmpl-{secrets.token_hex(12)}", "object": "chat.completion", "created": int(time.time()),
                 "model": name}
         if body.stream:
@@ -174,16 +268,10 @@ def create_app(model, tokenizer, name: str = "minimind", api_key: str | None = N
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        body = await parse(request, CompletionRequest)
-        check_model(body.model)
-        prompts = body.prompts(tokenizer)
-        bad = [t for p in prompts for t in p if not 0 <= t < model.config.vocab_size]
-        if bad:
-            raise APIError(400, f"token id {bad[0]} is outside the vocabulary [0, {model.config.vocab_size})", "prompt")
-        job = submit(body, prompts, body.max_tokens, "prompt")
+        body, limit, prompts, echo = await off_loop(prepare_completion, await read_body(request, max_body))
+        job = submit(body, prompts, limit, "prompt")
         meta = {"id": f"cmpl-{secrets.token_hex(12)}", "object": "text_completion", "created": int(time.time()),
                 "model": name}
-        echo = [tokenizer.decode(p, skip_special_tokens=True) if body.echo else "" for p in prompts for _ in range(body.n)]
         if body.stream:
             return sse(text_stream(job, meta, echo, [len(p) for p in prompts], body.include_usage, tokenizer))
         done = await until_disconnect(request, job, collect(job))
@@ -219,18 +307,149 @@ class RequireKey:
         await self.app(scope, receive, send)
 
 
-async def parse(request: Request, model: type[_Sampling]) -> _Sampling:
-    """The JSON body as `model`, whatever the Content-Type says (curl -d sends a form type)."""
+class RequestGuard:
+    """ASGI middleware for a server without an API key: refuse what a web page could send
+    through the user's browser (403 or 415, OpenAI's error body).
+
+    - Host must name the address the server is bound to: loopback names (localhost,
+      127.0.0.1, [::1]) when bound to loopback, an IP address or this machine's name when
+      bound to all addresses (0.0.0.0, ::). A DNS-rebinding page reaches the server under its
+      own domain name, which is refused.
+    - Origin, when a browser sends one, must be the server's own (the chat page at /) or one
+      of `allow_origins` ("*" lifts both checks).
+    - A request with a body must say it is JSON (application/json or application/*+json): a
+      cross-site <form> or a fetch with text/plain needs no CORS preflight, JSON does.
+    A plain ASGI class for the reason given at RequireKey."""
+
+    def __init__(self, app, host: str, allow_origins: tuple[str, ...] = ()):
+        self.app = app
+        self.any_origin = "*" in allow_origins
+        self.origins = set(allow_origins)
+        self.hosts = {host_name(o.split("://", 1)[1]) for o in allow_origins if "://" in o}
+        self.bound = host_name(host) or host
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            headers = dict(scope["headers"])
+            problem = self.problem(scope["method"], headers)
+            if problem is not None:
+                status, message, code = problem
+                return await JSONResponse(error_body(message, code=code), status_code=status)(scope, receive, send)
+        await self.app(scope, receive, send)
+
+    def problem(self, method: str, headers: dict[bytes, bytes]) -> tuple[int, str, str] | None:
+        host = headers.get(b"host", b"").decode("latin-1")
+        origin = headers.get(b"origin", b"").decode("latin-1").lower().rstrip("/")
+        if not self.any_origin:
+            name = host_name(host)
+            if host and not (name in self.hosts or host_allowed(name, self.bound)):
+                return (403, f"Host {host!r} is not this server's address: without --api-key the server answers "
+                             "only requests addressed to it (see minimind serve --allow-origin)", "forbidden_host")
+            own = (f"http://{host}".lower(), f"https://{host}".lower())  # the page at / sends its own
+            if origin and origin not in self.origins and origin not in own:
+                return (403, f"requests from the web page at {origin!r} are not allowed: without --api-key only "
+                             "the server's own page may call it (see minimind serve --allow-origin)",
+                        "forbidden_origin")
+        if method in ("POST", "PUT", "PATCH"):
+            media = headers.get(b"content-type", b"").decode("latin-1").split(";", 1)[0].strip().lower()
+            if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+                return (415, f"the body must be sent as JSON (Content-Type: application/json), not "
+                             f"{media or 'untyped'}; with curl, add -H 'Content-Type: application/json'",
+                        "unsupported_media_type")
+        return None
+
+
+def host_name(host: str | None) -> str | None:
+    """The name in a Host header or URL authority, lowercased, without port or brackets:
+    'LocalHost:8998' -> 'localhost', '[::1]:8998' -> '::1'; None when malformed."""
+    if not host:
+        return None
+    host = host.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        if end < 0 or host[end + 1:] and not (host[end + 1] == ":" and host[end + 2:].isdigit()):
+            return None
+        return host[1:end]
+    if host.count(":") > 1:  # an IPv6 address without brackets (a --host value)
+        return host
+    name, _, port = host.partition(":")
+    if port and not port.isdigit():
+        return None
+    return name.rstrip(".") or None
+
+
+def _ip(name: str):
     try:
-        data = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise APIError(400, f"the request body is not valid JSON: {e}", None, "invalid_json") from None
-    if not isinstance(data, dict):
-        raise APIError(400, f"the request body must be a JSON object, not {type(data).__name__}", None, "invalid_json")
+        return ipaddress.ip_address(name)
+    except ValueError:
+        return None
+
+
+def host_allowed(name: str | None, bound: str) -> bool:
+    """Whether a Host naming `name` addresses a server bound to `bound` (see RequestGuard)."""
+    if name is None:
+        return False
+    ip, bound_ip = _ip(name), _ip(bound)
+    if bound == "localhost" or bound_ip is not None and bound_ip.is_loopback:
+        return name == "localhost" or ip is not None and ip.is_loopback
+    if not bound or bound_ip is not None and bound_ip.is_unspecified:  # 0.0.0.0, :: or "": every address
+        return ip is not None or name == "localhost" or name in _machine_names()
+    return name == bound or ip is not None and ip == bound_ip
+
+
+def _machine_names() -> set[str]:
+    names = {socket.gethostname().lower()}
+    try:
+        names.add(socket.getfqdn().lower())
+    except OSError:
+        pass
+    return names
+
+
+def check_origin(origin: str) -> str:
+    """A --allow-origin value, normalised ("*" or scheme://host[:port], no path); MiniMindError if not one."""
+    if origin == "*":
+        return origin
+    o = origin.strip().lower().rstrip("/")
+    scheme, sep, authority = o.partition("://")
+    if not sep or scheme not in ("http", "https") or not authority or "/" in authority or host_name(authority) is None:
+        raise MiniMindError(f"--allow-origin {origin!r}: expected an origin such as http://localhost:3000, or *")
+    return o
+
+
+class ClientGone(Exception):
+    """The client hung up before its answer was ready: nothing to answer, nothing to log."""
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, or 413 when it is over `limit` bytes (checked on the declared length
+    before reading, so a client that waits for `100 Continue` sends nothing)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large(limit)
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_large(limit)
+    except ClientDisconnect:
+        raise ClientGone() from None
+    return bytes(body)
+
+
+def too_large(limit: int) -> APIError:
+    return APIError(413, f"the request body is larger than this server's limit of {limit / 2**20:g} MiB "
+                         "(minimind serve --max-body-mb)", None, "request_too_large")
+
+
+def validated(data: dict, model: type[_Sampling]) -> _Sampling:
     try:
         return model.model_validate(data)
     except ValidationError as e:
         raise validation_error(e.errors()) from None
+    except RecursionError:  # decode_json limits the depth; this is a second line
+        raise APIError(400, "the request body is nested too deeply", None, "invalid_json") from None
 
 
 async def collect(job: Job) -> list[Completion]:
@@ -287,6 +506,9 @@ async def until_disconnect(request: Request, job: Job, work):
         if not task.done():
             task.cancel()
             job.cancel()
+    if not task.done() or task.cancelled():  # the client hung up: let the work end, answer nobody
+        await asyncio.wait({task})
+        raise ClientGone()
     return task.result()
 
 

@@ -1,14 +1,29 @@
 """The OpenAI request bodies we accept (validated by pydantic) and the errors we answer.
 
 Only what the engine can honour is accepted; anything out of range is a 400 with an
-OpenAI-style error body naming the parameter, never a 500. Unknown extra fields are
-ignored, as OpenAI's API and vLLM do, so clients that send `user` or `metadata` still work.
+OpenAI-style error body naming the parameter, never a 500. Types are strict, as OpenAI's
+are: "0.5" is not a number, 1 is not a boolean, 2.0 is not an integer. Unknown extra fields
+are ignored, as OpenAI's API and vLLM do, so clients that send `user` or `metadata` still work.
 Extensions beyond OpenAI's schema, named as in vLLM: `top_k`, `repetition_penalty`,
 `ignore_eos`, `chat_template_kwargs`.
+
+Ranges (OpenAI's where OpenAI has the parameter):
+    temperature          0 (greedy) or 1e-4 .. 2. Below 1e-4 sampling is greedy in all but
+                         name, and near 1e-38 the scaled logits overflow float32 into NaN.
+    top_p                (0, 1]
+    top_k                -1 or 0 (off) .. 2**31 - 1 (vLLM's extension; -1 is vLLM's "off")
+    repetition_penalty   0.01 .. 10 (1 = off; a tiny penalty multiplies logits into inf)
+    frequency_penalty, presence_penalty   -2 .. 2
+    seed                 a signed 64-bit integer
+    n                    1 .. 8
+    stop                 at most 4 strings of 1 .. 256 characters
+    tools                at most 128
+    max_tokens           >= 1 (the server also caps it: --max-tokens-limit)
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -16,6 +31,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 # Sampling defaults: MiniMind's (its server and web demo), not OpenAI's temperature 1 /
 # top_p 1, which make a model this small ramble.
 DEFAULT_TEMPERATURE, DEFAULT_TOP_P = 0.85, 0.95
+MIN_TEMPERATURE = 1e-4  # the smallest temperature above 0 (see the module's docstring)
+MAX_STOP_CHARS = 256  # a stop string is searched for after every token: keep that cheap
+MAX_TOOLS = 128  # OpenAI's limit
+INT64 = 2**63
 
 
 class APIError(Exception):
@@ -36,7 +55,7 @@ def error_body(message: str, type: str = "invalid_request_error", param: str | N
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class TextPart(_Body):
@@ -75,7 +94,7 @@ class Message(_Body):
 
 
 class Function(_Body):
-    name: str = Field(min_length=1, max_length=64)
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule for function names
     description: str | None = None
     parameters: dict[str, Any] | None = None
 
@@ -100,13 +119,13 @@ class _Sampling(_Body):
     model: str | None = None  # None: the one model this server serves
     temperature: float = Field(DEFAULT_TEMPERATURE, ge=0, le=2)
     top_p: float = Field(DEFAULT_TOP_P, gt=0, le=1)
-    top_k: int = Field(0, ge=0)
+    top_k: int = Field(0, ge=-1, le=2**31 - 1)
     n: int = Field(1, ge=1, le=8)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-INT64, le=INT64 - 1)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     presence_penalty: float = Field(0.0, ge=-2, le=2)
-    repetition_penalty: float = Field(1.0, gt=0, le=10)
+    repetition_penalty: float = Field(1.0, ge=0.01, le=10)
     ignore_eos: bool = False  # generate max_tokens whatever the model says (benchmarks)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -114,6 +133,18 @@ class _Sampling(_Body):
     # alternatives), as OpenAI's two endpoints define them
     logprobs: bool | int | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    @field_validator("temperature")
+    @classmethod
+    def _check_temperature(cls, v):
+        if 0 < v < MIN_TEMPERATURE:
+            raise ValueError(f"must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got {v!r}")
+        return v
+
+    @field_validator("top_k")
+    @classmethod
+    def _top_k_off(cls, v):
+        return max(v, 0)  # vLLM's -1 = off is our 0
 
     @field_validator("stop")
     @classmethod
@@ -123,11 +154,16 @@ class _Sampling(_Body):
             raise ValueError("at most 4 stop sequences")
         if not all(stops):
             raise ValueError("stop sequences must be non-empty strings")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"a stop sequence may have at most {MAX_STOP_CHARS} characters")
         return stops
 
     def logprob_settings(self) -> tuple[bool, int]:
         """(record log-probabilities, how many alternatives per token) for SamplingParams."""
         if isinstance(self, ChatRequest):
+            if self.logprobs is not None and not isinstance(self.logprobs, bool):
+                raise APIError(400, "logprobs must be true or false for /v1/chat/completions "
+                                    "(top_logprobs says how many alternatives)", "logprobs")
             if self.top_logprobs and not self.logprobs:
                 raise APIError(400, "top_logprobs needs logprobs: true", "top_logprobs")
             return bool(self.logprobs), self.top_logprobs or 0
@@ -146,7 +182,7 @@ class ChatRequest(_Sampling):
     messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    tools: list[Tool] | None = None
+    tools: list[Tool] | None = Field(None, max_length=MAX_TOOLS)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     chat_template_kwargs: dict[str, Any] | None = None
 
@@ -199,7 +235,7 @@ class ChatRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int = Field(16, ge=1)  # OpenAI's default for this endpoint
+    max_tokens: int | None = Field(None, ge=1)  # None: OpenAI's default for this endpoint, 16
     echo: bool = False
 
     @field_validator("prompt")
@@ -209,14 +245,70 @@ class CompletionRequest(_Sampling):
             raise ValueError("prompt must not be empty")
         return v
 
-    def prompts(self, tokenizer) -> list[list[int]]:
-        """One token-id list per prompt (strings are encoded; ids are taken as they are)."""
+    def prompts(self, encode_batch) -> list[list[int]]:
+        """One token-id list per prompt (strings are encoded by `encode_batch`, a list of
+        texts -> their ids; ids are taken as they are)."""
         p = self.prompt
         if isinstance(p, str):
-            return [tokenizer.encode(p)]
+            return encode_batch([p])
         if all(isinstance(x, int) for x in p):
             return [list(p)]
-        return [tokenizer.encode(x) if isinstance(x, str) else list(x) for x in p]
+        if all(isinstance(x, str) for x in p):
+            return encode_batch(list(p))
+        return [list(x) for x in p]
+
+
+MAX_JSON_DEPTH = 64  # tool schemas nest a few levels; a body nested deeper is an attack
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def decode_json(raw: bytes) -> dict:
+    """The request body as a JSON object, or an APIError (400) saying what is wrong with it.
+
+    Beyond json.loads: NaN and Infinity are refused (they are not JSON), so is nesting deeper
+    than MAX_JSON_DEPTH (deeper still would overflow the parser's recursion), and strings
+    that are not valid Unicode (lone UTF-16 surrogates such as "\\ud800": they cannot be
+    encoded as UTF-8, and every later step would fail on them)."""
+    try:
+        data = json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8, ints of > 4300 digits
+        why = ("nested too deeply" if isinstance(e, RecursionError)
+               else "a number has too many digits" if "digits" in str(e) else str(e))
+        raise APIError(400, f"the request body is not valid JSON: {why}", None, "invalid_json") from None
+    if not isinstance(data, dict):
+        raise APIError(400, f"the request body must be a JSON object, not {type(data).__name__}", None, "invalid_json")
+    _check_json(data)
+    return data
+
+
+def _check_json(data) -> None:
+    """Walk the decoded body (without recursion): limit its depth, refuse invalid strings."""
+    stack = [(data, 1, ())]
+    while stack:
+        value, depth, path = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise APIError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels", None, "invalid_json")
+        if isinstance(value, dict):
+            for k, v in value.items():
+                _check_string(k, path)
+                stack.append((v, depth + 1, path + (k,)))
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1, path + (i,)) for i, v in enumerate(value))
+        elif isinstance(value, str):
+            _check_string(value, path)
+
+
+def _check_string(text: str, path: tuple) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        param = ".".join(map(str, path)) or None
+        where = f"{param}: " if param else ""
+        raise APIError(400, f"{where}the text holds {text[e.start]!r} (a lone UTF-16 surrogate), which is not valid "
+                            "Unicode", param, "invalid_unicode") from None
 
 
 def validation_error(errors: list[dict]) -> APIError:

@@ -90,7 +90,7 @@ def load_yaml_config(path: str, stage: str) -> dict:
 def stage_config(stage: str, args: argparse.Namespace) -> TrainConfig:
     """The run's TrainConfig from the parsed flags, checked before anything is loaded."""
     settings = load_yaml_config(args.config, stage) if getattr(args, "config", None) else {}
-    given = {k: v for k, v in vars(args).items() if k not in ("func", "verb", "config")}
+    given = {k: v for k, v in vars(args).items() if k not in ("func", "verb", "config") and not k.startswith("_")}
     shape = {k: given.pop(k) for k in list(given) if k in SHAPE_FLAGS}
     settings.update(given)
     if shape:
@@ -104,8 +104,34 @@ def run_stage(stage: str, args: argparse.Namespace) -> None:
     from .objectives import make_objective
     from .trainer import train
 
-    out = train(stage_config(stage, args), make_objective(stage))
+    cfg = stage_config(stage, args)
+    try:
+        out = train(cfg, make_objective(stage))
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: say what OUT holds and how to go on
+        print(stopped_note(stage, Path(cfg.out), getattr(args, "_argv", None), e), flush=True)
+        raise
     print(f"done: {out}")
+
+
+def stopped_note(stage: str, out: Path, argv: list[str] | None, stop: KeyboardInterrupt) -> str:
+    """What an interrupted run left in OUT, and the exact command that continues it."""
+    import shlex
+
+    from .state import list_checkpoints
+
+    checkpoints = list_checkpoints(out) if out.is_dir() else []
+    step, total = getattr(stop, "step", None), getattr(stop, "total_steps", None)
+    if step is not None and step == total:
+        return f"stopped after the last step: done: {out}"
+    head = f"stopped at step {step} of {total}" if step is not None else "stopped"
+    if not checkpoints:
+        return f"{head}: {out} holds no checkpoint yet; run the same command again to start over"
+    latest = checkpoints[-1]
+    argv = list(argv) if argv is not None else [stage, "...", "--out", str(out)]
+    argv = [a for a in argv if a != "--overwrite"]  # (it would start afresh; --resume refuses it)
+    command = shlex.join(["minimind", *argv, *([] if "--resume" in argv else ["--resume"])])
+    return (f"{head}: {out} holds checkpoints up to step {int(latest.name.split('-')[-1])} ({latest}), "
+            f"not yet the final model\ncontinue with: {command}")
 
 
 # ---------------------------------------------------------------------------- minimind lora merge

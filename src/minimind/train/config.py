@@ -70,7 +70,7 @@ def _all(value):
     return {stage: value for stage in STAGES}
 
 
-# Per-stage defaults: MiniMind's where they make sense (reference section 1.2), and why we differ:
+# Per-stage defaults: MiniMind's where they make sense, and why we differ:
 #  - pretrain: lr 5e-4, batch 32 x accumulation 8, as MiniMind. seq_len 512: MiniMind's script
 #    uses 340 while its README recommends ~768; with packing no document is cut short.
 #  - sft: lr 1e-5, batch 16, accumulation 1, seq_len 768, as MiniMind. reason: the same with
@@ -124,6 +124,8 @@ class TrainConfig:
     sample_every: int = setting(0, "print greedy samples every N steps (0: never)", check=at_least(0))
     seed: int = setting(42, "seed for initialisation, data order and dropout", resume_fixed=True)
     resume: bool = setting(False, "continue from the newest checkpoint in --out (exactly)")
+    overwrite: bool = setting(False, "start afresh in an --out that holds another run or model: deletes its "
+                              "checkpoints, metrics.jsonl and model files first")
     device: str = setting("auto", "auto, cpu, cuda, cuda:N, mps")
     dtype: str = setting("auto", "auto, fp32, bf16, fp16 (auto: bf16 on GPUs and on CPUs with bf16 units, else fp32)",
                          check=one_of("auto", "fp32", "bf16", "fp16"))
@@ -219,6 +221,8 @@ class TrainConfig:
             if self.seq_len > config.max_position_embeddings:
                 raise MiniMindError(f"--seq-len {self.seq_len} is longer than the model's context "
                                     f"(--max-position-embeddings {config.max_position_embeddings})")
+        if self.resume and self.overwrite:
+            raise MiniMindError("--resume continues the run in --out and --overwrite starts it afresh: choose one")
         if s == "dpo" and (self.random_system_prompt or self.strip_empty_think):
             raise MiniMindError("--random-system-prompt and --strip-empty-think are SFT augmentations; "
                                 "dpo renders both sides of a pair the same way")

@@ -15,7 +15,6 @@ Distillation section and benchmarks/README.md.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 from ..checkpoint import load_model
 from ..config import ModelConfig
 from ..errors import MiniMindError
-from ..tokenizer import Tokenizer
+from ..tokenizer import Tokenizer, tokenizer_difference
 from .objectives import LMObjective, SetupContext, packed_attention_mask
 
 
@@ -52,24 +51,10 @@ def distill_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, ta
 
 
 def _tokenizer_difference(a, b) -> str | None:
-    """What differs between two tokenizers in a way that changes token ids, or None.
-
-    Compares the vocabulary, the BPE merges, the added (special) tokens and the bos/eos/pad ids:
-    two tokenizers with the same vocabulary size but other merges split text differently, so a
-    size check alone would let a mismatched teacher through."""
-    ja, jb = json.loads(a._tk.to_str()), json.loads(b._tk.to_str())
-    ma, mb = ja.get("model") or {}, jb.get("model") or {}
-    if ma.get("vocab") != mb.get("vocab"):
-        return f"vocabularies differ ({a.vocab_size} vs {b.vocab_size} tokens)"
-    if ma.get("merges") != mb.get("merges"):
-        return "BPE merges differ"
-    added_a, added_b = ([(t["id"], t["content"], t.get("special")) for t in j.get("added_tokens") or []] for j in (ja, jb))
-    if added_a != added_b:
-        return "added/special tokens differ"
-    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        if getattr(a, name) != getattr(b, name):
-            return f"{name} differs ({getattr(a, name)} vs {getattr(b, name)})"
-    return None
+    """What differs between the teacher's tokenizer (a) and the student's (b) in a way that
+    changes token ids, or None. Not only the size: two tokenizers of the same size with other
+    merges split text differently, so a size check alone would let a mismatched teacher through."""
+    return tokenizer_difference(a, b, ("the teacher's", "the student's"))
 
 
 def check_teacher(teacher_dir, tokenizer) -> None:

@@ -19,6 +19,7 @@ from ..checkpoint import load, save_model_dir
 from ..errors import MiniMindError
 from ..export.common import prepare_out_dir
 from ..model.lora import DEFAULT_TARGETS, LoRAConfig, add_lora, merge
+from ..tokenizer import Tokenizer, tokenizer_fingerprint
 
 
 def attach_lora(model, cfg) -> None:
@@ -27,6 +28,9 @@ def attach_lora(model, cfg) -> None:
     config = LoRAConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                         targets=list(cfg.lora_targets or DEFAULT_TARGETS))
     add_lora(model, config, seed=cfg.seed, base_dir=cfg.init)
+    # The tokenizer too (part by part): loading refuses the adapter on a base whose weights
+    # match but whose tokenizer does not.
+    config.base["base_tokenizer"] = tokenizer_fingerprint(Tokenizer.from_dir(cfg.init))
 
 
 def merge_to_dir(model_dir: str | Path, lora_dir: str | Path, out_dir: str | Path, force: bool = False) -> Path:

@@ -13,25 +13,43 @@ import json
 from pathlib import Path
 
 from ..errors import MiniMindError
+from ..files import atomic_write_text, write_error
 
 TRACKERS = ("wandb", "swanlab", "tensorboard")
+
+
+def _step(line: str) -> int | None:
+    """The step of a metrics line, or None for a line that is not one (half a line written
+    when the run was killed)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if isinstance(step, int) else None
 
 
 class MetricsLog:
     def __init__(self, path: str | Path, resume_step: int | None = None):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_step is None:
-            self.path.write_text("")
-        elif self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
-        self._file = open(self.path, "a", encoding="utf-8")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if resume_step is None:
+                self.path.write_text("")
+            elif self.path.exists():
+                lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+                kept = [line for line in lines if (step := _step(line)) is not None and step <= resume_step]
+                atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+            self._file = open(self.path, "a", encoding="utf-8")
+        except OSError as e:
+            raise write_error(self.path, e) from None
 
     def write(self, record: dict) -> None:
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self._file.flush()
+        except OSError as e:
+            raise write_error(self.path, e) from None
 
     def close(self) -> None:
         self._file.close()

@@ -13,10 +13,10 @@ One optimizer step:
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 import signal
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -40,8 +40,8 @@ from .flops import flops_per_token, measured_peak_flops
 from .lora import attach_lora
 from .objectives import Objective, SetupContext, autocast, make_objective, real_tokens, to_device
 from .optim import lr_at, make_optimizer
-from .state import (gather_state, list_checkpoints, load_checkpoint, publish, save_checkpoint, save_rng,
-                    staging_dir)
+from .state import (check_out_dir, clear_out_dir, gather_state, list_checkpoints, load_checkpoint, publish,
+                    read_state, save_checkpoint, save_rng, staging_dir, writing_checkpoint)
 from .tracking import MetricsLog, Trackers
 
 
@@ -55,26 +55,62 @@ def build_model(cfg: TrainConfig):
     return MiniMindForCausalLM(config).init_weights(cfg.seed), tokenizer
 
 
+class TrainingStopped(KeyboardInterrupt):
+    """A run stopped by Ctrl-C (SIGINT) or SIGTERM after checkpointing its last step.
+
+    A KeyboardInterrupt, so that whoever called train() stops too (a pipeline does not run its
+    next stage on a half-trained model; pytest ends the session instead of running on) and can
+    say how to continue (`--resume`)."""
+
+    def __init__(self, out: Path, step: int, total_steps: int, signum: int):
+        self.out, self.step, self.total_steps, self.signum = out, step, total_steps, signum
+        name = signal.Signals(signum).name
+        super().__init__(f"{name}: stopped at step {step} of {total_steps}; {out} holds its checkpoint: "
+                         "continue with --resume (TrainConfig(resume=True))")
+
+
 class StopRequested:
-    """SIGINT/SIGTERM during training: finish the current step, checkpoint, exit cleanly."""
+    """SIGINT/SIGTERM during training: finish the current step, checkpoint, stop cleanly. The
+    handlers that were there before come back when the run ends, however it ends."""
 
     def __init__(self):
         self.requested = False
+        self.signum = None
         self._old = {}
 
     def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.signal(sig, self._handle)
+        # Signal handlers can only be set from the main thread; a run in another thread
+        # (a notebook's or a server's worker) keeps the process's handlers.
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):
         if self.requested:  # a second Ctrl-C stops at once
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signum = True, signum
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
+        self._old.clear()
+
+
+def shown(text: str, quote: bool = True) -> str:
+    """A generated text for a one-line display: an untrained model's reply is often nothing
+    or a run of newlines, which would print as a screenful of blank lines."""
+    if not text:
+        return "''"
+    if not text.strip():
+        return "(only whitespace)"
+    return repr(text) if quote else text.strip()
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 90 * 60 else f"{seconds / 3600:.1f} h"
 
 
 def _micro_batches(objective: Objective, ds, cfg: TrainConfig, dist: DistInfo, epoch: int, index: int):
@@ -103,7 +139,10 @@ class Trainer:
     # ------------------------------------------------------------------ set-up
     def setup(self):
         cfg = self.cfg
+        check_out_dir(cfg)  # before anything is loaded: never overwrite a model
         self.dist, self.device = init_distributed(resolve_device(cfg.device))
+        if cfg.overwrite and self.dist.is_main:  # (the other ranks look at OUT after the data barrier)
+            clear_out_dir(self.out)
         if cfg.fsdp and not self.dist.enabled:
             raise MiniMindError("--fsdp shards over several processes: launch with torchrun --nproc_per_node N")
         self.dtype = resolve_train_dtype(cfg.dtype, self.device)
@@ -141,9 +180,13 @@ class Trainer:
             self._shard()
         self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay, device_type=self.device.type)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        self.resumed_from, state = self._maybe_resume()
+        self.resumed_from, state, window = self._maybe_resume()
         self.step, self.position = state.get("step", 0), (state.get("epoch", 0), state.get("batch_in_epoch", 0))
-        self.tokens_seen = state.get("tokens_seen", 0)  # real (non-padding) tokens trained so far, all ranks
+        # Real (non-padding) tokens trained up to the last log line, all ranks; with this rank's
+        # share of the logging window open at the checkpoint, a resumed run logs what the
+        # uninterrupted one logs, line for line.
+        self.tokens_seen = state.get("tokens_seen", 0)
+        self.window = window if window is not None else new_window()
         tracker_ids = state.get("tracker_ids", {})
 
         self.forward_model = self.model
@@ -171,20 +214,21 @@ class Trainer:
         d = asdict(self.cfg)
         return {**{k: d[k] for k in RESUME_FIXED if k in d}, "world_size": self.dist.world_size}
 
-    def _maybe_resume(self) -> tuple[Path | None, dict]:
-        """Load the newest checkpoint when resuming: (its path, its state.json), else (None, {})."""
+    def _maybe_resume(self) -> tuple[Path | None, dict, dict | None]:
+        """Load the newest checkpoint when resuming: (its path, its state.json, this rank's open
+        logging window), else (None, {}, None)."""
         existing = list_checkpoints(self.out)
         if not existing:
-            return None, {}
+            return None, {}, None
         if not self.cfg.resume:
             raise MiniMindError(f"{self.out} already holds checkpoints of a run: pass --resume to continue it, "
                                 "or choose another --out")
         latest = existing[-1]
-        saved = json.loads((latest / "train_state" / "state.json").read_text()).get("run", {})
+        saved = read_state(latest).get("run", {})
         for key, now in self._run_settings().items():
             if key in saved and saved[key] != now:
                 raise MiniMindError(f"cannot resume {latest} exactly: {key} was {saved[key]!r}, now {now!r}")
-        return latest, load_checkpoint(latest, self.model, self.optimizer, self.scaler, self.dist.rank)
+        return latest, *load_checkpoint(latest, self.model, self.optimizer, self.scaler, self.dist.rank)
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> Path:
@@ -195,7 +239,8 @@ class Trainer:
         peak = measured_peak_flops(self.device, self.dtype) * dist.world_size
         self._announce()
         bar = self._progress_bar()
-        window = new_window()
+        window = self.window  # (a resumed run continues the window open at its checkpoint)
+        clock_step, clock = self.step, 0.0
         with StopRequested() as stop:
             while self.step < self.total_steps:
                 started = time.perf_counter()
@@ -231,16 +276,18 @@ class Trainer:
                 last_step = self.step == self.total_steps
                 if self.step % cfg.log_every == 0 or last_step:
                     self._log(window, lr, grad_norm, flops_tok, peak, bar)
-                    window = new_window()
+                    window = self.window = new_window()
                 if (cfg.eval_every and self.step % cfg.eval_every == 0) or last_step:
                     self._evaluate()
                 if cfg.sample_every and self.step % cfg.sample_every == 0 and (dist.is_main or cfg.fsdp):
                     self._sample()
                 if self.step % cfg.save_every == 0 or last_step or stop.requested:
                     self._save()
+                if self.step == clock_step + 4 and dist.is_main:  # (the first step pays for warm-ups)
+                    self._estimate((time.perf_counter() - clock) / 3, bar)
+                elif self.step == clock_step + 1:
+                    clock = time.perf_counter()
                 if stop.requested:
-                    if dist.is_main:
-                        print(f"\nstopped at step {self.step}; continue with --resume", flush=True)
                     break
         if bar is not None:
             bar.close()
@@ -250,6 +297,8 @@ class Trainer:
             self.metrics.close()
             self.trackers.finish()
         shutdown(dist)
+        if stop.requested:
+            raise TrainingStopped(self.out, self.step, self.total_steps, stop.signum)
         return self.out
 
     def _grad_sync(self, last: bool):
@@ -278,6 +327,14 @@ class Trainer:
         print("data: " + self.objective.describe_data(self.cfg, self.train_ds, self.val_ds), flush=True)
         print(f"{where}: {self.total_steps} optimizer steps of {self.cfg.batch_size * self.dist.world_size * self.cfg.grad_accum} "
               f"rows, lr {self.cfg.lr:g} -> {self.min_lr:g}, warmup {self.warmup}", flush=True)
+
+    def _estimate(self, seconds_per_step: float, bar):
+        """Once, after the first steps: how long the rest takes at this machine's speed."""
+        left = self.total_steps - self.step
+        if left > 0:
+            line = (f"{self.cfg.stage}: ~{_duration(seconds_per_step * left)} to go at this speed "
+                    f"({seconds_per_step:.2f} s a step, {left} step{'s' if left != 1 else ''} left)")
+            bar.write(line) if bar is not None else print(line, flush=True)
 
     def _progress_bar(self):
         if not (self.cfg.progress and self.dist.is_main):
@@ -363,19 +420,23 @@ class Trainer:
             return
         for prompt, c in zip(prompts, done):
             self.metrics.write({"step": self.step, "sample": {"prompt": tok.decode(prompt), "completion": c.text}})
-            print(f"\n[step {self.step}] {tok.decode(prompt)!r} -> {c.text!r}", flush=True)
+            print(f"\n[step {self.step}] {tok.decode(prompt)!r} -> {shown(c.text)}", flush=True)
 
     def _save(self):
         stage = staging_dir(self.out, self.step)
         if self.dist.is_main:
-            stage.mkdir(parents=True, exist_ok=True)
+            with writing_checkpoint(self.out, self.step):
+                stage.mkdir(parents=True, exist_ok=True)
         barrier(self.dist)
-        save_rng(stage, self.dist.rank)
+        save_rng(stage, self.dist.rank, self.window)  # with this rank's open logging window
+        # The exact token count at this step (tokens_seen counts up to the last log line).
+        open_tokens = all_reduce_sum(torch.tensor(float(self.window["tokens"]), device=self.device), self.dist).item()
         model_state, optimizer_state = gather_state(self.model, self.optimizer)  # every rank: FSDP gathers
         barrier(self.dist)
         if self.dist.is_main:
             state = {"epoch": self.position[0], "batch_in_epoch": self.position[1], "run": self._run_settings(),
-                     "tracker_ids": self.trackers.run_ids, "total_steps": self.total_steps, "tokens_seen": self.tokens_seen}
+                     "tracker_ids": self.trackers.run_ids, "total_steps": self.total_steps,
+                     "tokens_seen": self.tokens_seen, "tokens_at_step": self.tokens_seen + int(open_tokens)}
             save_checkpoint(self.out, self.step, self.model, model_state, optimizer_state, self.tokenizer,
                             self.scaler, state, self.cfg.keep_last)
         barrier(self.dist)
