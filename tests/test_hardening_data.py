@@ -1,7 +1,8 @@
 """Data and training, tried the way a careless or hostile user would (issue 17, items 7-12b):
 lone surrogates, empty files, special tokens in pretraining text, an --out that would destroy a
 model, a full disk during a checkpoint, a corrupt optimizer.pt, and metrics that continue
-exactly after a resume. The battery of malformed files is in test_hardening_battery.py."""
+exactly after a resume; then the battery of malformed data, tokenizer, model and checkpoint
+files (more than 100), each through the real entry points, with its counts asserted."""
 
 import errno
 import json
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import write_jsonl
 
+from helpers import write_jsonl
 from minimind.cli import main
 from minimind.data.demo import build_demo_corpus
 from minimind.data.formats import BadRecords, read_records
@@ -25,7 +26,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # A lone UTF-16 surrogate as JSON spells it (json.dumps writes one so, with ensure_ascii).
 SURROGATE_PRETRAIN = '{"text": "a lone \\ud800 surrogate"}\n{"text": "fine text"}\n'
-SURROGATE_SFT = ('{"conversations": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x\\udc00"}]}\n'
+SURROGATE_SFT = ('{"conversations": [{"role": "user", "content": "hi"}, '
+                 '{"role": "assistant", "content": "x\\udc00"}]}\n'
                  '{"conversations": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n')
 
 
@@ -552,7 +554,10 @@ def test_battery_of_malformed_data_files(capsys, tmp_path, tok, tok_dir):
     assert len(DATA_CASES) >= 60
     for name, kind, content, line, reason in DATA_CASES:
         path = tmp_path / f"{name}.jsonl"
-        (path.write_bytes if isinstance(content, bytes) else lambda c: path.write_text(c, encoding="utf-8"))(content)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
         where = f"{path}:{line}: " if line else f"{path}: "
         outcomes = []
         # `minimind data check`, with and without a tokenizer (it exits 1 on problems)
@@ -560,9 +565,9 @@ def test_battery_of_malformed_data_files(capsys, tmp_path, tok, tok_dir):
             status, text = _cli(capsys, "data", "check", path, "--kind", kind, *extra)  # (exit 1 on problems)
             outcomes.append(_judge(status, text, [where, reason]))
         # what the training stages read the file with (the first bad record stops them)
-        reader = {"pretrain": lambda: build_datasets(path, tok, "pretrain", 64, cache_dir=tmp_path / "cache"),
-                  "sft": lambda: build_datasets(path, tok, "sft", 64, cache_dir=tmp_path / "cache"),
-                  "dpo": lambda: build_pair_datasets(path, tok, 64)}.get(kind)  # (rl: no trainer yet)
+        reader = {"pretrain": lambda p=path: build_datasets(p, tok, "pretrain", 64, cache_dir=tmp_path / "cache"),
+                  "sft": lambda p=path: build_datasets(p, tok, "sft", 64, cache_dir=tmp_path / "cache"),
+                  "dpo": lambda p=path: build_pair_datasets(p, tok, 64)}.get(kind)  # (rl: no trainer yet)
         if reader is not None:
             status, text = _attempt(reader)
             outcomes.append(_judge(status, text, [where, reason]))
@@ -744,7 +749,8 @@ def test_battery_subset_through_the_installed_command(tmp_path, corpus, tok_dir,
     shutil.copytree(base_model, truncated)
     (truncated / "model.safetensors").write_bytes((truncated / "model.safetensors").read_bytes()[:500])
     cases = [
-        ([exe, "data", "check", sur, "--kind", "sft", "--tokenizer", tok_dir], 1, f"{sur}:1: 'conversations[1].content'"),
+        ([exe, "data", "check", sur, "--kind", "sft", "--tokenizer", tok_dir], 1,
+         f"{sur}:1: 'conversations[1].content'"),
         ([exe, "data", "check", empty, "--kind", "pretrain"], 1, f"{empty}: no records"),
         ([exe, "chat", "--model", truncated, "--prompt", "hi"], 2, f"error: {truncated / 'model.safetensors'}: "),
         ([exe, "sft", "--data", corpus["sft"], "--init", base_model, "--out", base_model / "x"], 2,

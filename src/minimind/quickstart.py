@@ -100,6 +100,10 @@ class Run:
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
+    def has(self, stage: str, *paths: Path) -> bool:
+        """Whether `stage` finished and what it wrote is still there."""
+        return stage in self.done and all(p.exists() for p in paths)
+
     def finish(self, stage: str, report=True) -> None:
         self.done[stage] = report
         atomic_write_text(self.path, json.dumps({"settings": self.settings, "done": self.done}, indent=2) + "\n")
@@ -134,14 +138,13 @@ def _pipeline(run: Run, device: str, cache_dir: str | None, progress: bool) -> P
     pretrain_steps, sft_steps = run.settings["pretrain_steps"], run.settings["sft_steps"]
     run.stage("1/5 corpus")
     if data == "demo":
-        names = {"pretrain": "pretrain.jsonl", "sft": "sft.jsonl", "exam": "exam.jsonl"}
+        files = {k: root / "data" / f"{k}.jsonl" for k in ("pretrain", "sft", "exam")}
         verb = "already generated:"
-        if "corpus" not in run.done:
-            files = build_demo_corpus(root / "data", seed=seed, pretrain_docs=2500)
-            run.finish("corpus", {k: files[k] for k in ("pretrain_docs", "sft_conversations", "exam_questions")})
+        if not run.has("corpus", *files.values()):
+            made = build_demo_corpus(root / "data", seed=seed, pretrain_docs=2500)
+            run.finish("corpus", {k: made[k] for k in ("pretrain_docs", "sft_conversations", "exam_questions")})
             verb = "generated"
         counts = run.done["corpus"]
-        files = {k: root / "data" / name for k, name in names.items()}
         pretrain_files, sft_files = [str(files["pretrain"])], [str(files["sft"])]
         exam = load_exam(files["exam"])
         print(f"{verb} {counts['pretrain_docs']} pretraining documents, {counts['sft_conversations']} conversations, "
@@ -157,7 +160,7 @@ def _pipeline(run: Run, device: str, cache_dir: str | None, progress: bool) -> P
         exam, vocab_size = [], 6400
 
     run.stage("2/5 tokenizer")
-    if "tokenizer" not in run.done:
+    if not run.has("tokenizer", root / "tokenizer" / "tokenizer.json", root / "tokenizer" / "tokenizer_config.json"):
         report = train_tokenizer(pretrain_files + sft_files, vocab_size=vocab_size, out_dir=str(root / "tokenizer"),
                                  max_lines=20000)
         run.finish("tokenizer", {k: report[k] for k in ("vocab_size", "chars_per_token")})
@@ -167,12 +170,13 @@ def _pipeline(run: Run, device: str, cache_dir: str | None, progress: bool) -> P
     print(f"vocab {report['vocab_size']}, {report['chars_per_token']:.2f} characters per token on held-out text")
 
     # resume=True: a stage stopped before continues from its checkpoint (a new one just starts).
-    common = dict(seq_len=256, batch_size=8, grad_accum=1, log_every=10, eval_every=0, save_every=10**9,
+    # A checkpoint every 50 steps: a run killed outright (not stopped) loses little.
+    common = dict(seq_len=256, batch_size=8, grad_accum=1, log_every=10, eval_every=0, save_every=50,
                   keep_last=1, val_fraction=0.02, seed=seed, device=device, cache_dir=cache_dir, progress=progress,
                   resume=True)
     pre, sft = root / "pretrain", root / "sft"
     run.stage("3/5 pretrain")
-    if "pretrain" in run.done:
+    if run.has("pretrain", pre / "model.safetensors"):
         print(f"already done: {pre}")
     else:
         train(TrainConfig(stage="pretrain", data=pretrain_files, out=str(pre), preset=preset,
@@ -180,7 +184,7 @@ def _pipeline(run: Run, device: str, cache_dir: str | None, progress: bool) -> P
                           max_steps=pretrain_steps, epochs=5.0, **common))
         run.finish("pretrain")
     run.stage("4/5 supervised fine-tuning")
-    if "sft" in run.done:
+    if run.has("sft", sft / "model.safetensors"):
         print(f"already done: {sft}")
     else:
         train(TrainConfig(stage="sft", data=sft_files, out=str(sft), init=str(pre), lr=2e-3,
