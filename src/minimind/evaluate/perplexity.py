@@ -99,7 +99,7 @@ def evaluate_perplexity(model, tokenizer, docs: list[str], window: int = 512, st
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if start is None:
         raise MiniMindError(f"tokenizer {tokenizer.source} has neither a bos nor an eos token to start documents with")
-    encoded = tokenizer.encode_batch(docs)
+    encoded = tokenizer.encode_batch(docs, plain_text=True)  # as pretraining encodes text
     rows = []  # (ids of one window, first scored index within it)
     for ids in encoded:
         ids = [start] + ids

@@ -92,8 +92,8 @@ class StopRequested:
         self.requested, self.signum = True, signum
 
     def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+        for sig, old in self._old.items():  # (None: a handler set outside Python, which cannot be put back)
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
         self._old.clear()
 
 
