@@ -372,7 +372,7 @@ def test_the_chat_page_works_without_a_key(server, tmp_path):
     ("127.0.0.1", "localhost:abc", False), ("127.0.0.1", "", False),
 ])
 def test_host_policy(bound, host, allowed):
-    from minimind.serve.app import host_allowed, host_name
+    from minimind.serve.guard import host_allowed, host_name
 
     assert host_allowed(host_name(host), host_name(bound) or bound) is allowed
 

@@ -14,37 +14,30 @@ no trace.
 Limits, each configurable (`minimind serve --help`): the body size (413), the number of
 messages, and max_tokens (a default when the request has none, and a cap).
 
-Without an API key, any web page the user visits could drive the server through the
-browser. So, unless --allow-origin says otherwise, a server without a key answers only
-requests whose Host is the address it is bound to (loopback names when bound to loopback:
-no DNS rebinding), whose Origin, if any, is the page's own (the chat page at /), and whose
-body is JSON (a cross-site form or text/plain post is refused). See `RequestGuard`.
+What a request passes before a handler sees it (the API key; without one, the Host / Origin
+/ content-type guard) is in guard.py; turning the engine's output into OpenAI's objects and
+event streams is in responses.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import itertools
-import json
 import logging
 import secrets
-import socket
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import ClientDisconnect
 
 from ..errors import MiniMindError
-from ..infer.sequence import Completion, SamplingParams
+from ..infer.sequence import SamplingParams
 from .protocol import (
     APIError,
     ChatRequest,
@@ -54,11 +47,23 @@ from .protocol import (
     error_body,
     validation_error,
 )
+from .guard import ClientGone, RequestGuard, RequireKey, check_origin, read_body
+from .responses import (
+    chat_logprobs,
+    chat_stream,
+    collect,
+    finish_reason,
+    shown,
+    sse,
+    text_logprobs,
+    text_stream,
+    until_disconnect,
+    usage,
+)
 from .scheduler import Job, QueueFull, Scheduler
-from .tools import OutputParser, parse_output
+from .tools import parse_output
 
 STATIC = Path(__file__).parent / "static"
-OPEN_PATHS = ("/health", "/", "/favicon.ico")  # with --api-key, these (and /static/) need no key
 log = logging.getLogger("minimind.serve")
 
 # Server-side limits (the serve verb's flags). max_tokens: a chat request without one gets the
@@ -283,166 +288,6 @@ def create_app(model, tokenizer, name: str = "minimind", api_key: str | None = N
     return app
 
 
-# ---------------------------------------------------------------------- helpers
-
-
-class RequireKey:
-    """ASGI middleware: every path but /health and the web page needs `Authorization: Bearer KEY`.
-
-    A plain ASGI class, not @app.middleware("http"): that wrapper buffers streamed responses
-    through a task and hides the client's disconnect from the stream, so generation for a
-    client that went away would run on."""
-
-    def __init__(self, app, key: str):
-        self.app, self.key = app, key.encode()
-
-    async def __call__(self, scope, receive, send):
-        path = scope.get("path", "")
-        if scope["type"] == "http" and path not in OPEN_PATHS and not path.startswith("/static/"):
-            scheme, _, given = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
-            if scheme.lower() != b"bearer" or not secrets.compare_digest(given.strip(), self.key):
-                response = JSONResponse(error_body("missing or wrong API key (send Authorization: Bearer KEY)",
-                                                   code="invalid_api_key"), status_code=401)
-                return await response(scope, receive, send)
-        await self.app(scope, receive, send)
-
-
-class RequestGuard:
-    """ASGI middleware for a server without an API key: refuse what a web page could send
-    through the user's browser (403 or 415, OpenAI's error body).
-
-    - Host must name the address the server is bound to: loopback names (localhost,
-      127.0.0.1, [::1]) when bound to loopback, an IP address or this machine's name when
-      bound to all addresses (0.0.0.0, ::). A DNS-rebinding page reaches the server under its
-      own domain name, which is refused.
-    - Origin, when a browser sends one, must be the server's own (the chat page at /) or one
-      of `allow_origins` ("*" lifts both checks).
-    - A request with a body must say it is JSON (application/json or application/*+json): a
-      cross-site <form> or a fetch with text/plain needs no CORS preflight, JSON does.
-    A plain ASGI class for the reason given at RequireKey."""
-
-    def __init__(self, app, host: str, allow_origins: tuple[str, ...] = ()):
-        self.app = app
-        self.any_origin = "*" in allow_origins
-        self.origins = set(allow_origins)
-        self.hosts = {host_name(o.split("://", 1)[1]) for o in allow_origins if "://" in o}
-        self.bound = host_name(host) or host
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            headers = dict(scope["headers"])
-            problem = self.problem(scope["method"], headers)
-            if problem is not None:
-                status, message, code = problem
-                return await JSONResponse(error_body(message, code=code), status_code=status)(scope, receive, send)
-        await self.app(scope, receive, send)
-
-    def problem(self, method: str, headers: dict[bytes, bytes]) -> tuple[int, str, str] | None:
-        host = headers.get(b"host", b"").decode("latin-1")
-        origin = headers.get(b"origin", b"").decode("latin-1").lower().rstrip("/")
-        if not self.any_origin:
-            name = host_name(host)
-            if host and not (name in self.hosts or host_allowed(name, self.bound)):
-                return (403, f"Host {host!r} is not this server's address: without --api-key the server answers "
-                             "only requests addressed to it (see minimind serve --allow-origin)", "forbidden_host")
-            own = (f"http://{host}".lower(), f"https://{host}".lower())  # the page at / sends its own
-            if origin and origin not in self.origins and origin not in own:
-                return (403, f"requests from the web page at {origin!r} are not allowed: without --api-key only "
-                             "the server's own page may call it (see minimind serve --allow-origin)",
-                        "forbidden_origin")
-        if method in ("POST", "PUT", "PATCH"):
-            media = headers.get(b"content-type", b"").decode("latin-1").split(";", 1)[0].strip().lower()
-            if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
-                return (415, f"the body must be sent as JSON (Content-Type: application/json), not "
-                             f"{media or 'untyped'}; with curl, add -H 'Content-Type: application/json'",
-                        "unsupported_media_type")
-        return None
-
-
-def host_name(host: str | None) -> str | None:
-    """The name in a Host header or URL authority, lowercased, without port or brackets:
-    'LocalHost:8998' -> 'localhost', '[::1]:8998' -> '::1'; None when malformed."""
-    if not host:
-        return None
-    host = host.strip().lower()
-    if host.startswith("["):
-        end = host.find("]")
-        if end < 0 or host[end + 1:] and not (host[end + 1] == ":" and host[end + 2:].isdigit()):
-            return None
-        return host[1:end]
-    if host.count(":") > 1:  # an IPv6 address without brackets (a --host value)
-        return host
-    name, _, port = host.partition(":")
-    if port and not port.isdigit():
-        return None
-    return name.rstrip(".") or None
-
-
-def _ip(name: str):
-    try:
-        return ipaddress.ip_address(name)
-    except ValueError:
-        return None
-
-
-def host_allowed(name: str | None, bound: str) -> bool:
-    """Whether a Host naming `name` addresses a server bound to `bound` (see RequestGuard)."""
-    if name is None:
-        return False
-    ip, bound_ip = _ip(name), _ip(bound)
-    if bound == "localhost" or bound_ip is not None and bound_ip.is_loopback:
-        return name == "localhost" or ip is not None and ip.is_loopback
-    if not bound or bound_ip is not None and bound_ip.is_unspecified:  # 0.0.0.0, :: or "": every address
-        return ip is not None or name == "localhost" or name in _machine_names()
-    return name == bound or ip is not None and ip == bound_ip
-
-
-def _machine_names() -> set[str]:
-    names = {socket.gethostname().lower()}
-    try:
-        names.add(socket.getfqdn().lower())
-    except OSError:
-        pass
-    return names
-
-
-def check_origin(origin: str) -> str:
-    """A --allow-origin value, normalised ("*" or scheme://host[:port], no path); MiniMindError if not one."""
-    if origin == "*":
-        return origin
-    o = origin.strip().lower().rstrip("/")
-    scheme, sep, authority = o.partition("://")
-    if not sep or scheme not in ("http", "https") or not authority or "/" in authority or host_name(authority) is None:
-        raise MiniMindError(f"--allow-origin {origin!r}: expected an origin such as http://localhost:3000, or *")
-    return o
-
-
-class ClientGone(Exception):
-    """The client hung up before its answer was ready: nothing to answer, nothing to log."""
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, or 413 when it is over `limit` bytes (checked on the declared length
-    before reading, so a client that waits for `100 Continue` sends nothing)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large(limit)
-    body = bytearray()
-    try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise too_large(limit)
-    except ClientDisconnect:
-        raise ClientGone() from None
-    return bytes(body)
-
-
-def too_large(limit: int) -> APIError:
-    return APIError(413, f"the request body is larger than this server's limit of {limit / 2**20:g} MiB "
-                         "(minimind serve --max-body-mb)", None, "request_too_large")
-
-
 def validated(data: dict, model: type[_Sampling]) -> _Sampling:
     try:
         return model.model_validate(data)
@@ -450,170 +295,3 @@ def validated(data: dict, model: type[_Sampling]) -> _Sampling:
         raise validation_error(e.errors()) from None
     except RecursionError:  # decode_json limits the depth; this is a second line
         raise APIError(400, "the request body is nested too deeply", None, "invalid_json") from None
-
-
-async def collect(job: Job) -> list[Completion]:
-    done: list[Completion | None] = [None] * len(job.sequences)
-    async for i, _, completion, _ in job:
-        if completion is not None:
-            if completion.finish_reason == "error":  # this request's settings broke its sampling
-                raise APIError(400, completion.error)
-            done[i] = completion
-    return done
-
-
-def shown(c: Completion) -> list | None:
-    """The completion's log-probabilities without the stop token's (it is not in the text)."""
-    return None if c.logprobs is None else c.logprobs[:len(c.token_ids)]
-
-
-def chat_logprobs(tokenizer, entries: list | None) -> dict | None:
-    """OpenAI's chat `logprobs` object: {"content": [{token, logprob, bytes, top_logprobs}]}."""
-    if entries is None:
-        return None
-
-    def one(token_id: int, logprob: float) -> dict:
-        raw = tokenizer.token_bytes(token_id)
-        return {"token": raw.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(raw)}
-
-    return {"content": [{**one(e.token_id, e.logprob), "top_logprobs": [one(t, lp) for t, lp in e.top]}
-                        for e in entries]}
-
-
-def text_logprobs(tokenizer, entries: list | None, offset: int = 0) -> dict | None:
-    """The legacy /v1/completions `logprobs` object: parallel lists per token."""
-    if entries is None:
-        return None
-    text = lambda t: tokenizer.token_bytes(t).decode("utf-8", errors="replace")  # noqa: E731
-    tokens = [text(e.token_id) for e in entries]
-    offsets = list(itertools.accumulate((len(t) for t in tokens[:-1]), initial=offset)) if tokens else []
-    return {"tokens": tokens, "token_logprobs": [e.logprob for e in entries],
-            "top_logprobs": [{text(t): lp for t, lp in e.top} for e in entries], "text_offset": offsets}
-
-
-async def until_disconnect(request: Request, job: Job, work):
-    """Await `work`, but cancel the job if the client hangs up first (non-streaming requests
-    get no other signal: the handler would wait for a reply nobody reads)."""
-    async def hung_up():
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    task, watcher = asyncio.ensure_future(work), asyncio.ensure_future(hung_up())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-            job.cancel()
-    if not task.done() or task.cancelled():  # the client hung up: let the work end, answer nobody
-        await asyncio.wait({task})
-        raise ClientGone()
-    return task.result()
-
-
-def finish_reason(c: Completion, called: bool) -> str:
-    if c.finish_reason == "length":
-        return "length"
-    return "tool_calls" if called else "stop"
-
-
-def usage(prompt_lengths: list[int], done: list[Completion]) -> dict:
-    prompt, completion = sum(prompt_lengths), sum(c.completion_tokens for c in done)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def sse(events) -> StreamingResponse:
-    return StreamingResponse(events, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-
-def data(obj) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
-
-
-async def chat_stream(job: Job, meta: dict, prompt_len: int, thinking: bool, tools: bool, include_usage: bool,
-                      forced: str = "", tokenizer=None):
-    """Server-sent events: a role delta per choice, then reasoning / content / tool_calls
-    deltas as text arrives, a final chunk with finish_reason per choice, usage, [DONE].
-    `forced`: the start of a tool call the prompt ended with, parsed as if generated.
-    With logprobs, each chunk carries those of the tokens behind its text."""
-    base = {**meta, "object": "chat.completion.chunk"}
-    extra = {"usage": None} if include_usage else {}
-
-    def chunk(i: int, delta: dict, reason: str | None = None, logprobs: dict | None = None) -> str:
-        return data({**base, "choices": [{"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": reason}],
-                     **extra})
-
-    n = len(job.sequences)
-    parsers = [OutputParser(thinking, tools, forced) for _ in range(n)]
-    calls = [0] * n  # tool calls sent per choice (their index in the delta)
-    pending: list[list] = [[] for _ in range(n)]  # log-probabilities not yet sent, per choice
-    done: list[Completion] = []
-    try:
-        for i in range(n):
-            yield chunk(i, {"role": "assistant", "content": ""})
-        async for i, piece, completion, logprobs in job:
-            if completion is not None and completion.finish_reason == "error":
-                raise APIError(400, completion.error)
-            pending[i] += logprobs
-            events = parsers[i].feed(piece) + (parsers[i].finish() if completion is not None else [])
-            for kind, value in events:
-                lp, pending[i] = chat_logprobs(tokenizer, pending[i]) if pending[i] else None, []
-                if kind == "tool_call":
-                    yield chunk(i, {"tool_calls": [{"index": calls[i], **value}]}, logprobs=lp)
-                    calls[i] += 1
-                else:
-                    yield chunk(i, {"reasoning_content" if kind == "reasoning" else "content": value}, logprobs=lp)
-            if completion is not None:
-                done.append(completion)
-                lp = chat_logprobs(tokenizer, pending[i]) if pending[i] else None
-                yield chunk(i, {}, finish_reason(completion, calls[i] > 0), lp)
-        if include_usage:
-            yield data({**base, "choices": [], "usage": usage([prompt_len], done)})
-    except APIError as e:  # the status is already sent: say it in-band
-        yield data(e.body())
-    except Exception:  # the engine failed mid-stream: the status is already sent, say so in-band
-        log.exception("generation failed")
-        yield data(error_body("generation failed", "server_error"))
-    finally:
-        job.cancel()  # the client went away (or we are done): stop generating
-    yield "data: [DONE]\n\n"
-
-
-async def text_stream(job: Job, meta: dict, echo: list[str], prompt_lengths: list[int], include_usage: bool,
-                      tokenizer=None):
-    """/v1/completions streamed: text chunks per choice, a finish chunk each, usage, [DONE]."""
-    base = meta
-    extra = {"usage": None} if include_usage else {}
-
-    def chunk(i: int, text: str, reason: str | None = None, logprobs: dict | None = None) -> str:
-        return data({**base, "choices": [{"index": i, "text": text, "logprobs": logprobs, "finish_reason": reason}],
-                     **extra})
-
-    done: list[Completion] = []
-    offsets = [len(text) for text in echo]  # where each choice's next token starts in its text
-    try:
-        for i, text in enumerate(echo):
-            if text:
-                yield chunk(i, text)
-        async for i, piece, completion, logprobs in job:
-            if completion is not None and completion.finish_reason == "error":
-                raise APIError(400, completion.error)
-            if piece or logprobs:
-                lp = text_logprobs(tokenizer, logprobs, offsets[i]) if logprobs else None
-                offsets[i] += len(piece)
-                yield chunk(i, piece, logprobs=lp)
-            if completion is not None:
-                done.append(completion)
-                yield chunk(i, "", finish_reason(completion, False))
-        if include_usage:
-            yield data({**base, "choices": [], "usage": usage(prompt_lengths, done)})
-    except APIError as e:
-        yield data(e.body())
-    except Exception:
-        log.exception("generation failed")
-        yield data(error_body("generation failed", "server_error"))
-    finally:
-        job.cancel()
-    yield "data: [DONE]\n\n"
