@@ -20,7 +20,7 @@ from minimind.data.demo import build_demo_corpus
 from minimind.data.formats import iter_lines
 from minimind.errors import MiniMindError
 from minimind.tokenizer import Tokenizer, tokenizer_difference, train_tokenizer
-from minimind.train import objectives
+from minimind.train import objectives, trainer
 from minimind.train.trainer import TrainConfig, TrainingStopped, shown, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,7 +151,8 @@ def test_interrupted_pretrain_says_what_is_in_out_and_the_command_that_continues
 # ------------------------------------------------------------------ 15 + 19: the quickstart
 
 
-def test_quickstart_stops_cleanly_and_the_same_command_continues_it(tmp_path, signal_at, capsys):
+def test_quickstart_stops_cleanly_and_the_same_command_continues_it(tmp_path, signal_at, capsys, monkeypatch):
+    monkeypatch.setattr(trainer, "ESTIMATE_AFTER_S", 0.0)  # the time left after 3 steps, however fast they are
     out = tmp_path / "qs"
     argv = ["quickstart", "--out", str(out), "--preset", "nano", "--pretrain-steps", "8", "--sft-steps", "5",
             "--no-progress"]

@@ -155,6 +155,9 @@ def format_report(r: dict) -> str:
     elif c:
         lines.append(f"  messages   {_n(c['messages'])} ({_n(c['assistant'])} assistant turns, "
                      f"{_n(c['tool_calls'])} tool calls, {_n(c['reasoning'])} with reasoning)")
+        if r["kind"] == "rl":
+            lines.append(f"  rl         {_n(c.get('with_gt', 0))} prompts with gt answers, "
+                         f"{_n(c.get('agent', 0))} offering tools (agent RL)")
     if r.get("tokens") is not None:
         tok = f"  tokens     {_n(r['tokens'])}"
         if r.get("loss_tokens") is not None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import MiniMindError
+from .rl import rl_counts, rl_problem
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +315,9 @@ def check_rl(record: dict) -> dict:
         for i, value in enumerate(gt):
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):
                 raise BadRecord(f"gt[{i}] must be a string or a number, got {_type_name(value)}")
-    return counts
+    if problem := rl_problem(messages, record.get("gt")):  # RLAIF and agent-RL rules: data/rl.py
+        raise BadRecord(problem)
+    return counts | rl_counts(record)
 
 
 CHECKS = {"pretrain": check_pretrain, "sft": check_sft, "dpo": check_dpo, "rl": check_rl}

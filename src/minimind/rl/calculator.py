@@ -18,7 +18,7 @@ lambda, a comprehension) is refused before any evaluation. `math.sqrt` is read a
 name, not as an attribute of an object: only `math.` followed by a listed name is accepted.
 
 Why there is no timer. Every step is bounded before it runs: the text is at most 512
-characters, the tree at most 256 nodes and 32 levels deep, every integer at most 4096 bits,
+characters, the tree at most 256 nodes and 100 levels deep, every integer at most 4096 bits,
 and an operation whose result would be larger (a power, a product, a factorial, comb/perm) is
 refused from an estimate of its size, before it is computed. So the worst case is a few hundred
 operations on numbers of ~1200 digits, well under a millisecond, and whether an expression is
@@ -35,7 +35,7 @@ import math
 
 MAX_CHARS = 512  # expression text
 MAX_NODES = 256  # syntax-tree nodes: bounds the number of operations
-MAX_DEPTH = 32  # nesting of the tree: bounds the evaluator's recursion
+MAX_DEPTH = 100  # nesting of the tree (a sum of n terms is n deep): bounds the evaluator's recursion
 MAX_BITS = 4096  # any integer, operand or result (about 1233 decimal digits)
 MAX_ROUND_DIGITS = 100  # round(x, n): Python computes 10**|n| for an int x
 
@@ -193,8 +193,8 @@ def _check_tree(tree: ast.Expression) -> None:
         elif isinstance(node, ast.Call):
             name = _qualified(node.func)
             if name not in FUNCTIONS:
-                what = f"function {name!r}" if name else "call of something that is not a named function"
-                raise CalcError(f"unknown {what}; allowed: {', '.join(sorted(FUNCTIONS))}")
+                what = f"unknown function {name!r}" if name else "only named functions can be called"
+                raise CalcError(f"{what}; allowed: {', '.join(sorted(FUNCTIONS))}")
             if node.keywords:
                 raise CalcError("keyword arguments are not allowed")
             stack += [(arg, depth + 1) for arg in node.args]

@@ -37,8 +37,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from ..errors import MiniMindError
-# _boxed: the brace-balanced \boxed{} reader the numbers use, for answers that are not numbers
-from ..evaluate.numbers import NUMBER, _boxed, extract_answer, same_number, strip_thinking, to_fraction
+from ..evaluate.numbers import NUMBER, _boxed, extract_answer, same_number, to_fraction
 from ..infer.thinking import check_thinking
 
 RewardFn = Callable[[str, dict], float]
@@ -57,8 +56,14 @@ def expected_answers(record: dict, reward: str = "this reward") -> list[str]:
 
 
 def final_text(completion: str) -> str:
-    """The answer part of a reply: after its think block, and after its last tool call."""
+    """The answer part of a reply: after its think block, and after its last tool call; "" when
+    a think block was opened and never closed (the reply never got to its answer).
+
+    Stricter than `eval --task gsm8k`, which searches an unfinished think block for a number: a
+    policy paid for a number in its reasoning would learn to stop before answering."""
     end = completion.rfind("</think>")
+    if end < 0 and "<think>" in completion:
+        return ""
     text = completion[end + len("</think>"):] if end >= 0 else completion
     end = text.rfind("</tool_call>")
     return (text[end + len("</tool_call>"):] if end >= 0 else text).strip()
@@ -72,29 +77,30 @@ def _normal_text(text: str) -> str:
 def exact_answer(completion: str, record: dict) -> float:
     """1.0 when the reply's final answer equals one of the record's `gt` answers, else 0.0.
 
-    The answer is found as `minimind eval --task gsm8k` finds it (evaluate/numbers.py): the
-    last \\boxed{...}, else "#### N", else "answer is N", else the last number; numbers compare
-    by value ("$1,234" = 1234, "72.0" = 72, "3/4" = 0.75, "-5" = "−5"). An answer that is not a
-    number ("Paris") is compared as text with the boxed answer, the "####" line or the final text.
+    The answer is searched in `final_text` (so never in the reasoning) as `minimind eval --task
+    gsm8k` finds it (evaluate/numbers.py): the last \\boxed{...}, else "#### N", else "answer is
+    N", else the last number; numbers compare by value ("$1,234" = 1234, "72.0" = 72, "3/4" =
+    0.75, "-5" = "−5"). An answer that is not a number ("Paris") is compared as text with the
+    boxed answer, the "####" line or the whole final text.
     """
     answers = expected_answers(record, "exact_answer")
-    found, _ = extract_answer(completion)
+    text = final_text(completion)
+    found, _ = extract_answer(text)
     for want in answers:
         if to_fraction(want) is not None:
             if found is not None and same_number(found, want):
                 return 1.0
-        elif _normal_text(want) in {_normal_text(c) for c in _text_candidates(completion)}:
+        elif _normal_text(want) in {_normal_text(c) for c in _text_candidates(text)}:
             return 1.0
     return 0.0
 
 
-def _text_candidates(completion: str) -> list[str]:
-    text = strip_thinking(completion)
-    out = [final_text(completion)]
-    if (boxed := _boxed(text)) is not None:
+def _text_candidates(text: str) -> list[str]:
+    out = [text]
+    if (boxed := _boxed(text)) is not None:  # numbers.py's brace-balanced reader (\\boxed{\\frac{3}{4}})
         out.append(boxed)
-    if (hashes := text.rfind("####")) >= 0:
-        out.append(text[hashes + 4:].strip().splitlines()[0] if text[hashes + 4:].strip() else "")
+    if (hashes := text.rfind("####")) >= 0 and text[hashes + 4:].strip():
+        out.append(text[hashes + 4:].strip().splitlines()[0])
     return out
 
 
@@ -144,8 +150,9 @@ def make_length(min_chars: int = 1, max_chars: int = 800) -> RewardFn:
 
 # Words of Latin script and digits count as one token; every other visible character (each CJK
 # character, each punctuation mark) is a token of its own, so Chinese text, which has no spaces,
-# is measured too (MiniMind's \w+ makes a whole Chinese sentence one "word").
-_TOKEN = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
+# is measured too (MiniMind's \w+ makes a whole Chinese sentence one "word"). A run of one
+# character ("####", "...") is one token, so markup is not mistaken for repetition.
+_TOKEN = re.compile(r"[a-z0-9]+|([^\sa-z0-9])\1*")
 
 
 def make_repetition(n: int = 3) -> RewardFn:
@@ -156,7 +163,7 @@ def make_repetition(n: int = 3) -> RewardFn:
         raise MiniMindError(f"repetition reward: n must be at least 1, got {n}")
 
     def repetition(completion: str, record: dict) -> float:
-        tokens = _TOKEN.findall(completion.lower())
+        tokens = [m.group(0) for m in _TOKEN.finditer(completion.lower())]
         grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
         return -(len(grams) - len(set(grams))) / len(grams) if grams else 0.0
 
@@ -220,7 +227,7 @@ def _import_module(name: str, spec: str):
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as e:
-        if e.name and name.startswith(e.name):  # the module itself (or its package) is missing
+        if e.name and (name == e.name or name.startswith(e.name + ".")):  # the module (or its package)
             raise MiniMindError(f"--reward-fn {spec}: no module named {name!r} (not installed, not in "
                                 "the current directory; or give a file: path/to/file.py:function)") from None
         raise MiniMindError(f"--reward-fn {spec}: importing {name} failed: {e}") from None

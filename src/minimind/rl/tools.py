@@ -89,8 +89,10 @@ TIMES = {"Asia/Shanghai": "2025-03-07 14:30:00", "America/New_York": "2025-03-07
 RATES = {("USD", "CNY"): 7.21, ("EUR", "CNY"): 7.85, ("GBP", "CNY"): 9.12, ("JPY", "CNY"): 0.048,
          ("USD", "EUR"): 0.92, ("USD", "GBP"): 0.79, ("CNY", "JPY"): 20.83, ("AUD", "CNY"): 4.72}
 TRANSLATIONS = {("你好世界", "english"): "Hello World", ("Good morning", "chinese"): "早上好",
-                ("今天天气真好", "english"): "The weather is nice today", ("I love programming", "chinese"): "我喜欢编程",
-                ("机器学习很有趣", "english"): "Machine learning is interesting", ("Happy birthday", "chinese"): "生日快乐"}
+                ("今天天气真好", "english"): "The weather is nice today",
+                ("I love programming", "chinese"): "我喜欢编程",
+                ("机器学习很有趣", "english"): "Machine learning is interesting",
+                ("Happy birthday", "chinese"): "生日快乐"}
 LANGUAGES = {"english": "english", "en": "english", "英语": "english", "英文": "english",
              "chinese": "chinese", "zh": "chinese", "中文": "chinese", "汉语": "chinese"}
 # unit: (quantity, size in the quantity's base unit); temperature is converted by formula.
@@ -100,7 +102,9 @@ UNITS = {"km": ("length", 1000.0), "miles": ("length", 1609.344), "meters": ("le
 UNIT_ALIASES = {"kilometer": "km", "kilometers": "km", "mile": "miles", "mi": "miles", "m": "meters",
                 "meter": "meters", "metre": "meters", "metres": "meters", "foot": "feet", "ft": "feet",
                 "kilogram": "kg", "kilograms": "kg", "pound": "pounds", "lb": "pounds", "lbs": "pounds",
-                "c": "celsius", "°c": "celsius", "f": "fahrenheit", "°f": "fahrenheit"}
+                "c": "celsius", "°c": "celsius", "f": "fahrenheit", "°f": "fahrenheit",
+                "公里": "km", "千米": "km", "英里": "miles", "米": "meters", "英尺": "feet", "千克": "kg", "公斤": "kg",
+                "磅": "pounds", "摄氏度": "celsius", "摄氏": "celsius", "华氏度": "fahrenheit", "华氏": "fahrenheit"}
 
 
 def _known(table: Iterable[str]) -> str:
@@ -230,3 +234,160 @@ def check_arguments(arguments, parameters: dict) -> dict:
             raise ToolError(f"argument {name!r} must be one of {spec['enum']}, got {value!r}")
         checked[name] = value
     return checked
+
+
+# ------------------------------------------------------------------- calls and results ---
+
+@dataclass
+class ToolCall:
+    """A call as the model wrote it: name and arguments (a dict, or the raw value if it was not one)."""
+    name: str
+    arguments: object
+
+
+@dataclass
+class ToolResult:
+    """One executed call: `observation` (a JSON string) is what the model reads back; `ok`
+    says whether the tool ran and answered (False for every error observation)."""
+    name: str
+    arguments: object
+    observation: str
+    ok: bool
+    error: str = ""
+
+
+def parse_tool_calls(text: str) -> tuple[list[ToolCall], int]:
+    """The <tool_call> blocks of a model's reply, in the minimind-3 template's format
+
+        <tool_call>
+        {"name": "calculate_math", "arguments": {"expression": "2+2"}}
+        </tool_call>
+
+    as (calls, number of malformed blocks: not JSON, or without a name). The server's parser
+    reads them (infer/toolcalls.py): calls inside a <think> block are thoughts, not calls."""
+    content, _, calls = parse_output(text, thinking=False, tools=True)
+    parsed = []
+    for call in calls:
+        raw = call["function"]["arguments"]
+        try:
+            arguments = json.loads(raw)
+        except json.JSONDecodeError:
+            arguments = raw
+        parsed.append(ToolCall(call["function"]["name"], arguments))
+    return parsed, (content or "").count(CALL_OPEN)  # a malformed block stays in the text as written
+
+
+@dataclass
+class Tool:
+    name: str
+    fn: Callable
+    schema: dict  # {"type": "function", "function": {"name", "description", "parameters"}}
+    builtin: bool  # bounded by construction: runs inline, without a worker thread
+
+
+class ToolBox:
+    """The tools a rollout may call, each checked against its schema and run with limits.
+
+    tools       names of the built-ins to include (default: all six; [] for none)
+    time_limit  seconds a user's tool may take before its call is answered with an error
+    max_chars   longest observation; a longer result is answered with an error
+    """
+
+    def __init__(self, tools: Iterable[str] | None = None, *, time_limit: float = 1.0, max_chars: int = 2048):
+        if not time_limit > 0 or max_chars < 64:
+            raise MiniMindError(f"ToolBox: time_limit must be > 0 and max_chars >= 64, "
+                                f"got {time_limit} and {max_chars}")
+        self.time_limit, self.max_chars = time_limit, max_chars
+        self.tools: dict[str, Tool] = {}
+        schemas = {s["function"]["name"]: s for s in BUILTIN_SCHEMAS}
+        for name in BUILTINS if tools is None else tools:
+            if name not in BUILTINS:
+                raise MiniMindError(f"ToolBox: no built-in tool {name!r}; built in: {', '.join(BUILTINS)}")
+            self.tools[name] = Tool(name, BUILTINS[name], schemas[name], builtin=True)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.tools)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tools
+
+    def register(self, fn: Callable, schema: dict) -> Callable:
+        """Add your own tool: `fn(**arguments)` returns a JSON-able result (a dict, usually) or
+        raises (ToolError for a message to the model). `schema` is an OpenAI function schema,
+        whole ({"type": "function", "function": {...}}) or just its "function" part; its name
+        defaults to fn.__name__. Registering a built-in's name replaces the built-in."""
+        if not callable(fn):
+            raise MiniMindError(f"ToolBox.register: {fn!r} is not a function")
+        if not isinstance(schema, dict):
+            raise MiniMindError(f"ToolBox.register: the schema of {getattr(fn, '__name__', fn)} must be a dict")
+        spec = dict(schema.get("function", schema))
+        spec.setdefault("name", getattr(fn, "__name__", ""))
+        spec.setdefault("parameters", {"type": "object", "properties": {}})
+        if not isinstance(spec["name"], str) or not spec["name"].strip():
+            raise MiniMindError("ToolBox.register: the tool needs a name (in the schema or as fn.__name__)")
+        params = spec["parameters"]
+        if not isinstance(params, dict) or not isinstance(params.get("properties", {}), dict):
+            raise MiniMindError(f"ToolBox.register: {spec['name']}: 'parameters' must be a JSON schema object "
+                                "with a 'properties' object")
+        self.tools[spec["name"]] = Tool(spec["name"], fn, {"type": "function", "function": spec}, builtin=False)
+        return fn
+
+    def schemas(self, names: Iterable[str] | None = None) -> list[dict]:
+        """The tool list to offer in a prompt (the system message's `tools`), all or the named ones."""
+        return [self.tools[n].schema for n in (self.tools if names is None else names)]
+
+    def call(self, name: str, arguments, offered: Iterable[str] | None = None) -> ToolResult:
+        """Run one call; never raises. `offered`: the tools this prompt offered (a call to any
+        other is an error, as MiniMind's reward counts it invalid)."""
+        try:
+            available = [n for n in (self.tools if offered is None else offered) if n in self.tools]
+            if name not in available:
+                raise ToolError(f"unknown tool {name!r}; available: {', '.join(available) or 'none'}")
+            tool = self.tools[name]
+            checked = check_arguments(arguments, tool.schema["function"]["parameters"])
+            result = tool.fn(**checked) if tool.builtin else self._run_limited(tool, checked)
+        except ToolError as e:
+            return self._error(name, arguments, str(e))
+        except Exception as e:  # a user's tool failed: tell the model, keep the rollout going
+            return self._error(name, arguments, f"the tool failed: {type(e).__name__}: {e}")
+        try:  # allow_nan=False: NaN is not JSON, and the observation must be JSON
+            observation = json.dumps(result if not isinstance(result, str) else {"result": result},
+                                     ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            return self._error(name, arguments, f"the tool's result is not JSON: {e}")
+        if len(observation) > self.max_chars:
+            return self._error(name, arguments, f"the result is too long ({len(observation)} characters, "
+                                                f"limit {self.max_chars})")
+        return ToolResult(name, arguments, observation, ok=True)
+
+    def run(self, text: str, offered: Iterable[str] | None = None) -> list[ToolResult]:
+        """Parse every tool call in a model's reply and run each, in order (malformed blocks,
+        which parse_tool_calls counts, are not calls and get no result)."""
+        calls, _ = parse_tool_calls(text)
+        return [self.call(c.name, c.arguments, offered) for c in calls]
+
+    def _run_limited(self, tool: Tool, arguments: dict):
+        """Run a user's tool in a daemon thread; wait at most time_limit seconds (see the top)."""
+        outcome: dict = {}
+
+        def target():
+            try:
+                outcome["result"] = tool.fn(**arguments)
+            except BaseException as e:  # handed to the caller's thread, reported there
+                outcome["error"] = e if isinstance(e, Exception) else ToolError(f"the tool raised {type(e).__name__}")
+
+        worker = threading.Thread(target=target, name=f"minimind-tool-{tool.name}", daemon=True)
+        worker.start()
+        worker.join(self.time_limit)
+        if worker.is_alive():
+            log.warning("tool %s ran past %.3g s; its call was answered with an error and the call is left "
+                        "running in the background", tool.name, self.time_limit)
+            raise ToolError(f"timed out after {self.time_limit:g} s")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["result"]
+
+    def _error(self, name: str, arguments, message: str) -> ToolResult:
+        return ToolResult(name, arguments, json.dumps({"error": message}, ensure_ascii=False), ok=False,
+                          error=message)

@@ -107,6 +107,11 @@ def shown(text: str, quote: bool = True) -> str:
     return repr(text) if quote else text.strip()
 
 
+# The time left is estimated once, from at least 3 steps and this many seconds after the first
+# step: the first steps of a stage vary a lot (warm-ups, caches, other work on the machine).
+ESTIMATE_AFTER_S = 10.0
+
+
 def _duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
@@ -240,7 +245,7 @@ class Trainer:
         self._announce()
         bar = self._progress_bar()
         window = self.window  # (a resumed run continues the window open at its checkpoint)
-        clock_step, clock = self.step, 0.0
+        clock = None  # (step, time) at the end of this run's first step, which pays for warm-ups
         with StopRequested() as stop:
             while self.step < self.total_steps:
                 started = time.perf_counter()
@@ -283,10 +288,12 @@ class Trainer:
                     self._sample()
                 if self.step % cfg.save_every == 0 or last_step or stop.requested:
                     self._save()
-                if self.step == clock_step + 4 and dist.is_main:  # (the first step pays for warm-ups)
-                    self._estimate((time.perf_counter() - clock) / 3, bar)
-                elif self.step == clock_step + 1:
-                    clock = time.perf_counter()
+                if clock is None:
+                    clock = (self.step, time.perf_counter())
+                elif clock[0] >= 0 and self.step - clock[0] >= 3 and time.perf_counter() - clock[1] >= ESTIMATE_AFTER_S:
+                    if dist.is_main:
+                        self._estimate((time.perf_counter() - clock[1]) / (self.step - clock[0]), bar)
+                    clock = (-1, 0.0)  # once
                 if stop.requested:
                     break
         if bar is not None:
