@@ -195,9 +195,10 @@ def test_untrained_replies_are_shown_on_one_line():
 
 
 def test_a_wrong_flag_prints_the_usage_of_its_own_command(capsys):
-    for argv, usage in ((["pretrain", "--no-such-flag"], "usage: minimind pretrain"),
-                        (["data", "check", "--kind", "pretrain", "x.jsonl", "--no-such-flag"], "usage: minimind data check"),
-                        (["lora", "merge", "--model", "a", "--lora", "b", "--out", "c", "--x"], "usage: minimind lora merge")):
+    cases = [(["pretrain", "--no-such-flag"], "usage: minimind pretrain"),
+             (["data", "check", "--kind", "pretrain", "x.jsonl", "--no-such-flag"], "usage: minimind data check"),
+             (["lora", "merge", "--model", "a", "--lora", "b", "--out", "c", "--x"], "usage: minimind lora merge")]
+    for argv, usage in cases:
         with pytest.raises(SystemExit) as e:
             main(argv)
         err = capsys.readouterr().err

@@ -202,7 +202,8 @@ def _pipeline(run: Run, device: str, cache_dir: str | None, progress: bool) -> P
         counts = {cat: sum(q.category == cat for q in exam) for cat in sft_acc}
         counts["all"] = len(exam)
         print(f"exact match on {len(exam)} held-out questions (never seen in fine-tuning):")
-        print("  | questions           | pretrained | fine-tuned |\n  |---------------------|------------|------------|")
+        print("  | questions           | pretrained | fine-tuned |")
+        print("  |---------------------|------------|------------|")
         for cat in [c for c in sft_acc if c != "all"] + ["all"]:
             print(f"  | {cat + f' ({counts[cat]})':19s} | {pre_acc[cat] * 100:9.1f}% | {sft_acc[cat] * 100:9.1f}% |")
         for q, r in list(zip(exam, replies))[::max(1, len(exam) // 4)][:4]:
