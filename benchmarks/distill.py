@@ -39,9 +39,8 @@ from minimind.infer import SamplingParams
 from minimind.infer.generate_data import generate_data
 from minimind.model import MiniMindForCausalLM
 from minimind.tokenizer import Tokenizer
-from minimind.train.objectives import make_objective
 from minimind.train.distill import distill_terms
-from minimind.train.objectives import packed_attention_mask
+from minimind.train.objectives import make_objective, packed_attention_mask
 from minimind.train.trainer import TrainConfig, train
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -68,7 +67,10 @@ def heldout_kl(student, teacher, tokenizer, heldout: Path, seq_len: int, device,
     ds, _ = build_datasets([str(heldout)], tokenizer, "sft", seq_len=seq_len, val_fraction=0.0)
     sums = {"kl": 0.0, "ce": 0.0, "teacher_ce": 0.0, "tokens": 0}
     for i in range(0, len(ds), batch_size):
-        b = {k: v.to(device) if torch.is_tensor(v) else v for k, v in ds.get_batch(range(i, min(i + batch_size, len(ds)))).items()}
+        b = {
+            k: v.to(device) if torch.is_tensor(v) else v
+            for k, v in ds.get_batch(range(i, min(i + batch_size, len(ds)))).items()
+        }
         mask = packed_attention_mask(b)
         s = student(b["input_ids"], attention_mask=mask, position_ids=b["position_ids"]).logits[:, :-1]
         t = teacher(b["input_ids"], attention_mask=mask, position_ids=b["position_ids"]).logits[:, :-1]
@@ -107,15 +109,34 @@ def main() -> None:
         sys.exit(f"{work} is not empty: every run starts from scratch, give a new --out")
     work.mkdir(parents=True, exist_ok=True)
     train_file, heldout = split(Path(args.data), work, args.heldout, args.train_rows)
-    common = dict(batch_size=args.batch_size, seq_len=args.seq_len, val_fraction=0.0, log_every=50,
-                  save_every=10**9, device=args.device, progress=False, cache_dir=str(work / "cache"))
+    common = dict(
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        val_fraction=0.0,
+        log_every=50,
+        save_every=10**9,
+        device=args.device,
+        progress=False,
+        cache_dir=str(work / "cache"),
+    )
     timings = {}
     if args.teacher:
         teacher_dir = Path(args.teacher)
     else:
         started = time.perf_counter()
-        teacher_dir = train(TrainConfig(stage="sft", data=[str(train_file)], out=str(work / "teacher"), preset="tiny",
-                                        tokenizer=args.tokenizer, max_steps=args.teacher_steps, lr=2e-3, seed=1, **common))
+        teacher_dir = train(
+            TrainConfig(
+                stage="sft",
+                data=[str(train_file)],
+                out=str(work / "teacher"),
+                preset="tiny",
+                tokenizer=args.tokenizer,
+                max_steps=args.teacher_steps,
+                lr=2e-3,
+                seed=1,
+                **common,
+            )
+        )
         timings["teacher"] = time.perf_counter() - started
     tokenizer = Tokenizer.from_dir(teacher_dir)
     # Every student starts from these weights (the trainer's --init).
@@ -129,32 +150,57 @@ def main() -> None:
     for name, alpha, temperature, direction in WHITE_BOX:
         out = work / name.replace(" ", "_").replace("(", "").replace(")", "")
         started = time.perf_counter()
-        train(TrainConfig(stage="distill", data=[str(train_file)], out=str(out), teacher=str(teacher_dir),
-                          distill_alpha=alpha, distill_temperature=temperature, distill_kl=direction, **student_cfg),
-              make_objective("distill"))
+        train(
+            TrainConfig(
+                stage="distill",
+                data=[str(train_file)],
+                out=str(out),
+                teacher=str(teacher_dir),
+                distill_alpha=alpha,
+                distill_temperature=temperature,
+                distill_kl=direction,
+                **student_cfg,
+            ),
+            make_objective("distill"),
+        )
         results[name] = {"dir": out, "train_s": time.perf_counter() - started}
 
     started = time.perf_counter()
     prompts = work / "bb_prompts.jsonl"
-    lines = train_file.read_text(encoding="utf-8").split("\n")[:args.bb_prompts]  # not splitlines(): \u2028 is text
-    prompts.write_text("\n".join(l for l in lines if l) + "\n", encoding="utf-8")
+    lines = train_file.read_text(encoding="utf-8").split("\n")[: args.bb_prompts]  # not splitlines(): \u2028 is text
+    prompts.write_text("\n".join(line for line in lines if line) + "\n", encoding="utf-8")
     from minimind.device import resolve_device
 
     dev = resolve_device(args.device)
-    summary = generate_data(teacher_dir, prompts, work / "bb_data.jsonl", force=True, batch_size=64, device=args.device,
-                            params=SamplingParams(max_new_tokens=args.bb_max_new_tokens, temperature=0.85, top_p=0.95, seed=0),
-                            say=lambda s: None)
+    summary = generate_data(
+        teacher_dir,
+        prompts,
+        work / "bb_data.jsonl",
+        force=True,
+        batch_size=64,
+        device=args.device,
+        params=SamplingParams(max_new_tokens=args.bb_max_new_tokens, temperature=0.85, top_p=0.95, seed=0),
+        say=lambda s: None,
+    )
     gen_s = time.perf_counter() - started
     started = time.perf_counter()
     bb = train(TrainConfig(stage="sft", data=[summary["out"]], out=str(work / "black_box"), **student_cfg))
-    results[f"black-box ({summary['written']} teacher answers)"] = {"dir": bb, "train_s": time.perf_counter() - started,
-                                                                   "generate_s": gen_s}
+    results[f"black-box ({summary['written']} teacher answers)"] = {
+        "dir": bb,
+        "train_s": time.perf_counter() - started,
+        "generate_s": gen_s,
+    }
 
     teacher = load_model(teacher_dir, device=dev)
-    print(f"\nteacher {teacher_dir}; students {args.student_preset}, {args.steps} steps x {args.batch_size} rows x "
-          f"{args.seq_len} tokens, lr {args.lr}; held-out: {args.heldout} conversations of {args.data}; device {dev}")
-    print(f"black-box data: {summary['written']} of {summary['prompts']} prompts kept, finish {summary['finish_reasons']}, "
-          f"{gen_s:.0f} s to generate")
+    print(
+        f"\nteacher {teacher_dir}; students {args.student_preset}, {args.steps} steps x {args.batch_size} rows x "
+        f"{args.seq_len} tokens, lr {args.lr}; held-out: {args.heldout} conversations of {args.data}; device {dev}"
+    )
+    print(
+        f"black-box data: {summary['written']} of {summary['prompts']} prompts kept, "
+        f"finish {summary['finish_reasons']}, "
+        f"{gen_s:.0f} s to generate"
+    )
     print(f"\n{'student':<40} {'KL(teacher||student)':>21} {'vs ce only':>11} {'CE on data':>11} {'train s':>8}")
     base = None
     for name, r in results.items():
@@ -163,8 +209,13 @@ def main() -> None:
         base = base or m["kl"]
         print(f"{name:<40} {m['kl']:>21.4f} {m['kl'] / base:>10.2f}x {m['ce']:>11.4f} {r['train_s']:>8.0f}")
     print(f"{'(teacher itself)':<40} {0.0:>21.4f} {'':>11} {m['teacher_ce']:>11.4f}")
-    (work / "results.json").write_text(json.dumps({"args": vars(args), "results": results, "timings": timings,
-                                                   "black_box_data": summary}, indent=1, default=str))
+    (work / "results.json").write_text(
+        json.dumps(
+            {"args": vars(args), "results": results, "timings": timings, "black_box_data": summary},
+            indent=1,
+            default=str,
+        )
+    )
     print(f"\n{work / 'results.json'}")
 
 

@@ -33,25 +33,56 @@ def chat_text_corpus(files: list[Path], out: Path) -> Path:
         for path in files:
             for line in path.open(encoding="utf-8"):
                 messages = json.loads(line)["conversations"]
-                f.write(json.dumps({"text": "\n".join(m["content"] for m in messages if m.get("content"))},
-                                   ensure_ascii=False) + "\n")
+                f.write(
+                    json.dumps(
+                        {"text": "\n".join(m["content"] for m in messages if m.get("content"))}, ensure_ascii=False
+                    )
+                    + "\n"
+                )
     return out
 
 
 def build_sft(work: Path, shared: Path, pretrain_steps: int, sft_steps: int) -> Path:
     from minimind.train.trainer import TrainConfig, train
 
-    chats = [shared / "minimind_format/sft_sharegpt_zh_1k.jsonl", shared / "minimind_format/lora_medical_medicalgpt_1k.jsonl"]
+    chats = [
+        shared / "minimind_format/sft_sharegpt_zh_1k.jsonl",
+        shared / "minimind_format/lora_medical_medicalgpt_1k.jsonl",
+    ]
     text = chat_text_corpus(chats, work / "pretrain_text.jsonl")
     for stage in ("pretrain", "sft"):
         shutil.rmtree(work / stage, ignore_errors=True)
     common = {"progress": False, "log_every": 50, "save_every": 10**6, "cache_dir": str(work / "cache")}
     t0 = time.perf_counter()
-    pre = train(TrainConfig(stage="pretrain", data=[str(text)], out=str(work / "pretrain"), preset="tiny",
-                            tokenizer=str(shared / "tokenizer/minimind3"), max_steps=pretrain_steps, batch_size=16,
-                            seq_len=512, lr=2e-3, val_fraction=0.01, **common))
-    sft = train(TrainConfig(stage="sft", data=[str(c) for c in chats], out=str(work / "sft"), init=str(pre),
-                            max_steps=sft_steps, batch_size=16, seq_len=512, lr=1e-3, val_fraction=0.01, **common))
+    pre = train(
+        TrainConfig(
+            stage="pretrain",
+            data=[str(text)],
+            out=str(work / "pretrain"),
+            preset="tiny",
+            tokenizer=str(shared / "tokenizer/minimind3"),
+            max_steps=pretrain_steps,
+            batch_size=16,
+            seq_len=512,
+            lr=2e-3,
+            val_fraction=0.01,
+            **common,
+        )
+    )
+    sft = train(
+        TrainConfig(
+            stage="sft",
+            data=[str(c) for c in chats],
+            out=str(work / "sft"),
+            init=str(pre),
+            max_steps=sft_steps,
+            batch_size=16,
+            seq_len=512,
+            lr=1e-3,
+            val_fraction=0.01,
+            **common,
+        )
+    )
     print(f"SFT model built in {time.perf_counter() - t0:.0f}s: {sft}", flush=True)
     return sft
 
@@ -64,8 +95,16 @@ def run_dpo(sft: Path, data: Path, out: Path, lr: float, epochs: float, **kw) ->
     from minimind.train.dpo import DPOObjective
     from minimind.train.trainer import TrainConfig, train
 
-    settings = {"lr": lr, "epochs": epochs, "val_fraction": 0.2, "eval_batches": 1000,
-                "log_every": 1, "save_every": 10**6, "progress": False, **kw}
+    settings = {
+        "lr": lr,
+        "epochs": epochs,
+        "val_fraction": 0.2,
+        "eval_batches": 1000,
+        "log_every": 1,
+        "save_every": 10**6,
+        "progress": False,
+        **kw,
+    }
     t0 = time.perf_counter()
     train(TrainConfig.for_stage("dpo", data=[str(data)], out=str(out), init=str(sft), **settings), DPOObjective())
     seconds = time.perf_counter() - t0
@@ -74,10 +113,17 @@ def run_dpo(sft: Path, data: Path, out: Path, lr: float, epochs: float, **kw) ->
     val = [r for r in rows if "val_loss" in r][-1]
     k = max(1, len(steps) // 10)  # first and last 10% of the steps
     mean = lambda rs, key: sum(r[key] for r in rs) / len(rs)
-    return {"lr": lr, "steps": len(steps), "first_loss": mean(steps[:k], "loss"), "last_loss": mean(steps[-k:], "loss"),
-            "last_train_acc": mean(steps[-k:], "reward_accuracy"), "val_loss": val["val_loss"],
-            "val_reward_accuracy": val["val_reward_accuracy"], "val_reward_margin": val["val_reward_margin"],
-            "seconds": seconds}
+    return {
+        "lr": lr,
+        "steps": len(steps),
+        "first_loss": mean(steps[:k], "loss"),
+        "last_loss": mean(steps[-k:], "loss"),
+        "last_train_acc": mean(steps[-k:], "reward_accuracy"),
+        "val_loss": val["val_loss"],
+        "val_reward_accuracy": val["val_reward_accuracy"],
+        "val_reward_margin": val["val_reward_margin"],
+        "seconds": seconds,
+    }
 
 
 def padding_report(sft: Path, data: Path, batch_size: int, seq_len: int) -> tuple[float, float]:
@@ -92,8 +138,10 @@ def padding_report(sft: Path, data: Path, batch_size: int, seq_len: int) -> tupl
 
     ds, _ = build_pair_datasets([str(data)], Tokenizer.from_dir(sft), seq_len, 0.2, 42)
     order = epoch_order(len(ds), 42, 0)
-    random_batches = [order[i:i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
-    return padding_fraction(ds, random_batches), padding_fraction(ds, length_grouped_batches(ds.lengths, batch_size, 42, 0))
+    random_batches = [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
+    return padding_fraction(ds, random_batches), padding_fraction(
+        ds, length_grouped_batches(ds.lengths, batch_size, 42, 0)
+    )
 
 
 def main(argv=None) -> int:
@@ -124,14 +172,21 @@ def main(argv=None) -> int:
         print(json.dumps(results[-1]), flush=True)
     d = STAGE_DEFAULTS["dpo"]
     rand, grouped = padding_report(sft, data, d["batch_size"], d["seq_len"])
-    print(f"\nDPO on dpo_medicalgpt_zh_500 (400 train / 100 held-out pairs), {args.epochs:g} epochs, "
-          f"batch {d['batch_size']} pairs, seq_len {d['seq_len']}, beta 0.1, sigmoid loss")
-    print("| lr | steps | train loss first -> last | held-out loss | held-out reward accuracy | held-out margin | time |")
+    print(
+        f"\nDPO on dpo_medicalgpt_zh_500 (400 train / 100 held-out pairs), {args.epochs:g} epochs, "
+        f"batch {d['batch_size']} pairs, seq_len {d['seq_len']}, beta 0.1, sigmoid loss"
+    )
+    print(
+        "| lr | steps | train loss first -> last | held-out loss | held-out reward accuracy | held-out margin | time |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['lr']:g}{' (default)' if r['lr'] == default_lr else ' (MiniMind)' if r['lr'] == MINIMIND_LR else ''} "
-              f"| {r['steps']} | {r['first_loss']:.4f} -> {r['last_loss']:.4f} | {r['val_loss']:.4f} "
-              f"| {100 * r['val_reward_accuracy']:.1f}% | {r['val_reward_margin']:+.3f} | {r['seconds']:.0f}s |")
+        tag = " (default)" if r["lr"] == default_lr else " (MiniMind)" if r["lr"] == MINIMIND_LR else ""
+        print(
+            f"| {r['lr']:g}{tag} "
+            f"| {r['steps']} | {r['first_loss']:.4f} -> {r['last_loss']:.4f} | {r['val_loss']:.4f} "
+            f"| {100 * r['val_reward_accuracy']:.1f}% | {r['val_reward_margin']:+.3f} | {r['seconds']:.0f}s |"
+        )
     print(f"\npadding of one epoch: random batches {100 * rand:.1f}%, length-grouped batches {100 * grouped:.1f}%")
     return 0
 

@@ -42,21 +42,27 @@ def main() -> None:
     model, tok = load(args.model)
     exam = load_exam(args.data, "ceval", shots=args.shots, limit=args.limit)
     small = load_exam(args.data, "ceval", shots=args.shots, limit=args.batch_1_limit)
-    print(f"{args.model}, C-Eval val {args.shots}-shot; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}")
+    print(
+        f"{args.model}, C-Eval val {args.shots}-shot; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{platform.processor() or platform.machine()}"
+    )
     print("| prompts | questions | accuracy | mean over subjects | chance | P(letters) | seconds | questions/s |")
     print("|---|---|---|---|---|---|---|---|")
     for template in ("chat", "raw"):
         r, seconds = timed(model, tok, exam, template, 16)
         m = r["metrics"]
-        print(f"| {template} | {m['n']} | {m['accuracy']:.2%} | {m['accuracy_macro']:.2%} | {m['chance']:.0%} | "
-              f"{m['letter_mass']:.3f} | {seconds:.1f} | {m['n'] / seconds:.1f} |")
+        print(
+            f"| {template} | {m['n']} | {m['accuracy']:.2%} | {m['accuracy_macro']:.2%} | {m['chance']:.0%} | "
+            f"{m['letter_mass']:.3f} | {seconds:.1f} | {m['n'] / seconds:.1f} |"
+        )
     batched, t16 = timed(model, tok, small, "chat", 16)
     single, t1 = timed(model, tok, small, "chat", 1)
     same = batched["details"]["subjects"] == single["details"]["subjects"]
     n = batched["metrics"]["n"]
-    print(f"\nbatching ({n} questions, chat prompts): batch 1 {n / t1:.1f} q/s, batch 16 {n / t16:.1f} q/s, "
-          f"speed-up {t1 / t16:.2f}x; same per-subject results: {'yes' if same else 'NO'}")
+    print(
+        f"\nbatching ({n} questions, chat prompts): batch 1 {n / t1:.1f} q/s, batch 16 {n / t16:.1f} q/s, "
+        f"speed-up {t1 / t16:.2f}x; same per-subject results: {'yes' if same else 'NO'}"
+    )
 
 
 if __name__ == "__main__":

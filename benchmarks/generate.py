@@ -52,6 +52,7 @@ def load_tokenizer(path: str | None):
     if not path.is_dir():
         return NoTextTokenizer()
     from minimind.tokenizer import Tokenizer
+
     return Tokenizer.from_dir(path)
 
 
@@ -71,12 +72,24 @@ def build_pair(name: str, seed: int = 0, with_hf: bool = True):
         return ours, None
     import transformers
 
-    common = {"vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
-                  "num_hidden_layers": cfg.num_hidden_layers, "num_attention_heads": cfg.num_attention_heads,
-                  "num_key_value_heads": cfg.num_key_value_heads, "head_dim": cfg.head_dim,
-                  "max_position_embeddings": cfg.max_position_embeddings, "rope_theta": cfg.rope_theta,
-                  "rms_norm_eps": cfg.rms_norm_eps, "tie_word_embeddings": True, "attention_bias": False,
-                  "hidden_act": "silu", "bos_token_id": cfg.bos_token_id, "eos_token_id": None, "pad_token_id": cfg.pad_token_id}
+    common = {
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads,
+        "head_dim": cfg.head_dim,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "rope_theta": cfg.rope_theta,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "tie_word_embeddings": True,
+        "attention_bias": False,
+        "hidden_act": "silu",
+        "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": None,
+        "pad_token_id": cfg.pad_token_id,
+    }
     if cfg.qk_norm:
         hf = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**common))
     else:
@@ -141,8 +154,19 @@ def best_of(fns, repeats: int) -> list[tuple[float, object]]:
     return list(zip(best, outs))
 
 
-def bench(name: str, batch: int, new_tokens: int, prompt_len: int, repeats: int, tokenizer, other=None,
-          sample: bool = False, device: str = "cpu", dtype: torch.dtype = torch.float32, with_hf: bool = True):
+def bench(
+    name: str,
+    batch: int,
+    new_tokens: int,
+    prompt_len: int,
+    repeats: int,
+    tokenizer,
+    other=None,
+    sample: bool = False,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    with_hf: bool = True,
+):
     ours, hf = build_pair(name, with_hf=with_hf)
     g = torch.Generator().manual_seed(1)
     prompt = torch.randint(36, ours.config.vocab_size, (batch, prompt_len), generator=g)  # no special tokens
@@ -158,9 +182,16 @@ def bench(name: str, batch: int, new_tokens: int, prompt_len: int, repeats: int,
         if hf is None:  # without transformers: this side is skipped
             return [[] for _ in range(batch)]
         with torch.inference_mode():
-            out = hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                              max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                              temperature=None, top_p=None, top_k=None)
+            out = hf.generate(
+                prompt,
+                attention_mask=torch.ones_like(prompt),
+                do_sample=False,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+            )
         return out[:, prompt_len:].tolist()
 
     sides = [run_ours, run_hf]
@@ -168,7 +199,9 @@ def bench(name: str, batch: int, new_tokens: int, prompt_len: int, repeats: int,
         twin, other_infer = other_twin(other, name, ours)
         twin = twin.to(device, dtype)
         other_params = other_infer.SamplingParams(max_new_tokens=new_tokens, temperature=0.0, stop_token_ids=())
-        sides.append(lambda: [c.token_ids for c in other_infer.generate(twin, tokenizer, prompt.tolist(), other_params)])
+        sides.append(
+            lambda: [c.token_ids for c in other_infer.generate(twin, tokenizer, prompt.tolist(), other_params)]
+        )
     if other is not None and sample:
         hot = {"max_new_tokens": new_tokens, "temperature": 0.8, "top_p": 0.9, "seed": 0, "stop_token_ids": ()}
         sides.append(lambda: generate(ours, tokenizer, prompt.tolist(), SamplingParams(**hot)))
@@ -179,10 +212,19 @@ def bench(name: str, batch: int, new_tokens: int, prompt_len: int, repeats: int,
     same = ids_ours == ids_hf
     first_diff = None
     if not same:
-        first_diff = min(next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
-                         for a, b in zip(ids_ours, ids_hf))
-    result = {"model": name, "batch": batch, "ours": n / t_ours, "hf": n / t_hf, "ratio": t_hf / t_ours,
-              "same": same, "first_diff": first_diff, "logit_diff": diff}
+        first_diff = min(
+            next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a)) for a, b in zip(ids_ours, ids_hf)
+        )
+    result = {
+        "model": name,
+        "batch": batch,
+        "ours": n / t_ours,
+        "hf": n / t_hf,
+        "ratio": t_hf / t_ours,
+        "same": same,
+        "first_diff": first_diff,
+        "logit_diff": diff,
+    }
     if other is not None:
         t_other, ids_other = timed[2]
         result.update(other=n / t_other, other_ratio=t_other / t_ours, other_same=ids_other == ids_ours)
@@ -212,10 +254,16 @@ def main():
         torch.set_num_threads(args.threads)
 
     version = "not used" if args.no_transformers else __import__("transformers").__version__
-    machine = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
-        f"{torch.get_num_threads()} threads, {cpu_name()}"
+    machine = (
+        torch.cuda.get_device_name()
+        if args.device.startswith("cuda")
+        else f"{torch.get_num_threads()} threads, {cpu_name()}"
+    )
     print(f"torch {torch.__version__}, transformers {version}, {machine}")
-    print(f"greedy, {args.dtype} on {args.device}, prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, best of {args.repeats}\n")
+    print(
+        f"greedy, {args.dtype} on {args.device}, prompt {args.prompt_len} tokens, "
+        f"{args.new_tokens} new tokens, best of {args.repeats}\n"
+    )
     tokenizer = load_tokenizer(args.tokenizer)
     header = f"| {'model':<16} | batch | ours tok/s | transformers tok/s | ratio | same ids |"
     if other is not None:
@@ -227,12 +275,28 @@ def main():
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for name in args.models:
         for batch in args.batches:
-            r = bench(name, batch, args.new_tokens, args.prompt_len, args.repeats, tokenizer, other, args.sample,
-                      args.device, getattr(torch, args.dtype), not args.no_transformers)
+            r = bench(
+                name,
+                batch,
+                args.new_tokens,
+                args.prompt_len,
+                args.repeats,
+                tokenizer,
+                other,
+                args.sample,
+                args.device,
+                getattr(torch, args.dtype),
+                not args.no_transformers,
+            )
             same = "yes" if r["same"] else f"no (from token {r['first_diff']})"
-            line = (f"| {r['model']:<16} | {r['batch']:>5} | {r['ours']:>10.1f} | {r['hf']:>18.1f} | "
-                    f"{r['ratio']:>4.2f}x | {same} |") if not args.no_transformers else \
-                f"| {r['model']:<16} | {r['batch']:>5} | {r['ours']:>10.1f} | - | - | - |"
+            line = (
+                (
+                    f"| {r['model']:<16} | {r['batch']:>5} | {r['ours']:>10.1f} | {r['hf']:>18.1f} | "
+                    f"{r['ratio']:>4.2f}x | {same} |"
+                )
+                if not args.no_transformers
+                else f"| {r['model']:<16} | {r['batch']:>5} | {r['ours']:>10.1f} | - | - | - |"
+            )
             if other is not None:
                 line += f" {r['other']:>11.1f} | {r['other_ratio']:>11.2f}x | {'yes' if r['other_same'] else 'no'} |"
             if "sampled" in r:

@@ -66,6 +66,7 @@ def ours_runner(model, tokenizer, prompt):
     def run(n):
         params = SamplingParams(temperature=0, max_new_tokens=n, stop_token_ids=())  # greedy, never stops early
         return generate(model, tokenizer, [prompt], params)[0].token_ids
+
     return run
 
 
@@ -79,6 +80,7 @@ def llama_runner(llm, prompt):
             if len(out) < n:
                 llm.eval([out[-1]])
         return out
+
     return run
 
 
@@ -98,9 +100,11 @@ def main() -> None:
     text = "MiniMind 是一个从零开始训练的小型语言模型。It is small, fast and easy to read. 让我们"
     prompt = tokenizer.encode(text)[:32]
     dtypes = ["f32"] + [d for d in args.gguf_dtypes if d != "f32"]
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, llama-cpp-python "
-          f"{llama_cpp.__version__}, {args.threads} thread(s), batch 1, prompt {len(prompt)} tokens, "
-          f"{args.new_tokens} new tokens, decode tokens/s (best of 3)")
+    print(
+        f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, llama-cpp-python "
+        f"{llama_cpp.__version__}, {args.threads} thread(s), batch 1, prompt {len(prompt)} tokens, "
+        f"{args.new_tokens} new tokens, decode tokens/s (best of 3)"
+    )
     print("| model | ours fp32 | llama.cpp GGUF | llama.cpp tok/s | llama.cpp / ours |")
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,9 +112,14 @@ def main() -> None:
             model, files = build(name, tokenizer, Path(tmp), dtypes)
             ours = best_decode_rate(ours_runner(model, tokenizer, prompt), args.new_tokens)
             for dtype, path in files.items():
-                llm = llama_cpp.Llama(model_path=str(path), n_ctx=len(prompt) + args.new_tokens + 8,
-                                      n_threads=args.threads, n_threads_batch=args.threads, verbose=False,
-                                      logits_all=True)  # public access to logits; costs one row per decode step
+                llm = llama_cpp.Llama(
+                    model_path=str(path),
+                    n_ctx=len(prompt) + args.new_tokens + 8,
+                    n_threads=args.threads,
+                    n_threads_batch=args.threads,
+                    verbose=False,
+                    logits_all=True,
+                )  # public access to logits; costs one row per decode step
                 if dtype == "f32":  # same function before timing anything
                     llm.eval(prompt)
                     with torch.no_grad():

@@ -37,7 +37,7 @@ def run_side(model, tok, prompts, batch: int, params: SamplingParams) -> dict:
     torch.cuda.synchronize()
     started, tokens, steps = time.perf_counter(), 0, 0
     for first in range(0, len(prompts), batch):
-        done = generate(model, tok, prompts[first:first + batch], params)
+        done = generate(model, tok, prompts[first : first + batch], params)
         tokens += sum(c.completion_tokens for c in done)
         steps += max(c.completion_tokens for c in done)  # a batch runs as long as its longest row
     torch.cuda.synchronize()
@@ -67,7 +67,7 @@ def main():
 
         tok = Tokenizer.from_dir(SHARED / "tokenizer" / "minimind3")
         model = MiniMindForCausalLM(preset("tiny")).init_weights(0).to("cuda", dtype).eval()
-    lines = [line for line in Path(args.data).read_text(encoding="utf-8").split("\n") if line][:2 * args.prompts]
+    lines = [line for line in Path(args.data).read_text(encoding="utf-8").split("\n") if line][: 2 * args.prompts]
     if len(lines) < 2 * args.prompts:
         raise SystemExit(f"{args.data}: {len(lines)} conversations, need {2 * args.prompts}")
     prompts = [tok.encode_chat(json.loads(line)["conversations"][:1], add_generation_prompt=True) for line in lines]
@@ -75,15 +75,17 @@ def main():
     generate(model, tok, prompts[:2], SamplingParams(max_new_tokens=4, temperature=0))  # CUDA context, kernels
 
     shipped = _model_module.decoding_attention
-    ours = run_side(model, tok, prompts[:args.prompts], args.batch, params)
+    ours = run_side(model, tok, prompts[: args.prompts], args.batch, params)
     _model_module.decoding_attention = lambda device: contextlib.nullcontext()
     try:
-        default = run_side(model, tok, prompts[args.prompts:], args.batch, params)
+        default = run_side(model, tok, prompts[args.prompts :], args.batch, params)
     finally:
         _model_module.decoding_attention = shipped
 
-    print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.model or 'random tiny'} in {args.dtype}; "
-          f"{args.prompts} prompts per side in batches of {args.batch}, at most {args.max_new_tokens} new tokens\n")
+    print(
+        f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.model or 'random tiny'} in {args.dtype}; "
+        f"{args.prompts} prompts per side in batches of {args.batch}, at most {args.max_new_tokens} new tokens\n"
+    )
     print("| attention in decode steps | wall s | tokens | tok/s | ms per step |")
     print("|---|---|---|---|---|")
     for name, r in (("ours: flash / mem-efficient (no cuDNN)", ours), ("SDPA's default (cuDNN first)", default)):

@@ -72,10 +72,24 @@ def build_base(work: Path, preset: str, steps: int) -> Path:
 
     shutil.rmtree(work / "base", ignore_errors=True)
     t0 = time.perf_counter()
-    base = train(TrainConfig(stage="sft", data=[str(SHARED / "minimind_format/sft_sharegpt_zh_1k.jsonl")],
-                             out=str(work / "base"), preset=preset, tokenizer=str(SHARED / "tokenizer/minimind3"),
-                             max_steps=steps, batch_size=16, seq_len=256, lr=2e-3, val_fraction=0.01, progress=False,
-                             log_every=50, save_every=10**6, cache_dir=str(work / "cache")))
+    base = train(
+        TrainConfig(
+            stage="sft",
+            data=[str(SHARED / "minimind_format/sft_sharegpt_zh_1k.jsonl")],
+            out=str(work / "base"),
+            preset=preset,
+            tokenizer=str(SHARED / "tokenizer/minimind3"),
+            max_steps=steps,
+            batch_size=16,
+            seq_len=256,
+            lr=2e-3,
+            val_fraction=0.01,
+            progress=False,
+            log_every=50,
+            save_every=10**6,
+            cache_dir=str(work / "cache"),
+        )
+    )
     print(f"base built in {time.perf_counter() - t0:.0f}s: {base}", flush=True)
     return base
 
@@ -90,7 +104,9 @@ def split_identity_data(work: Path, name: str, seed: int, replay: int) -> tuple[
             m["content"] = m["content"].replace("MiniMind", name)
     random.Random(seed).shuffle(rows)
     cut = int(len(rows) * 0.8)
-    general = [json.loads(line) for line in (SHARED / "minimind_format/sft_sharegpt_zh_1k.jsonl").open(encoding="utf-8")]
+    general = [
+        json.loads(line) for line in (SHARED / "minimind_format/sft_sharegpt_zh_1k.jsonl").open(encoding="utf-8")
+    ]
     general = [r for r in general if name.lower() not in json.dumps(r, ensure_ascii=False).lower()]
     train_rows = rows[:cut] + random.Random(seed + 1).sample(general, replay)
     train_file = work / "identity_train.jsonl"
@@ -117,8 +133,12 @@ def main() -> None:
     ap.add_argument("--name", default="Zephyr", help="the new identity (replaces MiniMind in the data)")
     ap.add_argument("--base-preset", default="nano", help="preset of the base built when no --base")
     ap.add_argument("--base-steps", type=int, default=150, help="SFT steps of the base built when no --base")
-    ap.add_argument("--replay", type=int, default=0,
-                    help="general conversations (the base's SFT data) mixed into the adapter's data")
+    ap.add_argument(
+        "--replay",
+        type=int,
+        default=0,
+        help="general conversations (the base's SFT data) mixed into the adapter's data",
+    )
     ap.add_argument("--epochs", type=float, default=40.0, help="LoRA epochs over the training conversations")
     ap.add_argument("--lr", type=float, default=5e-3)
     ap.add_argument("--rank", type=int, default=16)
@@ -139,10 +159,27 @@ def main() -> None:
 
     shutil.rmtree(work / "adapter", ignore_errors=True)
     t0 = time.perf_counter()
-    adapter = train(TrainConfig(stage="lora", data=[str(train_file)], out=str(work / "adapter"), init=str(base),
-                                epochs=args.epochs, batch_size=8, seq_len=128, lr=args.lr, weight_decay=0.0,
-                                val_fraction=0.0, lora_rank=args.rank, lora_alpha=2.0 * args.rank, progress=False,
-                                log_every=20, save_every=10**6, seed=args.seed, cache_dir=str(work / "cache")))
+    adapter = train(
+        TrainConfig(
+            stage="lora",
+            data=[str(train_file)],
+            out=str(work / "adapter"),
+            init=str(base),
+            epochs=args.epochs,
+            batch_size=8,
+            seq_len=128,
+            lr=args.lr,
+            weight_decay=0.0,
+            val_fraction=0.0,
+            lora_rank=args.rank,
+            lora_alpha=2.0 * args.rank,
+            progress=False,
+            log_every=20,
+            save_every=10**6,
+            seed=args.seed,
+            cache_dir=str(work / "cache"),
+        )
+    )
     train_s = time.perf_counter() - t0
     logged = [json.loads(line) for line in (adapter / "metrics.jsonl").open() if '"loss"' in line]
     losses, steps = [r["loss"] for r in logged], logged[-1]["step"]
@@ -150,7 +187,11 @@ def main() -> None:
 
     plain, tok = load(base)
     adapted, _ = load(base, lora=adapter)
-    sets = {"held-out data questions": held_out, "paraphrased (written here)": PARAPHRASES, "control (not identity)": CONTROLS}
+    sets = {
+        "held-out data questions": held_out,
+        "paraphrased (written here)": PARAPHRASES,
+        "control (not identity)": CONTROLS,
+    }
     results = {}
     for label, questions in sets.items():
         before, after = answers(plain, tok, questions), answers(adapted, tok, questions)
@@ -162,7 +203,9 @@ def main() -> None:
     merged, _ = load(merged_dir)
     ids = [tok.encode_chat([{"role": "user", "content": q}], add_generation_prompt=True) for q in PARAPHRASES]
     with torch.no_grad():
-        diff = max((merged(torch.tensor([x])).logits - adapted(torch.tensor([x])).logits).abs().max().item() for x in ids)
+        diff = max(
+            (merged(torch.tensor([x])).logits - adapted(torch.tensor([x])).logits).abs().max().item() for x in ids
+        )
         scale = max(adapted(torch.tensor([x])).logits.abs().max().item() for x in ids)
 
     adapter_bytes = (adapter / "adapter_model.safetensors").stat().st_size
@@ -170,19 +213,25 @@ def main() -> None:
     trainable = sum(p.numel() for n, p in adapted.named_parameters() if ".lora." in n)
     total = sum(p.numel() for n, p in plain.named_parameters())
     print()
-    print(f"base {base} ({total / 1e6:.2f}M parameters); identity {args.name!r}; LoRA r={args.rank} "
-          f"alpha={2 * args.rank}, {steps} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}; "
-          f"{args.replay} general conversations replayed")
+    print(
+        f"base {base} ({total / 1e6:.2f}M parameters); identity {args.name!r}; LoRA r={args.rank} "
+        f"alpha={2 * args.rank}, {steps} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}; "
+        f"{args.replay} general conversations replayed"
+    )
     print("| questions | n | base says the name | base + adapter says the name |")
     print("|---|---|---|---|")
     for label, (n, before, after) in results.items():
         print(f"| {label} | {n} | {before:.0%} | {after:.0%} |")
     print()
-    print(f"| base weights sha256 before / after | {sha_before[:16]}... / {sha_after[:16]}... "
-          f"({'unchanged' if sha_before == sha_after else 'CHANGED'}) |")
+    print(
+        f"| base weights sha256 before / after | {sha_before[:16]}... / {sha_after[:16]}... "
+        f"({'unchanged' if sha_before == sha_after else 'CHANGED'}) |"
+    )
     print(f"| merged vs base + adapter, max abs logit diff | {diff:.2e} (logits up to {scale:.1f}) |")
-    print(f"| adapter size vs model size | {adapter_bytes / 1e6:.2f} MB vs {model_bytes / 1e6:.2f} MB "
-          f"({trainable:,} vs {total:,} parameters, {100 * trainable / total:.2f}%) |")
+    print(
+        f"| adapter size vs model size | {adapter_bytes / 1e6:.2f} MB vs {model_bytes / 1e6:.2f} MB "
+        f"({trainable:,} vs {total:,} parameters, {100 * trainable / total:.2f}%) |"
+    )
     print(f"| LoRA training time | {train_s:.0f}s ({steps} steps) |")
 
 

@@ -48,8 +48,10 @@ def split_data(work: Path, held_out: int, seed: int) -> list[tuple[str, str, str
     """Write the training file; return the held-out (source file, user prompt, data's answer)."""
     # split("\n"), not splitlines(): the JSON strings hold U+2028 and friends, which are not
     # JSONL line ends
-    rows = {f: [line for line in (SHARED / "minimind_format" / f).read_text(encoding="utf-8").split("\n") if line]
-            for f in FILES}
+    rows = {
+        f: [line for line in (SHARED / "minimind_format" / f).read_text(encoding="utf-8").split("\n") if line]
+        for f in FILES
+    }
     total = sum(len(r) for r in rows.values())
     rng = random.Random(seed)
     prompts, train = [], []
@@ -70,17 +72,36 @@ def train_one(work: Path, args, weight: float, penalty: float) -> tuple[Path, fl
     from minimind.train.reason import ReasonObjective
     from minimind.train.trainer import TrainConfig, train
 
-    out = work / (f"reason-{args.preset}-{args.steps}x{args.batch_size}x{args.seq_len}-lr{args.lr:g}-mix{args.think_mix:g}"
-                  f"-seed{args.seed}-w{weight:g}-p{penalty:g}")
+    out = work / (
+        f"reason-{args.preset}-{args.steps}x{args.batch_size}x{args.seq_len}-lr{args.lr:g}-mix{args.think_mix:g}"
+        f"-seed{args.seed}-w{weight:g}-p{penalty:g}"
+    )
     if (out / "model.safetensors").is_file():
         print(f"reusing {out} (delete it to train again)", flush=True)
         return out, None
-    cfg = TrainConfig(stage="reason", data=[str(work / "train.jsonl")], out=str(out), preset=args.preset,
-                      tokenizer=str(SHARED / "tokenizer" / "minimind3"), max_steps=args.steps, batch_size=args.batch_size,
-                      seq_len=args.seq_len, lr=args.lr, warmup_steps=args.steps // 20, val_fraction=0.0,
-                      think_mix=args.think_mix, think_weight=weight, tag_penalty=penalty, device=args.device,
-                      save_every=10**9, keep_last=1, log_every=max(1, args.steps // 10), seed=args.seed, progress=False,
-                      cache_dir=str(work / "cache"))
+    cfg = TrainConfig(
+        stage="reason",
+        data=[str(work / "train.jsonl")],
+        out=str(out),
+        preset=args.preset,
+        tokenizer=str(SHARED / "tokenizer" / "minimind3"),
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        lr=args.lr,
+        warmup_steps=args.steps // 20,
+        val_fraction=0.0,
+        think_mix=args.think_mix,
+        think_weight=weight,
+        tag_penalty=penalty,
+        device=args.device,
+        save_every=10**9,
+        keep_last=1,
+        log_every=max(1, args.steps // 10),
+        seed=args.seed,
+        progress=False,
+        cache_dir=str(work / "cache"),
+    )
     started = time.perf_counter()
     train(cfg, ReasonObjective())
     return out, time.perf_counter() - started
@@ -103,23 +124,33 @@ def stray_tag_odds(model, tok, prompts, device, batch_size: int = 16, seq_len: i
     sums, worst, where = [], [], None
     for i in range(0, len(prompts), batch_size):
         rows = []
-        for source, prompt, answer in prompts[i:i + batch_size]:
-            head = tok.encode_chat([{"role": "user", "content": prompt}], add_generation_prompt=True, open_thinking=False)
+        for source, prompt, answer in prompts[i : i + batch_size]:
+            head = tok.encode_chat(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, open_thinking=False
+            )
             rows.append((source, head, (head + tok.encode(answer))[:seq_len]))
         n = max(len(ids) for _, _, ids in rows)
         ids = torch.tensor([ids + [tok.pad_token_id] * (n - len(ids)) for _, _, ids in rows], device=device)
         logits = model(ids).logits.float()
         log_p = obj.tag_log_probs(logits.flatten(0, 1)).view(logits.shape[:2])
         for (source, head, full), lp in zip(rows, log_p):
-            p = lp[len(head) - 1:len(full) - 1].exp()  # the positions that predict the answer's tokens
+            p = lp[len(head) - 1 : len(full) - 1].exp()  # the positions that predict the answer's tokens
             sums.append(float(p.sum()))
             worst.append(float(p.max()))
             if worst[-1] == max(worst):
                 at = int(p.argmax())
-                where = {"source": source, "token": at, "of": len(p),
-                         "before": tok.decode(full[len(head):len(head) + at])[-200:]}
-    return {"expected": sum(sums) / len(sums), "over_half": sum(w > 0.5 for w in worst) / len(worst),
-            "max": max(worst), "worst": where}
+                where = {
+                    "source": source,
+                    "token": at,
+                    "of": len(p),
+                    "before": tok.decode(full[len(head) : len(head) + at])[-200:],
+                }
+    return {
+        "expected": sum(sums) / len(sums),
+        "over_half": sum(w > 0.5 for w in worst) / len(worst),
+        "max": max(worst),
+        "worst": where,
+    }
 
 
 def evaluate(model_dir: Path, prompts: list[tuple[str, str]], args, penalty: float) -> dict:
@@ -133,9 +164,11 @@ def evaluate(model_dir: Path, prompts: list[tuple[str, str]], args, penalty: flo
     for thinking in (True, False):
         kinds, problems, examples, tagged = Counter(), Counter(), [], 0
         for i in range(0, len(prompts), args.gen_batch):
-            chunk = prompts[i:i + args.gen_batch]
-            ids = [tok.encode_chat([{"role": "user", "content": p}], add_generation_prompt=True, open_thinking=thinking)
-                   for _, p, _ in chunk]
+            chunk = prompts[i : i + args.gen_batch]
+            ids = [
+                tok.encode_chat([{"role": "user", "content": p}], add_generation_prompt=True, open_thinking=thinking)
+                for _, p, _ in chunk
+            ]
             for (source, _, _), c in zip(chunk, generate(model, tok, ids, params)):
                 check = check_thinking(c.text, opened=thinking, finished=c.finish_reason == "stop")
                 kinds[check.kind] += 1
@@ -144,8 +177,12 @@ def evaluate(model_dir: Path, prompts: list[tuple[str, str]], args, penalty: flo
                 problems[check.problem] += bool(check.problem)
                 if len(examples) < 2:
                     examples.append(c.text[:300])
-        result["on" if thinking else "off"] = {"kinds": dict(kinds), "with_tags": tagged, "problems": dict(+problems),
-                                                 "examples": examples}
+        result["on" if thinking else "off"] = {
+            "kinds": dict(kinds),
+            "with_tags": tagged,
+            "problems": dict(+problems),
+            "examples": examples,
+        }
     result["generate_s"] = time.perf_counter() - started
     return result
 
@@ -155,8 +192,13 @@ def main():
     ap.add_argument("--work", default="/tmp/minimind-reasoning-bench")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--weights", type=float, nargs="+", default=[1.0], help="--think-weight values to compare")
-    ap.add_argument("--tag-penalties", type=float, nargs="+", default=[0.0, 1.0],
-                    help="--tag-penalty values to compare (each with every --weights value)")
+    ap.add_argument(
+        "--tag-penalties",
+        type=float,
+        nargs="+",
+        default=[0.0, 1.0],
+        help="--tag-penalty values to compare (each with every --weights value)",
+    )
     ap.add_argument("--think-mix", type=float, default=0.7)
     ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -164,8 +206,13 @@ def main():
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--held-out", type=int, default=128)
     ap.add_argument("--max-new-tokens", type=int, default=1024)
-    ap.add_argument("--repetition-penalty", type=float, nargs="+", default=[1.1],
-                    help="values to compare (a tiny model decoding greedily tends to loop)")
+    ap.add_argument(
+        "--repetition-penalty",
+        type=float,
+        nargs="+",
+        default=[1.1],
+        help="values to compare (a tiny model decoding greedily tends to loop)",
+    )
     ap.add_argument("--gen-batch", type=int, default=32)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=42)
@@ -183,19 +230,44 @@ def main():
                 r = evaluate(model_dir, prompts, args, penalty)
                 n = len(prompts)
                 on, off, odds = r["on"], r["off"], r["stray_tag_odds"]
-                rows.append((weight, tag_penalty, penalty, on["kinds"].get("think", 0) / n, off["with_tags"] / n,
-                             off["kinds"].get("none", 0) / n, odds["expected"], odds["over_half"], train_s, r["generate_s"]))
-                print(json.dumps({"think_weight": weight, "tag_penalty": tag_penalty, "repetition_penalty": penalty, **r},
-                                 ensure_ascii=False, indent=1), flush=True)
-    print(f"\n{args.preset}, {args.steps} steps x {args.batch_size} rows of {args.seq_len}, lr {args.lr:g}, "
-          f"think-mix {args.think_mix:g}; {len(prompts)} held-out prompts, greedy, max {args.max_new_tokens} new tokens\n")
-    print("| think-weight | tag penalty | repetition penalty | on: well-formed think + answer | off: with think tags "
-          "| off: plain answer | off, data's answer: expected tags per reply | replies with p(tag) > 0.5 | train s "
-          "| generate s |")
+                rows.append(
+                    (
+                        weight,
+                        tag_penalty,
+                        penalty,
+                        on["kinds"].get("think", 0) / n,
+                        off["with_tags"] / n,
+                        off["kinds"].get("none", 0) / n,
+                        odds["expected"],
+                        odds["over_half"],
+                        train_s,
+                        r["generate_s"],
+                    )
+                )
+                print(
+                    json.dumps(
+                        {"think_weight": weight, "tag_penalty": tag_penalty, "repetition_penalty": penalty, **r},
+                        ensure_ascii=False,
+                        indent=1,
+                    ),
+                    flush=True,
+                )
+    print(
+        f"\n{args.preset}, {args.steps} steps x {args.batch_size} rows of {args.seq_len}, lr {args.lr:g}, "
+        f"think-mix {args.think_mix:g}; {len(prompts)} held-out prompts, greedy, max {args.max_new_tokens} new tokens\n"
+    )
+    print(
+        "| think-weight | tag penalty | repetition penalty | on: well-formed think + answer | off: with think tags "
+        "| off: plain answer | off, data's answer: expected tags per reply | replies with p(tag) > 0.5 | train s "
+        "| generate s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for w, tp, pen, on_ok, off_bad, off_ok, expected, over_half, ts, gs in rows:
-        print(f"| {w:g} | {tp:g} | {pen:g} | {on_ok:.1%} | {off_bad:.1%} | {off_ok:.1%} | {expected:.3f} | {over_half:.1%} "
-              f"| {'reused' if ts is None else f'{ts:.0f}'} | {gs:.0f} |")
+        print(
+            f"| {w:g} | {tp:g} | {pen:g} | {on_ok:.1%} | {off_bad:.1%} | {off_ok:.1%} "
+            f"| {expected:.3f} | {over_half:.1%} "
+            f"| {'reused' if ts is None else f'{ts:.0f}'} | {gs:.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ def minimind_style_batches(path: Path, kind: str, tok: Tokenizer, seq_len: int, 
 
     records = [r.data for r in read_records(path, kind)]
     if kind == "pretrain":
-        seqs = [[tok.bos_token_id] + tok.encode(r["text"])[:seq_len - 2] + [tok.eos_token_id] for r in records]
+        seqs = [[tok.bos_token_id] + tok.encode(r["text"])[: seq_len - 2] + [tok.eos_token_id] for r in records]
         masks = [[1] * len(s) for s in seqs]
     else:
         encoded = encode_chats(tok, [r["conversations"] for r in records])
@@ -49,9 +49,9 @@ def minimind_style_batches(path: Path, kind: str, tok: Tokenizer, seq_len: int, 
         ids = torch.zeros(batch_size, seq_len, dtype=torch.long)
         labels = torch.full((batch_size, seq_len), -100, dtype=torch.long)
         real = 0
-        for b, (s, m) in enumerate(zip(seqs[i:i + batch_size], masks[i:i + batch_size])):
-            ids[b, :len(s)] = torch.tensor(s)
-            labels[b, :len(s)] = torch.where(torch.tensor(m, dtype=torch.bool), torch.tensor(s), -100)
+        for b, (s, m) in enumerate(zip(seqs[i : i + batch_size], masks[i : i + batch_size])):
+            ids[b, : len(s)] = torch.tensor(s)
+            labels[b, : len(s)] = torch.where(torch.tensor(m, dtype=torch.bool), torch.tensor(s), -100)
             real += len(s)
         yield ids, labels, real
 
@@ -70,8 +70,9 @@ def time_steps(step_fn, batches, steps: int, warmup: int = 1) -> tuple[float, in
     return seconds, tokens
 
 
-def run(model_name: str, kind: str, data: Path, tok: Tokenizer, seq_len: int, batch_size: int, steps: int,
-        modes: list[str]) -> list[dict]:
+def run(
+    model_name: str, kind: str, data: Path, tok: Tokenizer, seq_len: int, batch_size: int, steps: int, modes: list[str]
+) -> list[dict]:
     results = []
     for mode in modes:
         torch.manual_seed(0)
@@ -79,12 +80,14 @@ def run(model_name: str, kind: str, data: Path, tok: Tokenizer, seq_len: int, ba
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         dtype = torch.bfloat16 if mode == "ours bf16" else torch.float32
         if mode == "minimind-style":
+
             def step(batch):
                 ids, labels, real = batch
                 out = model(ids)
                 loss = F.cross_entropy(out.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
                 loss.backward(), opt.step(), opt.zero_grad(set_to_none=True)
                 return real
+
             batches = minimind_style_batches(data, kind, tok, seq_len, batch_size)
         else:
             objective = LMObjective()
@@ -96,6 +99,7 @@ def run(model_name: str, kind: str, data: Path, tok: Tokenizer, seq_len: int, ba
                 (loss_sum / max(objective.count(batch), 1) + aux).backward()
                 opt.step(), opt.zero_grad(set_to_none=True)
                 return real_tokens(batch)
+
             batches = iterate_batches(train_ds, batch_size, seed=0, epoch=0)
         seconds, tokens = time_steps(step, batches, steps)
         tps = tokens / seconds
@@ -118,13 +122,17 @@ def main() -> int:
         print(f"skipped: {SHARED} (the shared data) is not there", file=sys.stderr)
         return 0
     tok = Tokenizer.from_dir(SHARED / "tokenizer" / "minimind3")
-    datasets = {"pretrain": SHARED / "minimind_format" / "pretrain_en_c4_wiki_demo.jsonl",
-                "sft": SHARED / "minimind_format" / "sft_sharegpt_zh_1k.jsonl"}
+    datasets = {
+        "pretrain": SHARED / "minimind_format" / "pretrain_en_c4_wiki_demo.jsonl",
+        "sft": SHARED / "minimind_format" / "sft_sharegpt_zh_1k.jsonl",
+    }
     modes = ["minimind-style", "ours fp32"] + (["ours bf16"] if cpu_has_fast_bf16() or args.force_bf16 else [])
     fp32 = measured_peak_flops(torch.device("cpu"), torch.float32)
     bf16 = measured_peak_flops(torch.device("cpu"), torch.bfloat16)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; matmul peak fp32 {fp32 / 1e9:.1f} GFLOP/s, "
-          f"bf16 {bf16 / 1e9:.1f} GFLOP/s (bf16 units: {'yes' if cpu_has_fast_bf16() else 'no, bf16 is emulated'})")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; matmul peak fp32 {fp32 / 1e9:.1f} GFLOP/s, "
+        f"bf16 {bf16 / 1e9:.1f} GFLOP/s (bf16 units: {'yes' if cpu_has_fast_bf16() else 'no, bf16 is emulated'})"
+    )
     print(f"seq_len {args.seq_len}, batch {args.batch_size}, {args.steps} timed steps after 1 warm-up")
     results = []
     for model_name in args.models:
@@ -133,7 +141,11 @@ def main() -> int:
     print("\nspeed-up over the MiniMind-style loop (real tokens/s):")
     for r in results:
         if r["mode"] != "minimind-style":
-            base = next(b for b in results if b["model"] == r["model"] and b["data"] == r["data"] and b["mode"] == "minimind-style")
+            base = next(
+                b
+                for b in results
+                if b["model"] == r["model"] and b["data"] == r["data"] and b["mode"] == "minimind-style"
+            )
             print(f"  {r['model']:16s} {r['data']:8s} {r['mode']:10s} {r['tokens_per_s'] / base['tokens_per_s']:5.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

@@ -23,8 +23,7 @@ HIDE_SHARED = os.environ.get("MINIMIND_TEST_NO_SHARED", "") not in ("", "0")
 
 
 def pytest_report_header(config):
-    where = "hidden (MINIMIND_TEST_NO_SHARED)" if HIDE_SHARED else \
-        (SHARED_DATA if SHARED_DATA.is_dir() else "absent")
+    where = "hidden (MINIMIND_TEST_NO_SHARED)" if HIDE_SHARED else (SHARED_DATA if SHARED_DATA.is_dir() else "absent")
     return f"shared test data: {where}"
 
 

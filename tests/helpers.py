@@ -45,13 +45,61 @@ def babble(seed: int = 0, docs: int = 2000) -> list[str]:
     of word frequencies: enough distinct words for a byte-level BPE to reach 6400 tokens, the
     size of MiniMind's vocabulary and of every preset, from nothing but a seed."""
     rng = random.Random(seed)
-    onsets = ("", "b", "c", "d", "f", "g", "h", "j", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "y", "z",
-              "bl", "br", "ch", "cl", "cr", "dr", "fl", "fr", "gl", "gr", "pl", "pr", "sh", "sl", "sm", "sn", "sp",
-              "st", "str", "th", "tr", "wh")
+    onsets = (
+        "",
+        "b",
+        "c",
+        "d",
+        "f",
+        "g",
+        "h",
+        "j",
+        "k",
+        "l",
+        "m",
+        "n",
+        "p",
+        "r",
+        "s",
+        "t",
+        "v",
+        "w",
+        "y",
+        "z",
+        "bl",
+        "br",
+        "ch",
+        "cl",
+        "cr",
+        "dr",
+        "fl",
+        "fr",
+        "gl",
+        "gr",
+        "pl",
+        "pr",
+        "sh",
+        "sl",
+        "sm",
+        "sn",
+        "sp",
+        "st",
+        "str",
+        "th",
+        "tr",
+        "wh",
+    )
     vowels = ("a", "e", "i", "o", "u", "ai", "ea", "ee", "oa", "oo", "ou", "y")
     codas = ("", "", "", "n", "r", "s", "t", "l", "m", "nd", "ng", "st", "ck", "rt", "nt", "sh")
-    words = sorted({"".join(rng.choice(onsets) + rng.choice(vowels) + rng.choice(codas)
-                            for _ in range(rng.choice((1, 1, 2, 2, 3, 4)))) for _ in range(12000)})
+    words = sorted(
+        {
+            "".join(
+                rng.choice(onsets) + rng.choice(vowels) + rng.choice(codas)
+                for _ in range(rng.choice((1, 1, 2, 2, 3, 4)))
+            )
+            for _ in range(12000)
+        }
+    )
     hanzi = [chr(0x4E00 + i) for i in rng.sample(range(0x5000), 3000)]
     zwords = ["".join(rng.choices(hanzi, k=rng.choice((1, 2, 2, 3)))) for _ in range(6000)]
     w_cum = list(accumulate(1 / (i + 10) for i in range(len(words))))
@@ -59,12 +107,16 @@ def babble(seed: int = 0, docs: int = 2000) -> list[str]:
     out = []
     for _ in range(docs):
         if rng.random() < 0.6:
-            sentences = (" ".join(rng.choices(words, cum_weights=w_cum, k=rng.randint(4, 14))).capitalize()
-                         + rng.choice(".!?") for _ in range(rng.randint(2, 6)))
+            sentences = (
+                " ".join(rng.choices(words, cum_weights=w_cum, k=rng.randint(4, 14))).capitalize() + rng.choice(".!?")
+                for _ in range(rng.randint(2, 6))
+            )
             out.append(" ".join(sentences))
         else:
-            clauses = ("".join(rng.choices(zwords, cum_weights=z_cum, k=rng.randint(3, 10))) + rng.choice("，。！？")
-                       for _ in range(rng.randint(2, 5)))
+            clauses = (
+                "".join(rng.choices(zwords, cum_weights=z_cum, k=rng.randint(3, 10))) + rng.choice("，。！？")
+                for _ in range(rng.randint(2, 5))
+            )
             out.append("".join(clauses))
     return out
 
@@ -90,18 +142,34 @@ def train_project_tokenizer(root, seed: int = 0) -> Path:
         chats = [c.replace(special, " ") for c in chats]
     chats = [re.sub(r"\n\s*\n", "\n", c) for c in chats]
     extra = write_jsonl(root / "corpus" / "extra.jsonl", ({"text": t} for t in babble(seed) + chats))
-    report = train_tokenizer([str(files["pretrain"]), str(files["sft"]), str(extra)], vocab_size=6400,
-                             out_dir=str(root / "tokenizer"), holdout_fraction=0)
+    report = train_tokenizer(
+        [str(files["pretrain"]), str(files["sft"]), str(extra)],
+        vocab_size=6400,
+        out_dir=str(root / "tokenizer"),
+        holdout_fraction=0,
+    )
     assert report["vocab_size"] == 6400, report
     return root / "tokenizer"
 
 
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
-                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                                                          "required": ["city"]}}},
-         {"type": "function", "function": {"name": "add", "description": "加法",
-                                           "parameters": {"type": "object", "properties": {"a": {"type": "number"},
-                                                                                           "b": {"type": "number"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather of a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "add",
+            "description": "加法",
+            "parameters": {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}},
+        },
+    },
+]
 _CITIES = [("Paris", "巴黎"), ("Tokyo", "东京"), ("Cairo", "开罗"), ("Lima", "利马"), ("Oslo", "奥斯陆")]
 
 
@@ -118,41 +186,70 @@ def chat_records(n: int = 60, seed: int = 0) -> list[dict]:
         shape = i % 6
         conv = [{"role": "system", "content": "You are a helpful assistant."}] if i % 4 == 1 else []
         if shape == 0:  # plain multi-turn
-            conv += [{"role": "user", "content": f"What is {a} + {b}?"},
-                     {"role": "assistant", "content": f"{a} + {b} = {a + b}."},
-                     {"role": "user", "content": "谢谢！😀"}, {"role": "assistant", "content": "不客气！"}]
+            conv += [
+                {"role": "user", "content": f"What is {a} + {b}?"},
+                {"role": "assistant", "content": f"{a} + {b} = {a + b}."},
+                {"role": "user", "content": "谢谢！😀"},
+                {"role": "assistant", "content": "不客气！"},
+            ]
         elif shape == 1:  # a tool call (JSON strings, as in MiniMind's files) and its result
             if conv:
                 conv[0]["tools"] = json.dumps(TOOLS, ensure_ascii=False)
             else:
                 conv = [{"role": "system", "content": "", "tools": json.dumps(TOOLS, ensure_ascii=False)}]
-            conv += [{"role": "user", "content": f"What is the weather in {city}?"},
-                     {"role": "assistant", "content": "",
-                      "tool_calls": json.dumps([{"name": "get_weather", "arguments": {"city": city}}])},
-                     {"role": "tool", "content": json.dumps({"city": city, "weather": "sunny", "celsius": a % 35})},
-                     {"role": "assistant", "content": f"It is sunny in {city}, {a % 35} °C."}]
+            conv += [
+                {"role": "user", "content": f"What is the weather in {city}?"},
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": json.dumps([{"name": "get_weather", "arguments": {"city": city}}]),
+                },
+                {"role": "tool", "content": json.dumps({"city": city, "weather": "sunny", "celsius": a % 35})},
+                {"role": "assistant", "content": f"It is sunny in {city}, {a % 35} °C."},
+            ]
         elif shape == 2:  # two calls as a list, two tool results in a row
             conv = [{"role": "system", "content": "", "tools": json.dumps(TOOLS, ensure_ascii=False)}]
-            conv += [{"role": "user", "content": f"{zcity}天气如何？再算{a}加{b}。"},
-                     {"role": "assistant", "content": "好的。", "tool_calls": [
-                         {"name": "get_weather", "arguments": {"city": zcity}},
-                         {"name": "add", "arguments": json.dumps({"a": a, "b": b})}]},
-                     {"role": "tool", "content": "晴"}, {"role": "tool", "content": str(a + b)},
-                     {"role": "assistant", "content": f"{zcity}晴；{a}加{b}等于{a + b}。"}]
+            conv += [
+                {"role": "user", "content": f"{zcity}天气如何？再算{a}加{b}。"},
+                {
+                    "role": "assistant",
+                    "content": "好的。",
+                    "tool_calls": [
+                        {"name": "get_weather", "arguments": {"city": zcity}},
+                        {"name": "add", "arguments": json.dumps({"a": a, "b": b})},
+                    ],
+                },
+                {"role": "tool", "content": "晴"},
+                {"role": "tool", "content": str(a + b)},
+                {"role": "assistant", "content": f"{zcity}晴；{a}加{b}等于{a + b}。"},
+            ]
         elif shape == 3:  # reasoning_content
-            conv += [{"role": "user", "content": f"{a}乘以{b}等于多少？"},
-                     {"role": "assistant", "content": f"{a}乘以{b}等于{a * b}。",
-                      "reasoning_content": f"\n{a} × {b}: {a} × {b // 10 * 10} + {a} × {b % 10} = {a * b}.\n"}]
+            conv += [
+                {"role": "user", "content": f"{a}乘以{b}等于多少？"},
+                {
+                    "role": "assistant",
+                    "content": f"{a}乘以{b}等于{a * b}。",
+                    "reasoning_content": f"\n{a} × {b}: {a} × {b // 10 * 10} + {a} × {b % 10} = {a * b}.\n",
+                },
+            ]
         elif shape == 4:  # an inline <think> block, then a later turn
-            conv += [{"role": "user", "content": f"Is {a} bigger than {b}?"},
-                     {"role": "assistant", "content": f"<think>\nCompare {a} and {b}.\n</think>\n\n"
-                                                      f"{'Yes' if a > b else 'No'}."},
-                     {"role": "user", "content": "Why?"},
-                     {"role": "assistant", "content": "Because of the digits.", "reasoning_content": "easy"}]
+            conv += [
+                {"role": "user", "content": f"Is {a} bigger than {b}?"},
+                {
+                    "role": "assistant",
+                    "content": f"<think>\nCompare {a} and {b}.\n</think>\n\n{'Yes' if a > b else 'No'}.",
+                },
+                {"role": "user", "content": "Why?"},
+                {"role": "assistant", "content": "Because of the digits.", "reasoning_content": "easy"},
+            ]
         else:  # a long answer (a few hundred tokens)
-            conv += [{"role": "user", "content": f"Tell me about {city}."},
-                     {"role": "assistant", "content": " ".join(f"{city} has {k * a} streets and {k * b} parks."
-                                                               for k in range(1, 6 + a % 10))}]
+            conv += [
+                {"role": "user", "content": f"Tell me about {city}."},
+                {
+                    "role": "assistant",
+                    "content": " ".join(f"{city} has {k * a} streets and {k * b} parks." for k in range(1, 6 + a % 10)),
+                },
+            ]
         out.append({"conversations": conv})
     return out
 
@@ -161,7 +258,7 @@ def pretrain_records(n: int = 60, seed: int = 0) -> list[dict]:
     """{"text": ...} documents of varied length (tens to about a thousand tokens)."""
     rng = random.Random(seed)
     texts = babble(seed, 4 * n)
-    return [{"text": " ".join(texts[4 * i:4 * i + rng.choice((1, 1, 2, 4))])} for i in range(n)]
+    return [{"text": " ".join(texts[4 * i : 4 * i + rng.choice((1, 1, 2, 4))])} for i in range(n)]
 
 
 def dpo_records(n: int = 20, seed: int = 0) -> list[dict]:
@@ -173,8 +270,12 @@ def dpo_records(n: int = 20, seed: int = 0) -> list[dict]:
         prompt = [{"role": "user", "content": f"What is {a} + {b}?" if i % 2 else f"{a}加{b}等于多少？"}]
         good = f"{a} + {b} = {a + b}." if i % 2 else f"{a}加{b}等于{a + b}。"
         bad = f"{a} + {b} = {a + b + 1}." if i % 2 else "不知道。"
-        out.append({"chosen": prompt + [{"role": "assistant", "content": good}],
-                    "rejected": prompt + [{"role": "assistant", "content": bad}]})
+        out.append(
+            {
+                "chosen": prompt + [{"role": "assistant", "content": good}],
+                "rejected": prompt + [{"role": "assistant", "content": bad}],
+            }
+        )
     return out
 
 
@@ -185,6 +286,10 @@ def rl_records(n: int = 20, seed: int = 0) -> list[dict]:
     for _ in range(n):
         a, b = rng.randint(2, 30), rng.randint(2, 30)
         question = f"Tom has {a} apples and buys {b} more. How many now?"
-        out.append({"conversations": [{"role": "user", "content": question}, {"role": "assistant", "content": ""}],
-                    "gt": [str(a + b)]})
+        out.append(
+            {
+                "conversations": [{"role": "user", "content": question}, {"role": "assistant", "content": ""}],
+                "gt": [str(a + b)],
+            }
+        )
     return out

@@ -44,19 +44,22 @@ def test_public_load_returns_model_and_tokenizer(model_dir, tok):
     assert tokenizer.eos_token_id == model.config.eos_token_id == 2
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("no_dir", "model directory not found"),
-    ("no_config", "config.json: file not found"),
-    ("bad_json", "config.json:2: invalid JSON"),
-    ("wrong_type", "hidden_size should be a number"),
-    ("bad_value", "must be a multiple of"),
-    ("no_weights", "model.safetensors: weights file not found"),
-    ("corrupt_weights", "not a valid safetensors file"),
-    ("missing_tensor", "missing tensors model.norm.weight"),
-    ("extra_tensor", "unexpected tensors model.layers.9.mlp.up_proj.weight"),
-    ("wrong_shape", "model.norm.weight has shape (7,), config needs (128,)"),
-    ("pickle", "not a valid safetensors file"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("no_dir", "model directory not found"),
+        ("no_config", "config.json: file not found"),
+        ("bad_json", "config.json:2: invalid JSON"),
+        ("wrong_type", "hidden_size should be a number"),
+        ("bad_value", "must be a multiple of"),
+        ("no_weights", "model.safetensors: weights file not found"),
+        ("corrupt_weights", "not a valid safetensors file"),
+        ("missing_tensor", "missing tensors model.norm.weight"),
+        ("extra_tensor", "unexpected tensors model.layers.9.mlp.up_proj.weight"),
+        ("wrong_shape", "model.norm.weight has shape (7,), config needs (128,)"),
+        ("pickle", "not a valid safetensors file"),
+    ],
+)
 def test_bad_model_directories_give_one_clear_line(model_dir, case, expected):
     path, model = model_dir
     weights, config = path / "model.safetensors", path / "config.json"

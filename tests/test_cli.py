@@ -38,10 +38,16 @@ def test_unknown_preset_is_one_line_error(capsys):
 
 def test_init_writes_a_loadable_model_directory(capsys, tmp_path, tok_dir):
     out_dir = tmp_path / "tiny"
-    code, out, _ = run(capsys, "init", "--preset", "nano", "--tokenizer", str(tok_dir),
-                       "--out", str(out_dir), "--seed", "7")
+    code, out, _ = run(
+        capsys, "init", "--preset", "nano", "--tokenizer", str(tok_dir), "--out", str(out_dir), "--seed", "7"
+    )
     assert code == 0 and "nano" in out
-    assert {p.name for p in out_dir.iterdir()} == {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
+    assert {p.name for p in out_dir.iterdir()} == {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    }
     import minimind
 
     model, tokenizer = minimind.load(out_dir)
@@ -49,13 +55,14 @@ def test_init_writes_a_loadable_model_directory(capsys, tmp_path, tok_dir):
     code, out, _ = run(capsys, "info", "--model", str(out_dir))
     assert code == 0 and "1.21M parameters" in out
     # same seed, same weights; a non-empty --out is refused without --force
-    code, _, err = run(capsys, "init", "--preset", "nano", "--tokenizer", str(tok_dir),
-                       "--out", str(out_dir))
+    code, _, err = run(capsys, "init", "--preset", "nano", "--tokenizer", str(tok_dir), "--out", str(out_dir))
     assert code == 2 and "not empty" in err
 
 
 def test_init_with_missing_tokenizer_names_the_file(capsys, tmp_path):
-    code, _, err = run(capsys, "init", "--preset", "nano", "--tokenizer", str(tmp_path / "none"), "--out", str(tmp_path / "m"))
+    code, _, err = run(
+        capsys, "init", "--preset", "nano", "--tokenizer", str(tmp_path / "none"), "--out", str(tmp_path / "m")
+    )
     assert code == 2 and str(tmp_path / "none") in err
 
 
@@ -78,8 +85,13 @@ def tiny_model_dir(tmp_path_factory, tok_dir):
 
 def chat_cli(model_dir, *extra, stdin=None):
     script = Path(sys.executable).parent / "minimind"
-    return subprocess.run([str(script), "chat", "--model", str(model_dir), "--max-new-tokens", "12", *extra],
-                          input=stdin, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [str(script), "chat", "--model", str(model_dir), "--max-new-tokens", "12", *extra],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_chat_prompt_answers_once_and_is_seeded(tiny_model_dir):
@@ -91,7 +103,9 @@ def test_chat_prompt_answers_once_and_is_seeded(tiny_model_dir):
 
 
 def test_chat_repl_commands(tiny_model_dir):
-    done = chat_cli(tiny_model_dir, "--temperature", "0", stdin="hello\n/think\nwhy?\n/reset\n/bogus\n/help\n/exit\nnot read\n")
+    done = chat_cli(
+        tiny_model_dir, "--temperature", "0", stdin="hello\n/think\nwhy?\n/reset\n/bogus\n/help\n/exit\nnot read\n"
+    )
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("tokens/s") == 2  # two replies, then /exit stops reading
     assert "(thinking on)" in done.stderr and "(conversation cleared)" in done.stderr
@@ -103,16 +117,16 @@ def test_chat_session_keeps_history_and_thinking(tiny_model_dir):
     import io
 
     import minimind
-    from minimind.infer import SamplingParams
+    from minimind.infer import SamplingParams, chat
     from minimind.infer.repl import ChatSession
 
-    from minimind.infer import chat
     assert callable(chat)  # the REPL module must not shadow the chat() function
 
     model, tokenizer = minimind.load(tiny_model_dir)
     out, status = io.StringIO(), io.StringIO()
-    session = ChatSession(model, tokenizer, SamplingParams(max_new_tokens=5, temperature=0), system="be brief",
-                          out=out, status=status)
+    session = ChatSession(
+        model, tokenizer, SamplingParams(max_new_tokens=5, temperature=0), system="be brief", out=out, status=status
+    )
     first = session.reply("hi")
     assert [m["role"] for m in session.history] == ["user", "assistant"]
     assert session.history[1]["content"] == first
@@ -134,8 +148,10 @@ def test_chat_with_missing_model_is_one_line_error(tmp_path):
 def test_help_does_not_import_torch():
     # Every verb imports what it needs when it runs: `minimind --help` (and the parsers of all
     # verbs) must stay instant, not pay seconds for torch.
-    code = ("import sys; from minimind.cli import build_parser; build_parser(); "
-            "heavy = [m for m in ('torch', 'numpy', 'fastapi', 'lm_eval', 'matplotlib') if m in sys.modules]; "
-            "print(heavy); sys.exit(1 if heavy else 0)")
+    code = (
+        "import sys; from minimind.cli import build_parser; build_parser(); "
+        "heavy = [m for m in ('torch', 'numpy', 'fastapi', 'lm_eval', 'matplotlib') if m in sys.modules]; "
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr

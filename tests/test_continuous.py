@@ -4,10 +4,9 @@ broken sampling ends that row alone; log-probabilities are the model's own."""
 
 import pytest
 import torch
-from helpers import scrambled_model
 
-from minimind.infer import SamplingParams, generate
-from minimind.infer import Engine, Sequence
+from helpers import scrambled_model
+from minimind.infer import Engine, SamplingParams, Sequence, generate
 
 GREEDY = {"temperature": 0.0, "stop_token_ids": ()}
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -83,7 +82,7 @@ def test_openai_penalties_change_the_choice(model, tokenizer):
             logits = model(torch.tensor([ids])).logits[0, -1] - 100.0 * counts
             ids.append(int(logits.argmax()))
             counts[ids[-1]] += 1
-    assert seq.token_ids == ids[len(prompt):]
+    assert seq.token_ids == ids[len(prompt) :]
     assert len(set(seq.token_ids)) == 8
 
 
@@ -91,9 +90,13 @@ def test_rows_with_different_settings_each_sample_as_alone(model, tokenizer):
     """One step samples every row in a few tensor ops, each with its own temperature, top-k,
     top-p, penalties and seed: each row's tokens equal what it samples alone."""
     prompt = tokenizer.encode("Once upon a time")
-    settings = [dict(temperature=1.3, top_k=5, seed=1), dict(temperature=0.7, top_p=0.8, seed=2),
-                dict(temperature=0.0), dict(temperature=1.0, top_p=1.0, repetition_penalty=1.3, seed=3),
-                dict(temperature=0.9, top_k=40, top_p=0.9, presence_penalty=0.5, seed=4)]
+    settings = [
+        dict(temperature=1.3, top_k=5, seed=1),
+        dict(temperature=0.7, top_p=0.8, seed=2),
+        dict(temperature=0.0),
+        dict(temperature=1.0, top_p=1.0, repetition_penalty=1.3, seed=3),
+        dict(temperature=0.9, top_k=40, top_p=0.9, presence_penalty=0.5, seed=4),
+    ]
     params = [SamplingParams(max_new_tokens=10, stop_token_ids=(), **kw) for kw in settings]
     alone = []
     for p in params:
@@ -141,8 +144,9 @@ def test_logprobs_are_the_models_own(model, tokenizer):
     """Each sampled token's log-probability (and the top alternatives) equal a log-softmax of
     a full forward pass over prompt + tokens so far; sampling settings do not change them."""
     prompt = tokenizer.encode("The answer is")
-    params = SamplingParams(max_new_tokens=6, temperature=1.5, top_k=20, seed=0, stop_token_ids=(),
-                            logprobs=True, top_logprobs=3)
+    params = SamplingParams(
+        max_new_tokens=6, temperature=1.5, top_k=20, seed=0, stop_token_ids=(), logprobs=True, top_logprobs=3
+    )
     [done] = generate(model, tokenizer, [prompt], params)
     assert len(done.logprobs) == 6
     ids = list(prompt)

@@ -5,8 +5,8 @@ import os
 
 import numpy as np
 import pytest
-from helpers import chat_records, write_jsonl
 
+from helpers import chat_records, write_jsonl
 from minimind.data import cache as cache_mod
 from minimind.data import default_cache_dir, tokenize_file
 from minimind.errors import MiniMindError

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-from helpers import chat_records, dpo_records, pretrain_records, rl_records, write_jsonl
 
+from helpers import chat_records, dpo_records, pretrain_records, rl_records, write_jsonl
 from minimind.cli import main
 
 
@@ -19,8 +19,9 @@ def check(capsys, *argv):
 
 def test_report_on_shared_tool_call_data(capsys, shared_data):
     path = shared_data / "minimind_format" / "sft_toolcall_glaive_demo_zh_en.jsonl"
-    code, out, _ = check(capsys, path, "--kind", "sft", "--tokenizer", shared_data / "tokenizer" / "minimind3",
-                         "--seq-len", "512")
+    code, out, _ = check(
+        capsys, path, "--kind", "sft", "--tokenizer", shared_data / "tokenizer" / "minimind3", "--seq-len", "512"
+    )
     assert code == 0
     lines = out.splitlines()
     assert lines[0] == f"{path}  (sft)"
@@ -41,7 +42,9 @@ def test_report_on_generated_chats(capsys, tmp_path, tok_dir):
     code, out, _ = check(capsys, path, "--kind", "sft", "--tokenizer", tok_dir, "--seq-len", "512")
     assert code == 0 and out.splitlines()[0] == f"{path}  (sft)"
     assert "records    60 read, 60 valid, 0 with problems" in out
-    assert f"messages   {len(messages)} ({turns} assistant turns, {calls} tool calls, {reasoning} with reasoning)" in out
+    assert (
+        f"messages   {len(messages)} ({turns} assistant turns, {calls} tool calls, {reasoning} with reasoning)" in out
+    )
     assert "tokens per record: min" in out and out.rstrip().endswith("problems   none")
 
 
@@ -62,17 +65,38 @@ def test_wrong_kind_gets_a_hint(capsys, tmp_path):
     assert code == 1 and "missing 'conversations'" in out and "did you mean --kind dpo?" in out
 
 
-@pytest.mark.parametrize("kind,make,unit", [("dpo", dpo_records, "pair (longer side)"), ("rl", rl_records, "prompt"),
-                                            ("pretrain", pretrain_records, "record")])
+@pytest.mark.parametrize(
+    "kind,make,unit",
+    [
+        ("dpo", dpo_records, "pair (longer side)"),
+        ("rl", rl_records, "prompt"),
+        ("pretrain", pretrain_records, "record"),
+    ],
+)
 def test_other_kinds(capsys, tmp_path, tok_dir, kind, make, unit):
-    code, out, _ = check(capsys, write_jsonl(tmp_path / "data.jsonl", make(250)), "--kind", kind,
-                         "--tokenizer", tok_dir, "--limit", "200")
+    code, out, _ = check(
+        capsys,
+        write_jsonl(tmp_path / "data.jsonl", make(250)),
+        "--kind",
+        kind,
+        "--tokenizer",
+        tok_dir,
+        "--limit",
+        "200",
+    )
     assert code == 0 and "200 read, 200 valid" in out and f"tokens per {unit}: min" in out
 
 
 def test_json_output_and_missing_file(capsys, tok_dir, tmp_path):
-    code, out, _ = check(capsys, write_jsonl(tmp_path / "chats.jsonl", chat_records(3)), "--kind", "sft",
-                         "--tokenizer", tok_dir, "--json")
+    code, out, _ = check(
+        capsys,
+        write_jsonl(tmp_path / "chats.jsonl", chat_records(3)),
+        "--kind",
+        "sft",
+        "--tokenizer",
+        tok_dir,
+        "--json",
+    )
     report = json.loads(out)
     assert code == 0 and report["valid"] == 3 and report["problems"] == 0 and report["loss_tokens"] > 0
     code, _, err = check(capsys, tmp_path / "nope.jsonl", "--kind", "sft")

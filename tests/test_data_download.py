@@ -18,8 +18,10 @@ from minimind.cli import main
 from minimind.data.download import download, hf_url, resolve_names
 from minimind.errors import MiniMindError
 
-FILES = {name: "".join(f'{{"text": "{name} line {i}"}}\n' for i in range(4000)).encode() for name in
-         ("lora_identity.jsonl", "pretrain_t2t_mini.jsonl", "sft_t2t_mini.jsonl")}
+FILES = {
+    name: "".join(f'{{"text": "{name} line {i}"}}\n' for i in range(4000)).encode()
+    for name in ("lora_identity.jsonl", "pretrain_t2t_mini.jsonl", "sft_t2t_mini.jsonl")
+}
 PREFIX = "/datasets/jingyaogong/minimind_dataset/resolve/main/"
 
 
@@ -31,7 +33,7 @@ class Hub(BaseHTTPRequestHandler):
         state = self.server.state
         state["requests"].append((self.path, self.headers.get("Range"), self.headers.get("Authorization")))
         if self.path.startswith(PREFIX):
-            name = self.path[len(PREFIX):]
+            name = self.path[len(PREFIX) :]
             if name not in FILES:
                 self.send_error(404)
                 return
@@ -39,12 +41,14 @@ class Hub(BaseHTTPRequestHandler):
             self.send_response(302)
             self.send_header("Location", f"/cdn/{name}?signature=abc")
             self.send_header("X-Repo-Commit", "0123456789abcdef0123456789abcdef01234567")
-            self.send_header("X-Linked-Etag", '"' + state.get("sha", {}).get(name, hashlib.sha256(body).hexdigest()) + '"')
+            self.send_header(
+                "X-Linked-Etag", '"' + state.get("sha", {}).get(name, hashlib.sha256(body).hexdigest()) + '"'
+            )
             self.send_header("X-Linked-Size", str(len(body)))
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        name = self.path.split("?")[0][len("/cdn/"):]
+        name = self.path.split("?")[0][len("/cdn/") :]
         body = FILES[name]
         start = 0
         if self.headers.get("Range"):
@@ -59,7 +63,7 @@ class Hub(BaseHTTPRequestHandler):
         self.end_headers()
         if state["cut"]:  # send half of what was asked for, then hang up
             state["cut"] -= 1
-            self.wfile.write(body[start:start + (len(body) - start) // 2])
+            self.wfile.write(body[start : start + (len(body) - start) // 2])
             self.wfile.flush()
             self.close_connection = True
             return
@@ -98,10 +102,13 @@ def test_download_a_named_data_set(hub, tmp_path):
 
 def test_a_dropped_connection_is_resumed_with_a_range_request(hub, tmp_path):
     hub["cut"] = 1
-    path, = download("pretrain_t2t_mini", tmp_path, progress=False)
+    (path,) = download("pretrain_t2t_mini", tmp_path, progress=False)
     assert path.read_bytes() == FILES["pretrain_t2t_mini.jsonl"]
     half = len(FILES["pretrain_t2t_mini.jsonl"]) // 2
-    assert cdn_requests(hub) == [("/cdn/pretrain_t2t_mini.jsonl", None), ("/cdn/pretrain_t2t_mini.jsonl", f"bytes={half}-")]
+    assert cdn_requests(hub) == [
+        ("/cdn/pretrain_t2t_mini.jsonl", None),
+        ("/cdn/pretrain_t2t_mini.jsonl", f"bytes={half}-"),
+    ]
 
 
 def test_an_interrupted_run_is_continued_by_the_next_run(hub, tmp_path):
@@ -111,7 +118,7 @@ def test_an_interrupted_run_is_continued_by_the_next_run(hub, tmp_path):
     part = tmp_path / "sft_t2t_mini.jsonl.part"
     half = len(FILES["sft_t2t_mini.jsonl"]) // 2
     assert part.stat().st_size == half and not (tmp_path / "sft_t2t_mini.jsonl").exists()
-    path, = download("sft_t2t_mini", tmp_path, progress=False)  # a new run
+    (path,) = download("sft_t2t_mini", tmp_path, progress=False)  # a new run
     assert path.read_bytes() == FILES["sft_t2t_mini.jsonl"] and not part.exists()
     assert cdn_requests(hub)[-1] == ("/cdn/sft_t2t_mini.jsonl", f"bytes={half}-")  # only the missing half
 
@@ -152,5 +159,7 @@ def test_cli_and_names(hub, tmp_path, capsys):
     assert "pretrain_t2t_mini" in out and "quickstart" in out and "sft_mini_512" in out
     assert resolve_names("minimind2") == ["pretrain_hq.jsonl", "sft_mini_512.jsonl"]
     assert resolve_names("sft_2048.jsonl") == ["sft_2048.jsonl"]
-    assert hf_url("a b.jsonl", "https://hf-mirror.com/") == \
-        "https://hf-mirror.com/datasets/jingyaogong/minimind_dataset/resolve/main/a%20b.jsonl"
+    assert (
+        hf_url("a b.jsonl", "https://hf-mirror.com/")
+        == "https://hf-mirror.com/datasets/jingyaogong/minimind_dataset/resolve/main/a%20b.jsonl"
+    )

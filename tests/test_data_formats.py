@@ -57,20 +57,35 @@ BAD = [
     ("sft", conv(USER, asst(tool_calls="[{")), "'tool_calls' is not valid JSON"),
     ("sft", conv(USER, asst(tool_calls='{"name": "add"}')), "'tool_calls' must be a list"),
     ("sft", conv(USER, asst(tool_calls='[{"arguments": {}}]')), "tool_calls[0] has no function name"),
-    ("sft", conv(USER, asst(tool_calls='[{"name": "f", "arguments": "{x"}]')),
-     "tool_calls[0].arguments is not valid JSON"),
-    ("sft", conv(USER, asst(tool_calls='[{"name": "f", "arguments": 3}]')),
-     "tool_calls[0].arguments must be an object"),
-    ("sft", conv({"role": "user", "content": "x", "tool_calls": CALL}, ASSISTANT),
-     "'tool_calls' belongs on an assistant message"),
+    (
+        "sft",
+        conv(USER, asst(tool_calls='[{"name": "f", "arguments": "{x"}]')),
+        "tool_calls[0].arguments is not valid JSON",
+    ),
+    (
+        "sft",
+        conv(USER, asst(tool_calls='[{"name": "f", "arguments": 3}]')),
+        "tool_calls[0].arguments must be an object",
+    ),
+    (
+        "sft",
+        conv({"role": "user", "content": "x", "tool_calls": CALL}, ASSISTANT),
+        "'tool_calls' belongs on an assistant message",
+    ),
     ("sft", conv(USER, {"role": "tool", "content": "{}"}, ASSISTANT), "a tool result must follow an assistant message"),
     ("dpo", json.dumps({"chosen": [USER, ASSISTANT]}), "missing 'rejected'"),
     ("dpo", json.dumps({"chosen": [USER, ASSISTANT], "rejected": []}), "'rejected' is empty"),
     ("dpo", json.dumps({"chosen": [USER, ASSISTANT], "rejected": [USER]}), "'rejected' has no assistant message"),
-    ("dpo", json.dumps({"chosen": [USER, ASSISTANT], "rejected": [ASSISTANT, USER]}),
-     "'rejected' must end with the assistant's reply"),
-    ("dpo", json.dumps({"chosen": [USER, ASSISTANT], "rejected": [{"role": "user", "content": "other"}, ASSISTANT]}),
-     "different prompts"),
+    (
+        "dpo",
+        json.dumps({"chosen": [USER, ASSISTANT], "rejected": [ASSISTANT, USER]}),
+        "'rejected' must end with the assistant's reply",
+    ),
+    (
+        "dpo",
+        json.dumps({"chosen": [USER, ASSISTANT], "rejected": [{"role": "user", "content": "other"}, ASSISTANT]}),
+        "different prompts",
+    ),
     ("rl", conv({"role": "system", "content": "s"}, asst()), "has no user message"),
     ("rl", conv(USER, asst(), gt="72"), "'gt' must be a list of expected answers, got string"),
     ("rl", conv(USER, asst(), gt=[{"a": 1}]), "gt[0] must be a string or a number, got object"),
@@ -80,9 +95,12 @@ BAD = [
 
 @pytest.mark.parametrize("kind,line,message", BAD, ids=[m for _, _, m in BAD])
 def test_bad_record_is_reported_with_file_and_line(tmp_path, kind, line, message):
-    good = {"pretrain": '{"text": "fine"}', "sft": conv(USER, ASSISTANT),
-            "dpo": json.dumps({"chosen": [USER, ASSISTANT], "rejected": [USER, {"role": "assistant", "content": "no"}]}),
-            "rl": conv(USER, asst(), gt=["1"])}[kind]
+    good = {
+        "pretrain": '{"text": "fine"}',
+        "sft": conv(USER, ASSISTANT),
+        "dpo": json.dumps({"chosen": [USER, ASSISTANT], "rejected": [USER, {"role": "assistant", "content": "no"}]}),
+        "rl": conv(USER, asst(), gt=["1"]),
+    }[kind]
     path = write_lines(tmp_path / "data.jsonl", [good, "", good, line, good])  # the bad record is on line 4
     with pytest.raises(MiniMindError) as e:
         list(read_records(path, kind))
@@ -105,12 +123,17 @@ def test_skip_mode_counts_and_keeps_the_first_reasons(tmp_path):
 
 
 def test_valid_shapes_of_the_minimind_formats(tmp_path):
-    tool_chat = conv(system(tools=TOOLS), USER,
-                     asst(tool_calls=CALL),
-                     {"role": "tool", "content": '{"r": 2}'}, {"role": "tool", "content": '{"r": 3}'},
-                     asst("2", reasoning_content="r"))
-    parsed_lists = json.dumps({"conversations": [system(tools=json.loads(TOOLS)), USER,
-                                                 asst(None, tool_calls=json.loads(CALL))]})
+    tool_chat = conv(
+        system(tools=TOOLS),
+        USER,
+        asst(tool_calls=CALL),
+        {"role": "tool", "content": '{"r": 2}'},
+        {"role": "tool", "content": '{"r": 3}'},
+        asst("2", reasoning_content="r"),
+    )
+    parsed_lists = json.dumps(
+        {"conversations": [system(tools=json.loads(TOOLS)), USER, asst(None, tool_calls=json.loads(CALL))]}
+    )
     inline_think = conv(USER, asst("<think>x</think>y"))
     path = write_lines(tmp_path / "s.jsonl", [tool_chat, parsed_lists, inline_think])
     records = list(read_records(path, "sft"))
@@ -132,11 +155,18 @@ def test_bom_blank_lines_and_missing_file(tmp_path):
 
 def test_shared_files_are_valid(shared_data):
     d = shared_data / "minimind_format"
-    files = {"pretrain": ["pretrain_en_c4_wiki_demo.jsonl", "tiny/tiny_pretrain.jsonl"],
-             "sft": ["sft_toolcall_glaive_demo_zh_en.jsonl", "sft_sharegpt_zh_1k.jsonl", "sft_numina_math_cot_1k.jsonl",
-                     "lora_identity.jsonl", "tiny/tiny_sft.jsonl"],
-             "dpo": ["dpo_medicalgpt_zh_500.jsonl", "tiny/tiny_dpo.jsonl"],
-             "rl": ["rl_gsm8k_train_gt.jsonl", "rlaif-mini.jsonl"]}
+    files = {
+        "pretrain": ["pretrain_en_c4_wiki_demo.jsonl", "tiny/tiny_pretrain.jsonl"],
+        "sft": [
+            "sft_toolcall_glaive_demo_zh_en.jsonl",
+            "sft_sharegpt_zh_1k.jsonl",
+            "sft_numina_math_cot_1k.jsonl",
+            "lora_identity.jsonl",
+            "tiny/tiny_sft.jsonl",
+        ],
+        "dpo": ["dpo_medicalgpt_zh_500.jsonl", "tiny/tiny_dpo.jsonl"],
+        "rl": ["rl_gsm8k_train_gt.jsonl", "rlaif-mini.jsonl"],
+    }
     for kind, names in files.items():
         for name in names:
             assert sum(1 for _ in read_records(d / name, kind)) > 0

@@ -4,8 +4,8 @@ giving the same logits for a document packed with others as for the document alo
 import numpy as np
 import pytest
 import torch
-from helpers import babble, chat_records, pretrain_records, write_jsonl
 
+from helpers import babble, chat_records, pretrain_records, write_jsonl
 from minimind.data import attention_mask_from_segments, best_fit_decreasing, build_datasets, split_documents
 from minimind.data.cache import TokenizedFile
 from minimind.data.packing import pack
@@ -18,8 +18,18 @@ def synthetic(docs, masks=None):
     offsets = np.concatenate([[0], np.cumsum([len(d) for d in docs])]).astype(np.int64)
     mask = np.concatenate([np.asarray(m, dtype=np.uint8) for m in masks]) if masks else None
     doc_loss = np.array([int(np.sum(m)) for m in masks]) if masks else None
-    return TokenizedFile("mem.jsonl", "sft" if masks else "pretrain", ids, mask, offsets,
-                         np.arange(1, len(docs) + 1), doc_loss, {}, None, False)
+    return TokenizedFile(
+        "mem.jsonl",
+        "sft" if masks else "pretrain",
+        ids,
+        mask,
+        offsets,
+        np.arange(1, len(docs) + 1),
+        doc_loss,
+        {},
+        None,
+        False,
+    )
 
 
 def test_hand_computed_pretrain_rows():
@@ -61,7 +71,9 @@ def test_long_chat_is_truncated_and_counted():
     s = ds.stats
     assert s["truncated"] == 2 and s["truncated_tokens"] == 2 + 3 and s["dropped"] == 1  # the 2nd kept no reply
     rows = [ds[i] for i in range(len(ds))]
-    got = sorted(r["labels"][r["segment_ids"] == k].tolist() for r in rows for k in range(2) if (r["segment_ids"] == k).any())
+    got = sorted(
+        r["labels"][r["segment_ids"] == k].tolist() for r in rows for k in range(2) if (r["segment_ids"] == k).any()
+    )
     assert got == [[-100, -100, -100, -100, 7, 7, 7, 7], [-100, -100, 7, 2]]
     assert s["loss_tokens"] == 6
 
@@ -94,12 +106,14 @@ def test_validation_split_is_by_document_disjoint_and_deterministic():
 def test_attention_mask_from_segments():
     seg = torch.tensor([[0, 0, 1, 1, 1, -1]])
     m = attention_mask_from_segments(seg)[0, 0].int().tolist()
-    assert m == [[1, 0, 0, 0, 0, 0],
-                 [1, 1, 0, 0, 0, 0],
-                 [0, 0, 1, 0, 0, 0],
-                 [0, 0, 1, 1, 0, 0],
-                 [0, 0, 1, 1, 1, 0],
-                 [0, 0, 0, 0, 0, 1]]
+    assert m == [
+        [1, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0],
+        [0, 0, 1, 0, 0, 0],
+        [0, 0, 1, 1, 0, 0],
+        [0, 0, 1, 1, 1, 0],
+        [0, 0, 0, 0, 0, 1],
+    ]
 
 
 @pytest.mark.parametrize("kind", ["pretrain", "sft"])
@@ -109,8 +123,7 @@ def test_packed_row_gives_each_document_its_own_logits(tmp_path, tok, kind):
 
     # a few short documents: 4 texts, or 3 chats (one with a system prompt, one with reasoning)
     records = [{"text": t} for t in babble(0, 4)] if kind == "pretrain" else [chat_records(6)[i] for i in (0, 3, 4)]
-    ds, _ = build_datasets([write_jsonl(tmp_path / "tiny.jsonl", records)], tok, kind, seq_len=512,
-                           cache_dir=tmp_path)
+    ds, _ = build_datasets([write_jsonl(tmp_path / "tiny.jsonl", records)], tok, kind, seq_len=512, cache_dir=tmp_path)
     assert len(ds) == 1 and ds.stats["docs"] >= 3 and ds.stats["padding_fraction"] > 0  # all docs + padding in one row
     model = MiniMindForCausalLM(preset("nano")).init_weights(0).eval()
     row = ds.get_batch([0])
@@ -129,14 +142,25 @@ def test_packed_row_gives_each_document_its_own_logits(tmp_path, tok, kind):
     torch.testing.assert_close(out.loss, total / count, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kind,names", [("pretrain", ["pretrain_en_c4_wiki_demo.jsonl"]),
-                                        ("sft", ["sft_toolcall_glaive_demo_zh_en.jsonl", "lora_identity.jsonl"]),
-                                        ("pretrain", "generated"), ("sft", "generated")])
+@pytest.mark.parametrize(
+    "kind,names",
+    [
+        ("pretrain", ["pretrain_en_c4_wiki_demo.jsonl"]),
+        ("sft", ["sft_toolcall_glaive_demo_zh_en.jsonl", "lora_identity.jsonl"]),
+        ("pretrain", "generated"),
+        ("sft", "generated"),
+    ],
+)
 def test_build_datasets_on_real_and_generated_data(tmp_path, tok, request, kind, names):
     if names == "generated":  # 330 texts; 300 chats and 90 short ones
-        files = [write_jsonl(tmp_path / "p.jsonl", pretrain_records(330))] if kind == "pretrain" else \
-            [write_jsonl(tmp_path / "chats.jsonl", chat_records(300)),
-             write_jsonl(tmp_path / "short.jsonl", [chat_records(6)[i % 2 * 3] for i in range(90)])]
+        files = (
+            [write_jsonl(tmp_path / "p.jsonl", pretrain_records(330))]
+            if kind == "pretrain"
+            else [
+                write_jsonl(tmp_path / "chats.jsonl", chat_records(300)),
+                write_jsonl(tmp_path / "short.jsonl", [chat_records(6)[i % 2 * 3] for i in range(90)]),
+            ]
+        )
     else:  # MiniMind's own files
         files = [request.getfixturevalue("shared_data") / "minimind_format" / n for n in names]
     train, val = build_datasets(files, tok, kind, seq_len=512, val_fraction=0.05, seed=1, cache_dir=tmp_path)
@@ -157,7 +181,9 @@ def test_build_datasets_on_real_and_generated_data(tmp_path, tok, request, kind,
     where = lambda ds: {(f, line) for r in range(len(ds)) for f, line, _, _ in ds.row_pieces(r)}
     assert not where(train) & where(val)  # no document in both splits
     again, _ = build_datasets(files, tok, kind, seq_len=512, val_fraction=0.05, seed=1, cache_dir=tmp_path)
-    assert again.stats["from_cache"] and torch.equal(again.get_batch([0, 5])["input_ids"], train.get_batch([0, 5])["input_ids"])
+    assert again.stats["from_cache"] and torch.equal(
+        again.get_batch([0, 5])["input_ids"], train.get_batch([0, 5])["input_ids"]
+    )
 
 
 def test_build_datasets_skip_mode_reports(tmp_path, tok):
@@ -167,7 +193,9 @@ def test_build_datasets_skip_mode_reports(tmp_path, tok):
         build_datasets([data], tok, "pretrain", 64, cache_dir=tmp_path / "c")
     train, val = build_datasets(str(data), tok, "pretrain", 64, cache_dir=tmp_path / "c", on_bad_record="skip")
     assert val is None and train.stats["records"] == 2 and train.stats["skipped"] == 2
-    assert train.stats["bad_examples"] == [f"{data}:2: 'text' must be a string, got number",
-                                           f"{data}:3: invalid JSON: Expecting value (column 1)"]
+    assert train.stats["bad_examples"] == [
+        f"{data}:2: 'text' must be a string, got number",
+        f"{data}:3: invalid JSON: Expecting value (column 1)",
+    ]
     with pytest.raises(MiniMindError, match="build_datasets takes kind 'pretrain' or 'sft'"):
         build_datasets([data], tok, "dpo", 64)

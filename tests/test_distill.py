@@ -18,8 +18,8 @@ from minimind.errors import MiniMindError
 from minimind.infer import SamplingParams
 from minimind.infer.generate_data import generate_data
 from minimind.tokenizer import train_tokenizer
-from minimind.train.objectives import make_objective
 from minimind.train.distill import DistillObjective, distill_terms
+from minimind.train.objectives import make_objective
 from minimind.train.trainer import TrainConfig, TrainingStopped, train
 
 
@@ -31,24 +31,43 @@ def demo(tmp_path_factory):
     files = build_demo_corpus(root / "data", pretrain_docs=50)
     train_tokenizer([str(files["pretrain"]), str(files["sft"])], vocab_size=400, out_dir=str(root / "tok"))
     d = {"root": root, "sft": str(files["sft"]), "tok": str(root / "tok"), "cache": str(root / "cache")}
-    d["teacher"] = str(train(sft_config(d, root / "teacher", preset="nano", tokenizer=d["tok"], max_steps=30, lr=1e-2,
-                                        seed=7)))
-    assert main(["init", "--preset", "nano", "--tokenizer", d["tok"], "--out", str(root / "student"), "--seed", "3"]) == 0
+    d["teacher"] = str(
+        train(sft_config(d, root / "teacher", preset="nano", tokenizer=d["tok"], max_steps=30, lr=1e-2, seed=7))
+    )
+    assert (
+        main(["init", "--preset", "nano", "--tokenizer", d["tok"], "--out", str(root / "student"), "--seed", "3"]) == 0
+    )
     d["student"] = str(root / "student")
     return d
 
 
 def sft_config(demo, out, **kw):
-    base = dict(stage="sft", data=[demo["sft"]], out=str(out), max_steps=8, batch_size=4, seq_len=128, lr=5e-3,
-                log_every=1, save_every=100, eval_every=0, eval_batches=4, val_fraction=0.1,
-                cache_dir=demo["cache"], progress=False, seed=1)
+    base = dict(
+        stage="sft",
+        data=[demo["sft"]],
+        out=str(out),
+        max_steps=8,
+        batch_size=4,
+        seq_len=128,
+        lr=5e-3,
+        log_every=1,
+        save_every=100,
+        eval_every=0,
+        eval_batches=4,
+        val_fraction=0.1,
+        cache_dir=demo["cache"],
+        progress=False,
+        seed=1,
+    )
     return TrainConfig(**{**base, **kw})
 
 
 def distill(demo, out, **kw):
     """Train the student by distillation from the teacher; returns the output directory."""
-    return train(sft_config(demo, out, stage="distill", init=demo["student"], teacher=demo["teacher"], **kw),
-                 make_objective("distill"))
+    return train(
+        sft_config(demo, out, stage="distill", init=demo["student"], teacher=demo["teacher"], **kw),
+        make_objective("distill"),
+    )
 
 
 def records(out):
@@ -67,8 +86,8 @@ def test_kl_terms_match_a_direct_computation():
     forward = (p_t * (p_t.log() - p_s.log())).sum()
     reverse = (p_s * (p_s.log() - p_t.log())).sum()
     f, r = distill_terms(s, t, y, T, "forward"), distill_terms(s, t, y, T, "reverse")
-    torch.testing.assert_close(f["kd"], T ** 2 * forward)  # Hinton's T^2 scaling
-    torch.testing.assert_close(r["kd"], T ** 2 * reverse)
+    torch.testing.assert_close(f["kd"], T**2 * forward)  # Hinton's T^2 scaling
+    torch.testing.assert_close(r["kd"], T**2 * reverse)
     assert not torch.allclose(f["kd"], r["kd"])  # KL is not symmetric
     torch.testing.assert_close(f["ce"], F.cross_entropy(s, y, reduction="sum"))
     # `kl` is always forward KL at T = 1, whatever the trained direction and temperature
@@ -76,8 +95,8 @@ def test_kl_terms_match_a_direct_computation():
     torch.testing.assert_close(f["kl"], plain)
     torch.testing.assert_close(r["kl"], plain)
     # gradients flow through the student's side in both directions (reverse KL: also the weights p_s)
-    g_reverse, = torch.autograd.grad(r["kd"], s)
-    g_direct, = torch.autograd.grad(T ** 2 * reverse, s)
+    (g_reverse,) = torch.autograd.grad(r["kd"], s)
+    (g_direct,) = torch.autograd.grad(T**2 * reverse, s)
     torch.testing.assert_close(g_reverse, g_direct)
     assert distill_terms(t, t, y, T)["kd"].abs() < 1e-5  # a student equal to its teacher: no KL
 
@@ -112,8 +131,16 @@ class CtrlCAfter(DistillObjective):
 
 def test_stopped_distillation_resumes_exactly(demo, tmp_path):
     """Ctrl-C mid-run checkpoints; --resume reloads the teacher and continues the same run."""
-    cfg = lambda out, **kw: sft_config(demo, out, stage="distill", init=demo["student"], teacher=demo["teacher"],
-                                       max_steps=4, distill_kl="reverse", **kw)
+    cfg = lambda out, **kw: sft_config(
+        demo,
+        out,
+        stage="distill",
+        init=demo["student"],
+        teacher=demo["teacher"],
+        max_steps=4,
+        distill_kl="reverse",
+        **kw,
+    )
     ref = train(cfg(tmp_path / "ref"), make_objective("distill"))
     out = tmp_path / "run"
     with pytest.raises(TrainingStopped):  # (after its checkpoint: the caller stops too)
@@ -122,14 +149,33 @@ def test_stopped_distillation_resumes_exactly(demo, tmp_path):
     train(cfg(out, resume=True), make_objective("distill"))
     loss = lambda o: [r["loss"] for r in records(o) if "loss" in r]
     assert loss(out) == loss(ref)
-    torch.testing.assert_close(load_file(str(out / "model.safetensors")), load_file(str(ref / "model.safetensors")),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        load_file(str(out / "model.safetensors")), load_file(str(ref / "model.safetensors")), rtol=0, atol=0
+    )
 
 
 def distill_cli(demo, out, teacher, *extra):
-    return ["distill", "--data", demo["sft"], "--init", demo["student"], "--teacher", str(teacher), "--out", str(out),
-            "--max-steps", "2", "--batch-size", "4", "--seq-len", "128", "--cache-dir", demo["cache"], "--no-progress",
-            *extra]
+    return [
+        "distill",
+        "--data",
+        demo["sft"],
+        "--init",
+        demo["student"],
+        "--teacher",
+        str(teacher),
+        "--out",
+        str(out),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "128",
+        "--cache-dir",
+        demo["cache"],
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_bad_teachers_are_refused_before_training(demo, tmp_path, capsys):
@@ -142,8 +188,11 @@ def test_bad_teachers_are_refused_before_training(demo, tmp_path, capsys):
     assert main(["init", "--preset", "nano", "--tokenizer", demo["tok"], "--out", str(tmp_path / "t3")]) == 0
     cfg = json.loads((tmp_path / "t3" / "config.json").read_text())
     (tmp_path / "t3" / "config.json").write_text(json.dumps({**cfg, "vocab_size": 512}))
-    cases = [(tmp_path / "t2", "its tokenizer is not the student's"), (tmp_path / "t3", "vocab_size 512"),
-             (tmp_path / "missing", "model directory not found")]
+    cases = [
+        (tmp_path / "t2", "its tokenizer is not the student's"),
+        (tmp_path / "t3", "vocab_size 512"),
+        (tmp_path / "missing", "model directory not found"),
+    ]
     for teacher, message in cases:
         capsys.readouterr()
         assert main(distill_cli(demo, tmp_path / "out", teacher)) == 2
@@ -151,7 +200,7 @@ def test_bad_teachers_are_refused_before_training(demo, tmp_path, capsys):
         assert message in err and str(teacher) in err and err.count("\n") == 1
         assert not (tmp_path / "out" / "metrics.jsonl").exists()  # nothing trained
     args = distill_cli(demo, tmp_path / "out", demo["teacher"])
-    assert main(args[:args.index("--teacher")] + args[args.index("--teacher") + 2:]) == 2
+    assert main(args[: args.index("--teacher")] + args[args.index("--teacher") + 2 :]) == 2
     assert "needs --teacher DIR" in capsys.readouterr().err
     assert main(distill_cli(demo, tmp_path / "out", demo["teacher"], "--distill-kl", "sideways")) == 2
     assert "forward or reverse" in capsys.readouterr().err
@@ -162,21 +211,71 @@ def test_bad_teachers_are_refused_before_training(demo, tmp_path, capsys):
 
 def test_generate_data_writes_sft_data_that_sft_trains_on(demo, tmp_path, capsys):
     prompts = tmp_path / "prompts.jsonl"  # one record with an old answer, one ending on the user turn
-    prompts.write_text(json.dumps({"conversations": [{"role": "user", "content": "What is 2 + 3?"},
-                                                     {"role": "assistant", "content": "an old answer"}]}) + "\n"
-                       + json.dumps({"conversations": [{"role": "system", "content": "Be brief."},
-                                                       {"role": "user", "content": "Hello"}]}) + "\n")
+    prompts.write_text(
+        json.dumps(
+            {
+                "conversations": [
+                    {"role": "user", "content": "What is 2 + 3?"},
+                    {"role": "assistant", "content": "an old answer"},
+                ]
+            }
+        )
+        + "\n"
+        + json.dumps(
+            {"conversations": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]}
+        )
+        + "\n"
+    )
     out = tmp_path / "teacher_sft.jsonl"
-    assert main(["generate-data", "--model", demo["teacher"], "--prompts", str(prompts), "--out", str(out),
-                 "--max-new-tokens", "24", "--batch-size", "2", "--keep-truncated"]) == 0
+    assert (
+        main(
+            [
+                "generate-data",
+                "--model",
+                demo["teacher"],
+                "--prompts",
+                str(prompts),
+                "--out",
+                str(out),
+                "--max-new-tokens",
+                "24",
+                "--batch-size",
+                "2",
+                "--keep-truncated",
+            ]
+        )
+        == 0
+    )
     assert "wrote" in capsys.readouterr().out
     rows = [r.data["conversations"] for r in read_records(out, "sft")]  # validates as SFT data
     assert [m["role"] for m in rows[0]] == ["user", "assistant"] and rows[0][1]["content"] != "an old answer"
     assert [m["role"] for m in rows[1]] == ["system", "user", "assistant"]
     assert not out.with_name(out.name + ".partial").exists()
-    assert main(["sft", "--init", demo["student"], "--data", str(out), "--out", str(tmp_path / "bb"), "--max-steps", "2",
-                 "--batch-size", "1", "--seq-len", "64", "--val-fraction", "0", "--cache-dir", demo["cache"],
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "sft",
+                "--init",
+                demo["student"],
+                "--data",
+                str(out),
+                "--out",
+                str(tmp_path / "bb"),
+                "--max-steps",
+                "2",
+                "--batch-size",
+                "1",
+                "--seq-len",
+                "64",
+                "--val-fraction",
+                "0",
+                "--cache-dir",
+                demo["cache"],
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "bb" / "model.safetensors").is_file()
     assert main(["generate-data", "--model", demo["teacher"], "--prompts", str(prompts), "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import train_project_tokenizer
 from safetensors.torch import load_file
 
+from helpers import train_project_tokenizer
 from minimind import MiniMindForCausalLM, preset
 from minimind.checkpoint import load_model, save_model_dir
 from minimind.cli import main
@@ -19,21 +19,32 @@ from minimind.tokenizer import Tokenizer
 from minimind.train.dpo import DPOObjective, dpo_losses, sequence_logps
 from minimind.train.trainer import TrainConfig
 
-QUESTIONS = ["头痛怎么办？", "How do I treat a mild fever?", "感冒了应该吃什么？", "What is a healthy breakfast?",
-             "失眠有什么好办法？", "How much water should I drink?", "咳嗽一直不好怎么办？", "Is walking good exercise?"]
+QUESTIONS = [
+    "头痛怎么办？",
+    "How do I treat a mild fever?",
+    "感冒了应该吃什么？",
+    "What is a healthy breakfast?",
+    "失眠有什么好办法？",
+    "How much water should I drink?",
+    "咳嗽一直不好怎么办？",
+    "Is walking good exercise?",
+]
 
 
 def pair(q: str, i: int, system: bool = False) -> dict:
     prompt = ([{"role": "system", "content": "你是医生。"}] if system else []) + [{"role": "user", "content": q}]
     good = f"建议多休息，多喝水，如果{i + 2}天不见好转请及时就医。Rest and drink water."
     bad = "不知道。" * (1 + i % 3)
-    return {"chosen": prompt + [{"role": "assistant", "content": good}],
-            "rejected": prompt + [{"role": "assistant", "content": bad}]}
+    return {
+        "chosen": prompt + [{"role": "assistant", "content": good}],
+        "rejected": prompt + [{"role": "assistant", "content": bad}],
+    }
 
 
 def write_jsonl(path: Path, rows) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in rows),
-                    encoding="utf-8")
+    path.write_text(
+        "".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in rows), encoding="utf-8"
+    )
     return path
 
 
@@ -47,9 +58,35 @@ def setup(tok_dir, tmp_path_factory):
 
 
 def dpo_args(s, out, *extra):
-    return ["dpo", "--init", str(s["model"]), "--data", str(s["data"]), "--out", str(out), "--batch-size", "4",
-            "--seq-len", "96", "--lr", "3e-3", "--log-every", "1", "--save-every", "2", "--eval-every", "2",
-            "--val-fraction", "0.25", "--max-steps", "4", "--seed", "1", "--no-progress", *extra]
+    return [
+        "dpo",
+        "--init",
+        str(s["model"]),
+        "--data",
+        str(s["data"]),
+        "--out",
+        str(out),
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "96",
+        "--lr",
+        "3e-3",
+        "--log-every",
+        "1",
+        "--save-every",
+        "2",
+        "--eval-every",
+        "2",
+        "--val-fraction",
+        "0.25",
+        "--max-steps",
+        "4",
+        "--seed",
+        "1",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def records(out):
@@ -69,8 +106,12 @@ def test_log_probs_and_losses_match_a_direct_computation(setup):
     with torch.no_grad():
         logp, n, _ = sequence_logps(model, batch)
         direct, counts = [], []
-        for side, p in [(ds.chosen[0], ds.prompt_len[0]), (ds.chosen[1], ds.prompt_len[1]),
-                        (ds.rejected[0], ds.prompt_len[0]), (ds.rejected[1], ds.prompt_len[1])]:
+        for side, p in [
+            (ds.chosen[0], ds.prompt_len[0]),
+            (ds.chosen[1], ds.prompt_len[1]),
+            (ds.rejected[0], ds.prompt_len[0]),
+            (ds.rejected[1], ds.prompt_len[1]),
+        ]:
             log_probs = torch.log_softmax(model(torch.tensor(side[None])).logits[0].double(), -1)  # unpadded
             direct.append(sum(log_probs[t - 1, side[t]].item() for t in range(p, len(side))))  # token t from t-1
             counts.append(len(side) - p)
@@ -85,7 +126,9 @@ def test_log_probs_and_losses_match_a_direct_computation(setup):
     assert (chosen_r - rejected_r).item() == pytest.approx(beta * h)
     eps = 0.2
     loss, _, _ = dpo_losses(t(pc), t(pr), t(rc), t(rr), beta, "sigmoid", eps)
-    assert loss.item() == pytest.approx((1 - eps) * math.log(1 + math.exp(-beta * h)) + eps * math.log(1 + math.exp(beta * h)))
+    assert loss.item() == pytest.approx(
+        (1 - eps) * math.log(1 + math.exp(-beta * h)) + eps * math.log(1 + math.exp(beta * h))
+    )
     assert dpo_losses(t(pc), t(pr), t(rc), t(rr), beta, "ipo")[0].item() == pytest.approx((h - 1 / (2 * beta)) ** 2)
     assert dpo_losses(t(pc), t(pr), t(rc), t(rr), beta, "hinge")[0].item() == pytest.approx(max(0.0, 1 - beta * h))
 
@@ -189,7 +232,8 @@ def test_dpo_trains_logs_pair_metrics_and_resumes_exactly(setup, tmp_path, capsy
     online = tmp_path / "online"
     assert main(dpo_args(setup, online, "--ref-mode", "online", "--max-steps", "2")) == 0
     assert [r["loss"] for r in records(online) if "loss" in r] == pytest.approx(
-        [r["loss"] for r in steps[:2]], abs=1e-5)
+        [r["loss"] for r in steps[:2]], abs=1e-5
+    )
 
 
 # ---------------------------------------------------------------- bad input
@@ -203,7 +247,10 @@ def test_bad_input_fails_before_training(setup, tmp_path, capsys):
     assert main(args) == 2
     assert f"{no_rejected}:3: missing 'rejected'" in capsys.readouterr().err
 
-    other_prompt = {"chosen": good["chosen"], "rejected": [{"role": "user", "content": "别的问题"}, good["rejected"][-1]]}
+    other_prompt = {
+        "chosen": good["chosen"],
+        "rejected": [{"role": "user", "content": "别的问题"}, good["rejected"][-1]],
+    }
     args[args.index("--data") + 1] = str(write_jsonl(tmp_path / "b.jsonl", [good, other_prompt]))
     assert main(args) == 2
     assert "b.jsonl:2: 'chosen' and 'rejected' have different prompts" in capsys.readouterr().err
@@ -215,8 +262,20 @@ def test_bad_input_fails_before_training(setup, tmp_path, capsys):
 
     # A reference with another tokenizer (of the same size), and one whose vocabulary has another size.
     other = tmp_path / "other"
-    assert main(["init", "--preset", "nano", "--tokenizer", str(train_project_tokenizer(tmp_path / "tok2", seed=1)),
-                 "--out", str(other)]) == 0
+    assert (
+        main(
+            [
+                "init",
+                "--preset",
+                "nano",
+                "--tokenizer",
+                str(train_project_tokenizer(tmp_path / "tok2", seed=1)),
+                "--out",
+                str(other),
+            ]
+        )
+        == 0
+    )
     assert main(dpo_args(setup, tmp_path / "y", "--ref", str(other))) == 2
     assert "its tokenizer differs from the policy's" in capsys.readouterr().err
     bigger = tmp_path / "bigger"

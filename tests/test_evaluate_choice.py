@@ -7,8 +7,8 @@ import re
 
 import pytest
 import torch
-from helpers import scrambled_model
 
+from helpers import scrambled_model
 from minimind import MiniMindError
 from minimind.cli import main
 from minimind.evaluate import read_results, write_result
@@ -24,12 +24,12 @@ from minimind.evaluate.choice import (
 )
 from minimind.model.minimind import CausalLMOutput
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def write_ceval(root, subjects=("accountant", "advanced_mathematics", "art_studies", "computer_network", "law"),
-                questions=4):
+def write_ceval(
+    root, subjects=("accountant", "advanced_mathematics", "art_studies", "computer_network", "law"), questions=4
+):
     """A small exam in C-Eval's layout: val/SUBJECT_val.csv and dev/SUBJECT_dev.csv (5 shots,
     with the explanation column), questions of the form "a + b = ?"; returns root."""
     for split, n, extra in (("val", questions, ""), ("dev", 5, ",explanation")):
@@ -39,8 +39,12 @@ def write_ceval(root, subjects=("accountant", "advanced_mathematics", "art_studi
             for i in range(n):
                 a, b, right = i + k, 2 * i + 1, "ABCD"[(i + k) % 4]
                 options = [a + b + "ABCD".index(x) - "ABCD".index(right) for x in "ABCD"]
-                rows.append(f'{i},"{a} + {b} = ?",' + ",".join(map(str, options)) + f",{right}"
-                            + (f",{a} + {b} = {a + b}" if extra else ""))
+                rows.append(
+                    f'{i},"{a} + {b} = ?",'
+                    + ",".join(map(str, options))
+                    + f",{right}"
+                    + (f",{a} + {b} = {a + b}" if extra else "")
+                )
             (root / split / f"{subject}_{split}.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     return root
 
@@ -71,7 +75,14 @@ def test_letter_logprobs_is_log_softmax_over_the_whole_vocabulary():
 
 
 def test_batched_left_padded_scores_equal_one_prompt_at_a_time(model, tok):
-    prompts = [tok.encode(t) for t in ("以下是单项选择题。\n答案：", "Q?\nA. x\nB. y\nAnswer:", "长一些的问题，有很多字，要多几个词元才行。\n答案：")]
+    prompts = [
+        tok.encode(t)
+        for t in (
+            "以下是单项选择题。\n答案：",
+            "Q?\nA. x\nB. y\nAnswer:",
+            "长一些的问题，有很多字，要多几个词元才行。\n答案：",
+        )
+    ]
     ids = letter_ids(tok, "zh", "raw")
     batched = letter_logprobs(model, prompts, ids)
     for p, row in zip(prompts, batched):
@@ -98,7 +109,9 @@ def test_reads_cmmlu_and_mmlu_layouts(tmp_path):
     cmmlu.parent.mkdir(parents=True)
     cmmlu.write_text(',Question,A,B,C,D,Answer\n0,"问题一，有逗号",甲,乙,丙,丁,B\n', encoding="utf-8")
     (tmp_path / "cmmlu" / "dev").mkdir()
-    (tmp_path / "cmmlu" / "dev" / "anatomy.csv").write_text(",Question,A,B,C,D,Answer\n0,例,1,2,3,4,D\n", encoding="utf-8")
+    (tmp_path / "cmmlu" / "dev" / "anatomy.csv").write_text(
+        ",Question,A,B,C,D,Answer\n0,例,1,2,3,4,D\n", encoding="utf-8"
+    )
     exam = load_exam(tmp_path / "cmmlu", "cmmlu", shots=1)  # default split of cmmlu: test
     assert exam.subjects[0][0].question == "问题一，有逗号" and exam.subjects[0][0].answer == "B"
     assert exam.dev["anatomy"][0].answer == "D"
@@ -108,18 +121,23 @@ def test_reads_cmmlu_and_mmlu_layouts(tmp_path):
     assert q.subject == "abstract_algebra" and q.answer == "B" and q.options[1] == "2"
 
 
-@pytest.mark.parametrize("text, message", [
-    ("id,question,A,B,C,D\n0,q,1,2,3,4\n", ":1: header lacks column answer"),
-    ("id,question,A,B,C,D,answer\n0,q,1,2,3,4,\n", ":2: empty answer"),
-    ("id,question,A,B,C,D,answer\n0,q,1,2,3,4,A\n1,q,1,2,3,4,E\n", ":3: answer 'E' is not one of A, B, C, D"),
-    ("id,question,A,B,C,D,answer\n0,q,1,2\n", ":2: 4 columns"),
-    ("id,question,A,B,C,D,answer\n", "no questions (empty subject)"),
-    ("", "empty file"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("id,question,A,B,C,D\n0,q,1,2,3,4\n", ":1: header lacks column answer"),
+        ("id,question,A,B,C,D,answer\n0,q,1,2,3,4,\n", ":2: empty answer"),
+        ("id,question,A,B,C,D,answer\n0,q,1,2,3,4,A\n1,q,1,2,3,4,E\n", ":3: answer 'E' is not one of A, B, C, D"),
+        ("id,question,A,B,C,D,answer\n0,q,1,2\n", ":2: 4 columns"),
+        ("id,question,A,B,C,D,answer\n", "no questions (empty subject)"),
+        ("", "empty file"),
+    ],
+)
 def test_bad_csv_names_file_and_row(tmp_path, text, message):
     path = tmp_path / "law_val.csv"
     path.write_text(text, encoding="utf-8")
-    with pytest.raises(MiniMindError, match="law_val.csv" + (".*" if message.startswith(":") else ": ") + re.escape(message)):
+    with pytest.raises(
+        MiniMindError, match="law_val.csv" + (".*" if message.startswith(":") else ": ") + re.escape(message)
+    ):
         read_csv(path)
 
 
@@ -141,13 +159,24 @@ def test_prompts_raw_and_chat(tok):
     q = Question("law", "问题？", ("甲", "乙", "丙", "丁"), "B", "x:2")
     shot = Question("law", "例题？", ("1", "2", "3", "4"), "C", "y:2")
     raw = tok.decode(build_prompt(tok, q, [shot], "zh", "raw"))
-    assert raw == "以下是单项选择题，请直接给出正确答案的选项。\n\n例题？\nA. 1\nB. 2\nC. 3\nD. 4\n答案：C\n\n问题？\nA. 甲\nB. 乙\nC. 丙\nD. 丁\n答案："
+    shot_text = "例题？\nA. 1\nB. 2\nC. 3\nD. 4\n答案：C\n\n"
+    assert (
+        raw
+        == "以下是单项选择题，请直接给出正确答案的选项。\n\n" + shot_text + "问题？\nA. 甲\nB. 乙\nC. 丙\nD. 丁\n答案："
+    )
     chat = tok.decode(build_prompt(tok, q, [shot], "zh", "chat"))
     assert chat.count("<|im_start|>user") == 2 and "D. 4<|im_end|>\n<|im_start|>assistant\n" in chat
     assert chat.endswith("D. 丁<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n")
     english = tok.decode(build_prompt(tok, q, [], "en", "raw"))
-    assert english.startswith("The following are multiple choice questions (with answers) about law.") and english.endswith("Answer:")
-    assert letter_ids(tok, "en", "raw") == [tok.token_to_id("ĠA"), tok.token_to_id("ĠB"), tok.token_to_id("ĠC"), tok.token_to_id("ĠD")]
+    assert english.startswith(
+        "The following are multiple choice questions (with answers) about law."
+    ) and english.endswith("Answer:")
+    assert letter_ids(tok, "en", "raw") == [
+        tok.token_to_id("ĠA"),
+        tok.token_to_id("ĠB"),
+        tok.token_to_id("ĠC"),
+        tok.token_to_id("ĠD"),
+    ]
 
 
 def test_shots_are_dropped_to_fit_and_too_long_question_errors(tok):
@@ -156,7 +185,10 @@ def test_shots_are_dropped_to_fit_and_too_long_question_errors(tok):
     zero = len(build_prompt(tok, q, [], "zh", "raw"))
     ids, k = fit_prompt(tok, q, shots, "zh", "raw", context=zero + 5)
     assert k == 0 and len(ids) == zero
-    with pytest.raises(MiniMindError, match="law_val.csv:7: the question takes .* tokens zero-shot, more than the model's context of 10"):
+    with pytest.raises(
+        MiniMindError,
+        match="law_val.csv:7: the question takes .* tokens zero-shot, more than the model's context of 10",
+    ):
         fit_prompt(tok, q, shots, "zh", "raw", context=10)
 
 
@@ -176,7 +208,9 @@ def test_eval_cli_writes_result_json(tmp_path, tok_dir, capsys):
     assert main(["init", "--preset", "nano", "--tokenizer", str(tok_dir), "--out", str(model_dir)]) == 0
     capsys.readouterr()
     data = write_ceval(tmp_path / "ceval") / "val" / "computer_network_val.csv"
-    assert main(["eval", "--model", str(model_dir), "--task", "ceval", "--data", str(data), "--limit", "3", "--json"]) == 0
+    assert (
+        main(["eval", "--model", str(model_dir), "--task", "ceval", "--data", str(data), "--limit", "3", "--json"]) == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     saved = json.loads((model_dir / "eval" / "ceval.json").read_text())
     assert printed == saved and saved["kind"] == "choice" and saved["primary"] == "accuracy"

@@ -18,10 +18,12 @@ from minimind.errors import MiniMindError
 from minimind.evaluate.lm_eval_adapter import MiniMindLM  # (registers "minimind")
 from minimind.infer import SamplingParams, generate
 
-CHOICE = [{"question": "What is 2 + 2?", "choices": ["3", "4", "five"], "answer": 1},
-          {"question": "The capital of France is", "choices": ["Paris", "Rome", "Berlin, Germany"], "answer": 0},
-          {"question": "中国的首都是", "choices": ["上海", "北京"], "answer": 1},
-          {"question": "Once upon a", "choices": ["time", "banana"], "answer": 0}]
+CHOICE = [
+    {"question": "What is 2 + 2?", "choices": ["3", "4", "five"], "answer": 1},
+    {"question": "The capital of France is", "choices": ["Paris", "Rome", "Berlin, Germany"], "answer": 0},
+    {"question": "中国的首都是", "choices": ["上海", "北京"], "answer": 1},
+    {"question": "Once upon a", "choices": ["time", "banana"], "answer": 0},
+]
 GEN = [{"question": "Q: 1+1=", "answer": "2"}, {"question": "Q: say hi, then stop.", "answer": "hi"}]
 TEXT = "Once upon a time there was a little model that learned to count to ten, then to twenty, then further."
 
@@ -29,8 +31,7 @@ TEXT = "Once upon a time there was a little model that learned to count to ten, 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tok_dir):
     out = tmp_path_factory.mktemp("lm-eval") / "nano"
-    assert main(["init", "--preset", "nano", "--tokenizer", str(tok_dir),
-                 "--out", str(out), "--seed", "3"]) == 0
+    assert main(["init", "--preset", "nano", "--tokenizer", str(tok_dir), "--out", str(out), "--seed", "3"]) == 0
     return out
 
 
@@ -44,15 +45,28 @@ def task_dir(tmp_path_factory):
     def task(name, data, body):
         (root / f"{name}.yaml").write_text(
             f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {root / data}\n"
-            f"  cache_dir: {root / 'hf-cache'}\ntest_split: test\n" + body)
+            f"  cache_dir: {root / 'hf-cache'}\ntest_split: test\n" + body
+        )
 
-    task("local_choice", "choice.jsonl", 'output_type: multiple_choice\ndoc_to_text: "{{question}}"\n'
-         'doc_to_choice: "{{choices}}"\ndoc_to_target: "{{answer}}"\nmetric_list:\n  - metric: acc\n')
-    task("local_gen", "gen.jsonl", 'output_type: generate_until\ndoc_to_text: "{{question}}"\n'
-         'doc_to_target: "{{answer}}"\ngeneration_kwargs:\n  until: ["\\n", "."]\n  max_gen_toks: 6\n'
-         '  do_sample: false\nmetric_list:\n  - metric: exact_match\n')
-    task("local_text", "text.jsonl", 'output_type: loglikelihood_rolling\ndoc_to_text: ""\n'
-         'doc_to_target: "{{text}}"\nmetric_list:\n  - metric: bits_per_byte\n')
+    task(
+        "local_choice",
+        "choice.jsonl",
+        'output_type: multiple_choice\ndoc_to_text: "{{question}}"\n'
+        'doc_to_choice: "{{choices}}"\ndoc_to_target: "{{answer}}"\nmetric_list:\n  - metric: acc\n',
+    )
+    task(
+        "local_gen",
+        "gen.jsonl",
+        'output_type: generate_until\ndoc_to_text: "{{question}}"\n'
+        'doc_to_target: "{{answer}}"\ngeneration_kwargs:\n  until: ["\\n", "."]\n  max_gen_toks: 6\n'
+        "  do_sample: false\nmetric_list:\n  - metric: exact_match\n",
+    )
+    task(
+        "local_text",
+        "text.jsonl",
+        'output_type: loglikelihood_rolling\ndoc_to_text: ""\n'
+        'doc_to_target: "{{text}}"\nmetric_list:\n  - metric: bits_per_byte\n',
+    )
     return root
 
 
@@ -67,8 +81,13 @@ def direct_logprob(model, tok, context: str, continuation: str) -> float:
 
 def test_harness_scores_equal_direct_forward_passes(model_dir, task_dir):
     tm = TaskManager(include_path=str(task_dir), include_defaults=False)  # skip indexing 10k built-in tasks
-    out = lm_eval.simple_evaluate(model="minimind", model_args=f"path={model_dir},batch_size=3",
-                                  tasks=["local_choice", "local_gen", "local_text"], task_manager=tm, log_samples=True)
+    out = lm_eval.simple_evaluate(
+        model="minimind",
+        model_args=f"path={model_dir},batch_size=3",
+        tasks=["local_choice", "local_gen", "local_text"],
+        task_manager=tm,
+        log_samples=True,
+    )
     model, tok = minimind.load(model_dir)
 
     # multiple choice: every option's log-likelihood (batched, right-padded) = a lone forward pass
@@ -84,7 +103,9 @@ def test_harness_scores_equal_direct_forward_passes(model_dir, task_dir):
     # generation: greedy, cut at the first stop string, at most max_gen_toks tokens
     for sample in out["samples"]["local_gen"]:
         prompt = [tok.bos_token_id] + tok.encode(GEN[sample["doc_id"]]["question"])
-        [alone] = generate(model, tok, [prompt], SamplingParams(max_new_tokens=6, temperature=0, stop_strings=("\n", ".")))
+        [alone] = generate(
+            model, tok, [prompt], SamplingParams(max_new_tokens=6, temperature=0, stop_strings=("\n", "."))
+        )
         assert sample["resps"][0][0] == alone.text
         assert "\n" not in alone.text and "." not in alone.text and len(tok.encode(alone.text)) <= 6
 
@@ -103,7 +124,7 @@ def test_rolling_windows_predict_every_token_once(model_dir):
     with torch.no_grad():
         while start < len(ids):
             end = min(start + 8, len(ids))
-            inputs = ([tok.bos_token_id] + ids)[max(0, end - 8):end]  # the 8 tokens before each target...
+            inputs = ([tok.bos_token_id] + ids)[max(0, end - 8) : end]  # the 8 tokens before each target...
             logp = model(torch.tensor([inputs])).logits[0].log_softmax(-1)
             targets = ids[start:end]  # ...of which the last len(targets) positions are scored
             expected += sum(logp[len(inputs) - len(targets) + k, t].item() for k, t in enumerate(targets))
@@ -116,8 +137,19 @@ def test_rolling_windows_predict_every_token_once(model_dir):
 
 
 def test_command_line_runs_a_local_task_and_saves_the_result(model_dir, task_dir, capsys):
-    code = main(["lm-eval", "--model_args", f"path={model_dir}", "--tasks", "local_choice",
-                 "--include_path", str(task_dir), "--limit", "3"])
+    code = main(
+        [
+            "lm-eval",
+            "--model_args",
+            f"path={model_dir}",
+            "--tasks",
+            "local_choice",
+            "--include_path",
+            str(task_dir),
+            "--limit",
+            "3",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "local_choice" in printed and "acc" in printed  # the harness's own table

@@ -5,9 +5,9 @@ import math
 
 import pytest
 import torch
-from helpers import pretrain_records, scrambled_model, write_jsonl
 import torch.nn.functional as F
 
+from helpers import pretrain_records, scrambled_model, write_jsonl
 from minimind import MiniMindError
 from minimind.cli import main
 from minimind.evaluate.perplexity import evaluate_perplexity, read_documents, windows
@@ -53,7 +53,9 @@ def test_short_window_equals_a_per_token_loop(model, tok):
     window, stride = 8, 3
     ids = [tok.bos_token_id] + tok.encode(TEXT[:60])
     total = 0.0
-    for t in range(1, len(ids)):  # the window that scores t starts at the first multiple of stride with t < begin + window
+    for t in range(
+        1, len(ids)
+    ):  # the window that scores t starts at the first multiple of stride with t < begin + window
         begin = max(0, math.ceil((t - window + 1) / stride)) * stride
         total += nats_of(model, ids[begin:t], ids[t])
     r = evaluate_perplexity(model, tok, [TEXT[:60]], window=window, stride=stride, batch_size=5)
@@ -95,9 +97,28 @@ def test_ppl_cli(tmp_path, tok_dir, capsys):
     assert main(["init", "--preset", "nano", "--tokenizer", str(tok_dir), "--out", str(model_dir)]) == 0
     (tmp_path / "t.txt").write_text(TEXT, encoding="utf-8")
     capsys.readouterr()
-    assert main(["eval", "--model", str(model_dir), "--task", "ppl", "--data", str(tmp_path / "t.txt"), "--window", "16", "--json"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(model_dir),
+                "--task",
+                "ppl",
+                "--data",
+                str(tmp_path / "t.txt"),
+                "--window",
+                "16",
+                "--json",
+            ]
+        )
+        == 0
+    )
     r = json.loads(capsys.readouterr().out)
     assert r["kind"] == "perplexity" and r["primary"] == "bits_per_byte" and r["details"]["stride"] == 8
     assert set(r["metrics"]) == {"perplexity", "bits_per_byte", "tokens", "bytes"}
-    assert main(["eval", "--model", str(model_dir), "--task", "ppl", "--data", str(tmp_path / "t.txt"), "--shots", "2"]) == 2
+    assert (
+        main(["eval", "--model", str(model_dir), "--task", "ppl", "--data", str(tmp_path / "t.txt"), "--shots", "2"])
+        == 2
+    )
     assert "--shots applies to multiple-choice tasks" in capsys.readouterr().err

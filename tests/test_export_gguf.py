@@ -21,8 +21,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import chat_records
 
+from helpers import chat_records
 from minimind.checkpoint import save_model_dir
 from minimind.cli import main
 from minimind.config import preset
@@ -32,8 +32,15 @@ from minimind.model import MiniMindForCausalLM
 
 gguf = pytest.importorskip("gguf", reason="the gguf package is not installed (pip install 'minimind[export]')")
 
-MM2 = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2, head_dim=16,
-           intermediate_size=256, moe_intermediate_size=128)
+MM2 = dict(
+    hidden_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    head_dim=16,
+    intermediate_size=256,
+    moe_intermediate_size=128,
+)
 ARCHS = {  # GGUF architecture: (preset, overrides)
     "qwen3": ("nano", {}),
     "llama": ("minimind2-small", MM2),
@@ -63,8 +70,11 @@ def tokenizer(tok):
 
 def plain_chats(n):
     """Generated conversations without tools (which the template takes as an argument, not a message)."""
-    return [r["conversations"] for r in chat_records(n)
-            if not any("tools" in m or "tool_calls" in m or m["role"] == "tool" for m in r["conversations"])]
+    return [
+        r["conversations"]
+        for r in chat_records(n)
+        if not any("tools" in m or "tool_calls" in m or m["role"] == "tool" for m in r["conversations"])
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +140,10 @@ def test_dtypes_store_the_weights_at_that_precision(exported, tmp_path):
         export_gguf(model_dir, tmp_path / f"{dtype}.gguf", dtype=dtype)
         reader, _ = fields(tmp_path / f"{dtype}.gguf")
         t = {t.name: t for t in reader.tensors}
-        assert t["blk.0.attn_q.weight"].tensor_type.name == kind and t["blk.0.ffn_gate_exps.weight"].tensor_type.name == kind
+        assert (
+            t["blk.0.attn_q.weight"].tensor_type.name == kind
+            and t["blk.0.ffn_gate_exps.weight"].tensor_type.name == kind
+        )
         # norms and the router stay f32, as llama.cpp's converter keeps them
         assert {t[n].tensor_type.name for n in ("blk.0.attn_norm.weight", "blk.0.ffn_gate_inp.weight")} == {"F32"}
         q = t["blk.0.attn_q.weight"]
@@ -142,11 +155,14 @@ def test_dtypes_store_the_weights_at_that_precision(exported, tmp_path):
             assert torch.equal(stored, ours.to({"f16": torch.float16, "bf16": torch.bfloat16}[dtype]).float())
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (("nano", dict(use_moe=True, n_shared_experts=1)), "q/k norm with a shared expert"),
-    (("nano", dict(use_moe=True, norm_topk_prob=False, num_experts_per_tok=2)), "norm_topk_prob is false"),
-    (("nano", dict(rope_scaling={"type": "yarn", "factor": 4.0})), "rope_scaling (YaRN) is not exported"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (("nano", dict(use_moe=True, n_shared_experts=1)), "q/k norm with a shared expert"),
+        (("nano", dict(use_moe=True, norm_topk_prob=False, num_experts_per_tok=2)), "norm_topk_prob is false"),
+        (("nano", dict(rope_scaling={"type": "yarn", "factor": 4.0})), "rope_scaling (YaRN) is not exported"),
+    ],
+)
 def test_layouts_llama_cpp_cannot_compute_exactly_are_refused(overrides, message, tmp_path, capsys):
     name, kw = overrides
     save_model_dir(MiniMindForCausalLM(preset(name, **kw)), tmp_path / "m")
@@ -169,8 +185,10 @@ def test_missing_tokenizer_is_a_clear_error(tmp_path):
 
 @pytest.fixture(scope="module")
 def llama_cpp():
-    return pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (scripts/install-test-peers.sh "
-                                                  "builds it: it compiles llama.cpp)")
+    return pytest.importorskip(
+        "llama_cpp",
+        reason="llama-cpp-python is not installed (scripts/install-test-peers.sh builds it: it compiles llama.cpp)",
+    )
 
 
 def _load(llama_cpp, path, **kw):
@@ -178,16 +196,22 @@ def _load(llama_cpp, path, **kw):
     like ours, so the comparison measures the conversion, not the cache's rounding. One
     thread: llama.cpp's worker threads spin while waiting, which on a shared 2-core machine
     makes these tiny models 100x slower."""
-    return llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=1, n_threads_batch=1, verbose=False,
-                           type_k=0, type_v=0, **kw)
+    return llama_cpp.Llama(
+        model_path=str(path), n_ctx=512, n_threads=1, n_threads_batch=1, verbose=False, type_k=0, type_v=0, **kw
+    )
 
 
 def _prompts(tokenizer, shared_data=None):
     """Chinese, English, digits, whitespace, emoji, special and tool tokens, and chats: generated,
     or MiniMind's own when shared_data is given."""
-    texts = ["你好，世界！今天是2024年10月1日。", "Hello world, it's 3.14159 -- don't panic!", "  two  spaces\n\n\ttab\r\n",
-             "emoji 😀👍 ÀÉÎ русский", "<|im_start|>user\n讲个笑话<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
-             '<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call><|endoftext|>']
+    texts = [
+        "你好，世界！今天是2024年10月1日。",
+        "Hello world, it's 3.14159 -- don't panic!",
+        "  two  spaces\n\n\ttab\r\n",
+        "emoji 😀👍 ÀÉÎ русский",
+        "<|im_start|>user\n讲个笑话<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
+        '<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call><|endoftext|>',
+    ]
     if shared_data is None:
         texts += [tokenizer.apply_chat_template(r["conversations"]) for r in chat_records(6)]
     for name in ("sft_toolcall_glaive_demo_zh_en.jsonl", "sft_sharegpt_zh_1k.jsonl") if shared_data else ():
@@ -226,7 +250,9 @@ def test_chat_template_in_the_file_renders_like_ours(llama_cpp, exported, tokeni
     assert len(chats) >= 5
     for conversation in chats:
         messages = conversation[:-1]  # end on a user turn
-        assert formatter(messages=messages).prompt == tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        assert formatter(messages=messages).prompt == tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True
+        )
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
@@ -234,8 +260,9 @@ def test_llama_cpp_greedy_continuation_and_logits_equal_ours(arch, llama_cpp, ex
     from minimind.infer import SamplingParams, generate
 
     model, _, path = exported[arch]
-    prompt = tokenizer.encode_chat([{"role": "user", "content": "用一句话介绍你自己。Introduce yourself."}],
-                                   add_generation_prompt=True)
+    prompt = tokenizer.encode_chat(
+        [{"role": "user", "content": "用一句话介绍你自己。Introduce yourself."}], add_generation_prompt=True
+    )
     # greedy, 32 tokens, no stop token: ours through the generation engine, theirs step by step
     [done] = generate(model, tokenizer, [prompt], SamplingParams(temperature=0, max_new_tokens=32, stop_token_ids=()))
     llm = _load(llama_cpp, path, logits_all=True)
@@ -254,7 +281,7 @@ def test_llama_cpp_greedy_continuation_and_logits_equal_ours(arch, llama_cpp, ex
     diff = float(np.abs(theirs - ours).max())
     assert diff < 1e-3, diff
     # and no greedy step was a near tie, so the agreement is not luck
-    top2 = torch.from_numpy(ours[len(prompt) - 1:-1]).topk(2, dim=-1).values
+    top2 = torch.from_numpy(ours[len(prompt) - 1 : -1]).topk(2, dim=-1).values
     assert (top2[:, 0] - top2[:, 1]).min() > 20 * diff
 
 

@@ -21,12 +21,22 @@ from minimind.model import MiniMindForCausalLM
 transformers = pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM  # noqa: E402
 
-MM2 = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2, head_dim=16,
-           intermediate_size=96, moe_intermediate_size=96)
+MM2 = dict(
+    hidden_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    head_dim=16,
+    intermediate_size=96,
+    moe_intermediate_size=96,
+)
 LAYOUTS = {  # name: (preset, overrides, transformers class)
     "minimind3": ("nano", {}, "Qwen3ForCausalLM"),
-    "minimind3-moe": ("nano", dict(use_moe=True, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64),
-                      "Qwen3MoeForCausalLM"),
+    "minimind3-moe": (
+        "nano",
+        dict(use_moe=True, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64),
+        "Qwen3MoeForCausalLM",
+    ),
     "minimind2": ("minimind2-small", MM2, "LlamaForCausalLM"),
     "minimind2-moe": ("minimind2-moe", MM2, "Qwen2MoeForCausalLM"),
 }
@@ -65,9 +75,17 @@ def test_export_loads_in_transformers_with_equal_logits_and_imports_back_bit_for
 
 def test_directory_has_tokenizer_chat_template_and_generation_config(tmp_path, tok):
     make_model_dir(tmp_path / "ours", "minimind3", tokenizer=tok)
-    assert main(["export", "hf", "--model", str(tmp_path / "ours"), "--out", str(tmp_path / "hf"), "--dtype", "bf16"]) == 0
+    assert (
+        main(["export", "hf", "--model", str(tmp_path / "ours"), "--out", str(tmp_path / "hf"), "--dtype", "bf16"]) == 0
+    )
     files = {p.name for p in (tmp_path / "hf").iterdir()}
-    assert files == {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json"}
+    assert files == {
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    }
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["torch_dtype"] == "bfloat16" and config["tie_word_embeddings"] and "auto_map" not in config
     theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
@@ -109,8 +127,17 @@ def test_yarn_rope_scaling_survives_the_export(tmp_path):
 
 
 def _tiny(cls_config, **kw):
-    common = dict(vocab_size=1000, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=16, rope_theta=5e5, rms_norm_eps=1e-5)
+    common = dict(
+        vocab_size=1000,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        rope_theta=5e5,
+        rms_norm_eps=1e-5,
+    )
     cfg = cls_config(**{**common, **kw})
     torch.manual_seed(0)
     return cfg
@@ -119,12 +146,21 @@ def _tiny(cls_config, **kw):
 @pytest.mark.parametrize("kind", ["llama-untied-sharded-bias", "qwen3-tied", "qwen3moe-sharded"])
 def test_import_of_checkpoints_saved_by_transformers(kind, tmp_path):
     if kind.startswith("llama"):
-        model = transformers.LlamaForCausalLM(_tiny(transformers.LlamaConfig, tie_word_embeddings=False, attention_bias=True))
+        model = transformers.LlamaForCausalLM(
+            _tiny(transformers.LlamaConfig, tie_word_embeddings=False, attention_bias=True)
+        )
     elif kind == "qwen3-tied":
         model = transformers.Qwen3ForCausalLM(_tiny(transformers.Qwen3Config, tie_word_embeddings=True))
     else:
-        model = transformers.Qwen3MoeForCausalLM(_tiny(transformers.Qwen3MoeConfig, num_experts=4, num_experts_per_tok=2,
-                                                       moe_intermediate_size=32, norm_topk_prob=False))
+        model = transformers.Qwen3MoeForCausalLM(
+            _tiny(
+                transformers.Qwen3MoeConfig,
+                num_experts=4,
+                num_experts_per_tok=2,
+                moe_intermediate_size=32,
+                norm_topk_prob=False,
+            )
+        )
     with torch.no_grad():  # transformers' init leaves biases and router at zero: make them matter
         for name, p in model.named_parameters():
             if name.endswith(("bias", "mlp.gate.weight")):
@@ -149,8 +185,9 @@ def test_fused_expert_tensors_import_like_per_expert_ones(tmp_path):
     sd = load_file(tmp_path / "hf" / "model.safetensors")
     for i in range(2):
         p = f"model.layers.{i}.mlp.experts"
-        sd[f"{p}.gate_up_proj"] = torch.stack([torch.cat([sd.pop(f"{p}.{e}.gate_proj.weight"),
-                                                          sd.pop(f"{p}.{e}.up_proj.weight")]) for e in range(4)])
+        sd[f"{p}.gate_up_proj"] = torch.stack(
+            [torch.cat([sd.pop(f"{p}.{e}.gate_proj.weight"), sd.pop(f"{p}.{e}.up_proj.weight")]) for e in range(4)]
+        )
         sd[f"{p}.down_proj"] = torch.stack([sd.pop(f"{p}.{e}.down_proj.weight") for e in range(4)])
     save_file(sd, tmp_path / "hf" / "model.safetensors")
     import_hf(tmp_path / "hf", tmp_path / "back")
@@ -174,13 +211,16 @@ def _edit_config(path, **changes):
     (path / "config.json").write_text(json.dumps(d))
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(architectures=["GPT2LMHeadModel"]), "architecture 'GPT2LMHeadModel' is not supported"),
-    (dict(use_sliding_window=True), "use_sliding_window is set"),
-    (dict(hidden_act="gelu"), "hidden_act 'gelu' is not supported"),
-    (dict(rope_scaling={"rope_type": "linear", "factor": 2.0}), "rope scaling type 'linear' is not supported"),
-    (dict(num_key_value_heads=4), "model.layers.0.self_attn.k_proj.weight has shape (32, 128), expected (64, 128)"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(architectures=["GPT2LMHeadModel"]), "architecture 'GPT2LMHeadModel' is not supported"),
+        (dict(use_sliding_window=True), "use_sliding_window is set"),
+        (dict(hidden_act="gelu"), "hidden_act 'gelu' is not supported"),
+        (dict(rope_scaling={"rope_type": "linear", "factor": 2.0}), "rope scaling type 'linear' is not supported"),
+        (dict(num_key_value_heads=4), "model.layers.0.self_attn.k_proj.weight has shape (32, 128), expected (64, 128)"),
+    ],
+)
 def test_import_errors_name_the_field_or_tensor(change, message, tmp_path, capsys):
     make_model_dir(tmp_path / "ours", "minimind2")
     export_hf(tmp_path / "ours", tmp_path / "hf")

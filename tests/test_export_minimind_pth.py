@@ -39,7 +39,7 @@ def ref_rope(x, theta, interleaved):
         return torch.view_as_real(xc * pos_cis).flatten(3).type_as(x)
     cos = torch.cat([angles.cos(), angles.cos()], -1)[None, :, None, :]
     sin = torch.cat([angles.sin(), angles.sin()], -1)[None, :, None, :]
-    rotated = torch.cat((-x[..., D // 2:], x[..., : D // 2]), dim=-1)
+    rotated = torch.cat((-x[..., D // 2 :], x[..., : D // 2]), dim=-1)
     return x * cos + rotated * sin
 
 
@@ -110,27 +110,46 @@ def reference_logits(sd, c, ids):
 # ------------------------------------------------------------------ MiniMind's key names
 
 CURRENT = {  # model/model_minimind.py (minimind-3, and MiniMind2 since 2025-04)
-    "embed": "model.embed_tokens.weight", "norm": "model.norm.weight", "lm_head": "lm_head.weight",
-    "q": "model.layers.{i}.self_attn.q_proj.weight", "k": "model.layers.{i}.self_attn.k_proj.weight",
-    "v": "model.layers.{i}.self_attn.v_proj.weight", "o": "model.layers.{i}.self_attn.o_proj.weight",
-    "q_norm": "model.layers.{i}.self_attn.q_norm.weight", "k_norm": "model.layers.{i}.self_attn.k_norm.weight",
-    "attn_norm": "model.layers.{i}.input_layernorm.weight", "ffn_norm": "model.layers.{i}.post_attention_layernorm.weight",
-    "gate": "model.layers.{i}.mlp.gate_proj.weight", "up": "model.layers.{i}.mlp.up_proj.weight",
-    "down": "model.layers.{i}.mlp.down_proj.weight", "router": "model.layers.{i}.mlp.gate.weight",
+    "embed": "model.embed_tokens.weight",
+    "norm": "model.norm.weight",
+    "lm_head": "lm_head.weight",
+    "q": "model.layers.{i}.self_attn.q_proj.weight",
+    "k": "model.layers.{i}.self_attn.k_proj.weight",
+    "v": "model.layers.{i}.self_attn.v_proj.weight",
+    "o": "model.layers.{i}.self_attn.o_proj.weight",
+    "q_norm": "model.layers.{i}.self_attn.q_norm.weight",
+    "k_norm": "model.layers.{i}.self_attn.k_norm.weight",
+    "attn_norm": "model.layers.{i}.input_layernorm.weight",
+    "ffn_norm": "model.layers.{i}.post_attention_layernorm.weight",
+    "gate": "model.layers.{i}.mlp.gate_proj.weight",
+    "up": "model.layers.{i}.mlp.up_proj.weight",
+    "down": "model.layers.{i}.mlp.down_proj.weight",
+    "router": "model.layers.{i}.mlp.gate.weight",
     "expert": "model.layers.{i}.mlp.experts.{e}.{key}.weight",
     "shared": "model.layers.{i}.mlp.shared_experts.0.{key}.weight",
-    "gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj",
+    "gate_proj": "gate_proj",
+    "up_proj": "up_proj",
+    "down_proj": "down_proj",
 }
 LEGACY = {  # model/model.py, class MiniMindLM (MiniMind2 as released in early 2025)
-    "embed": "tok_embeddings.weight", "norm": "norm.weight", "lm_head": "output.weight",
-    "q": "layers.{i}.attention.wq.weight", "k": "layers.{i}.attention.wk.weight",
-    "v": "layers.{i}.attention.wv.weight", "o": "layers.{i}.attention.wo.weight",
-    "attn_norm": "layers.{i}.attention_norm.weight", "ffn_norm": "layers.{i}.ffn_norm.weight",
-    "gate": "layers.{i}.feed_forward.w1.weight", "up": "layers.{i}.feed_forward.w3.weight",
-    "down": "layers.{i}.feed_forward.w2.weight", "router": "layers.{i}.feed_forward.gate.weight",
+    "embed": "tok_embeddings.weight",
+    "norm": "norm.weight",
+    "lm_head": "output.weight",
+    "q": "layers.{i}.attention.wq.weight",
+    "k": "layers.{i}.attention.wk.weight",
+    "v": "layers.{i}.attention.wv.weight",
+    "o": "layers.{i}.attention.wo.weight",
+    "attn_norm": "layers.{i}.attention_norm.weight",
+    "ffn_norm": "layers.{i}.ffn_norm.weight",
+    "gate": "layers.{i}.feed_forward.w1.weight",
+    "up": "layers.{i}.feed_forward.w3.weight",
+    "down": "layers.{i}.feed_forward.w2.weight",
+    "router": "layers.{i}.feed_forward.gate.weight",
     "expert": "layers.{i}.feed_forward.experts.{e}.{key}.weight",
     "shared": "layers.{i}.feed_forward.shared_experts.{key}.weight",
-    "gate_proj": "w1", "up_proj": "w3", "down_proj": "w2",
+    "gate_proj": "w1",
+    "up_proj": "w3",
+    "down_proj": "w2",
 }
 
 
@@ -173,8 +192,12 @@ def minimind_state_dict(c, dtype, seed=0):
 
 # minimind-3 reveals its head count through the q/k norms, so it gets an unusual one (4);
 # MiniMind2 does not, so it uses MiniMind2's real 8 heads / 2 KV heads (the default).
-M3 = dict(vocab=6400, hidden=64, layers=2, heads=4, kv_heads=2, ffn=128, generation=3, qk_norm=True, eps=1e-6, legacy=False)
-M2 = dict(vocab=6400, hidden=128, layers=2, heads=8, kv_heads=2, ffn=96, generation=2, qk_norm=False, eps=1e-5, legacy=False)
+M3 = dict(
+    vocab=6400, hidden=64, layers=2, heads=4, kv_heads=2, ffn=128, generation=3, qk_norm=True, eps=1e-6, legacy=False
+)
+M2 = dict(
+    vocab=6400, hidden=128, layers=2, heads=8, kv_heads=2, ffn=96, generation=2, qk_norm=False, eps=1e-5, legacy=False
+)
 CASES = {  # name: (config, dtype)
     "minimind3-dense-fp16": (M3, torch.float16),
     "minimind3-moe-fp32": (dict(M3, experts=4, top_k=1), torch.float32),
@@ -198,7 +221,11 @@ def test_imported_model_computes_the_original_logits(name, tmp_path):
     assert (cfg.qk_norm, cfg.rms_norm_eps) == (c["qk_norm"], c["eps"])
     assert cfg.use_moe == bool(c.get("experts")) and cfg.tie_word_embeddings
     if cfg.use_moe:
-        assert (cfg.num_experts, cfg.num_experts_per_tok, cfg.n_shared_experts) == (4, c["top_k"], int(bool(c.get("shared"))))
+        assert (cfg.num_experts, cfg.num_experts_per_tok, cfg.n_shared_experts) == (
+            4,
+            c["top_k"],
+            int(bool(c.get("shared"))),
+        )
     model = load_model(out)
     assert next(iter(torch.load(tmp_path / "full_sft.pth").values())).dtype == dtype
     with torch.no_grad():
@@ -228,9 +255,23 @@ def test_original_sizes_are_recognised_from_tensor_shapes(name):
         shapes = {k: v.shape for k, v in MiniMindForCausalLM(want).state_dict().items()}
     sd = {k: torch.zeros(()).expand(s) for k, s in shapes.items()}  # lm_head present: tied
     got = infer_config(sd, name)
-    for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                  "head_dim", "intermediate_size", "qk_norm", "rms_norm_eps", "use_moe", "num_experts",
-                  "num_experts_per_tok", "n_shared_experts", "moe_intermediate_size", "tie_word_embeddings"):
+    for field in (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "intermediate_size",
+        "qk_norm",
+        "rms_norm_eps",
+        "use_moe",
+        "num_experts",
+        "num_experts_per_tok",
+        "n_shared_experts",
+        "moe_intermediate_size",
+        "tie_word_embeddings",
+    ):
         if field in ("num_experts", "num_experts_per_tok", "n_shared_experts") and not want.use_moe:
             continue
         assert getattr(got, field) == getattr(want, field), field
@@ -242,8 +283,17 @@ def test_cli_with_tokenizer_gives_a_ready_model(tmp_path, tok_dir, capsys):
     c, dtype = CASES["minimind3-dense-fp16"]
     sd = {f"module.{k}": v for k, v in minimind_state_dict(c, dtype).items()}  # saved from DDP
     torch.save({"model": sd, "optimizer": {"step": torch.tensor(3)}, "epoch": 1}, tmp_path / "ckpt_resume.pth")
-    code = main(["import", "minimind-pth", str(tmp_path / "ckpt_resume.pth"), "--out", str(tmp_path / "m"),
-                 "--tokenizer", str(tok_dir)])
+    code = main(
+        [
+            "import",
+            "minimind-pth",
+            str(tmp_path / "ckpt_resume.pth"),
+            "--out",
+            str(tmp_path / "m"),
+            "--tokenizer",
+            str(tok_dir),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "wrote" in out and "q/k norm on" in out
     model, tok = minimind.load(tmp_path / "m")
@@ -265,6 +315,7 @@ def pth(tmp_path):
     def write(sd, name="bad.pth"):
         torch.save(sd, tmp_path / name)
         return str(tmp_path / name)
+
     return write
 
 
@@ -298,7 +349,9 @@ def test_bad_files_and_flags(pth, tmp_path, capsys):
     path = pth(minimind_state_dict(c, torch.float16), "m2.pth")
     err = _cli_error(capsys, "import", "minimind-pth", path, "--out", str(tmp_path / "o"), "--num-attention-heads", "5")
     assert "not divisible by 5 attention heads" in err
-    err = _cli_error(capsys, "import", "minimind-pth", path, "--out", str(tmp_path / "o"), "--preset", "minimind2-small")
+    err = _cli_error(
+        capsys, "import", "minimind-pth", path, "--out", str(tmp_path / "o"), "--preset", "minimind2-small"
+    )
     assert "preset minimind2-small has hidden_size 512 but model.embed_tokens.weight says 128" in err
     err = _cli_error(capsys, "import", "minimind-pth", path, "--out", str(tmp_path / "o"), "--preset", "minimind3")
     assert "preset minimind3 has q/k norm" in err

@@ -18,8 +18,8 @@ import shutil
 import subprocess
 
 import pytest
-from helpers import chat_records
 
+from helpers import chat_records
 from minimind.checkpoint import save_model_dir
 from minimind.cli import main
 from minimind.config import preset
@@ -111,17 +111,27 @@ def render_go(tmp_path_factory):
     """render_go(template, cases) -> rendered strings, by Go's text/template."""
     go = shutil.which("go")
     if go is None:
-        pytest.skip("no Go toolchain (apt-get install golang-go, or scripts/install-test-peers.sh): "
-                    "the Ollama template cannot be rendered")
+        pytest.skip(
+            "no Go toolchain (apt-get install golang-go, or scripts/install-test-peers.sh): "
+            "the Ollama template cannot be rendered"
+        )
     d = tmp_path_factory.mktemp("go")
     (d / "main.go").write_text(GO_RENDERER)
-    subprocess.run([go, "build", "-o", str(d / "render"), str(d / "main.go")], check=True, cwd=d, timeout=300,
-                   capture_output=True)
+    subprocess.run(
+        [go, "build", "-o", str(d / "render"), str(d / "main.go")], check=True, cwd=d, timeout=300, capture_output=True
+    )
 
     def render(template, cases):
-        res = subprocess.run([str(d / "render")], input=json.dumps({"template": template, "cases": cases}),
-                             capture_output=True, text=True, check=True, timeout=60)
+        res = subprocess.run(
+            [str(d / "render")],
+            input=json.dumps({"template": template, "cases": cases}),
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
         return json.loads(res.stdout)
+
     return render
 
 
@@ -134,8 +144,14 @@ def to_ollama(messages):
         calls = m.get("tool_calls")
         calls = json.loads(calls) if isinstance(calls, str) else calls or []
         calls = [c.get("function", c) for c in calls]
-        out.append({"role": m["role"], "content": m.get("content") or "", "thinking": m.get("reasoning_content", ""),
-                    "tool_calls": [{"function": {"name": c["name"], "arguments": c["arguments"]}} for c in calls]})
+        out.append(
+            {
+                "role": m["role"],
+                "content": m.get("content") or "",
+                "thinking": m.get("reasoning_content", ""),
+                "tool_calls": [{"function": {"name": c["name"], "arguments": c["arguments"]}} for c in calls],
+            }
+        )
     return out, tools
 
 
@@ -151,13 +167,19 @@ def _canon(value):
 
 def json_as_json(text):
     """Rewrite the JSON in <tools> lines and <tool_call> blocks canonically (sorted keys)."""
+
     def canon(s):
         try:
             return json.dumps(_canon(json.loads(s)), sort_keys=True, ensure_ascii=False)
         except ValueError:  # the header's `{"name": <function-name>, ...}` placeholder
             return s
-    text = re.sub(r"(<tools>\n)(.*?)(\n</tools>)",
-                  lambda m: m[1] + "\n".join(canon(x) for x in m[2].split("\n")) + m[3], text, flags=re.S)
+
+    text = re.sub(
+        r"(<tools>\n)(.*?)(\n</tools>)",
+        lambda m: m[1] + "\n".join(canon(x) for x in m[2].split("\n")) + m[3],
+        text,
+        flags=re.S,
+    )
     return re.sub(r"(<tool_call>\n)(.*?)(\n</tool_call>)", lambda m: m[1] + canon(m[2]) + m[3], text, flags=re.S)
 
 
@@ -167,8 +189,11 @@ def carried_by_ollama(conv):
     for m in conv:
         reasoning, calls = m.get("reasoning_content") or "", m.get("tool_calls") or []
         calls = json.loads(calls) if isinstance(calls, str) else calls
-        if "<think>" in (m.get("content") or "") or reasoning != reasoning.strip("\n") or \
-                any(isinstance(c.get("arguments"), str) for c in calls):
+        if (
+            "<think>" in (m.get("content") or "")
+            or reasoning != reasoning.strip("\n")
+            or any(isinstance(c.get("arguments"), str) for c in calls)
+        ):
             return False
     return True
 
@@ -185,12 +210,22 @@ def conversations(shared_data=None):
     call = {"name": "get_weather", "arguments": {"city": "北京", "days": 2}}
     call_schema = {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
     convs += [  # what the files lack: reasoning, content + calls, parallel calls and results
-        [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2", "reasoning_content": "easy: 1+1=2"},
-         {"role": "user", "content": "2+2?"}],
-        [{"role": "system", "content": "你是助手", "tools": json.dumps([{"type": "function", "function": call_schema}])},
-         {"role": "user", "content": "天气?"},
-         {"role": "assistant", "content": "我查一下。", "tool_calls": json.dumps([call, call])},
-         {"role": "tool", "content": "晴"}, {"role": "tool", "content": "雨"}],
+        [
+            {"role": "user", "content": "1+1?"},
+            {"role": "assistant", "content": "2", "reasoning_content": "easy: 1+1=2"},
+            {"role": "user", "content": "2+2?"},
+        ],
+        [
+            {
+                "role": "system",
+                "content": "你是助手",
+                "tools": json.dumps([{"type": "function", "function": call_schema}]),
+            },
+            {"role": "user", "content": "天气?"},
+            {"role": "assistant", "content": "我查一下。", "tool_calls": json.dumps([call, call])},
+            {"role": "tool", "content": "晴"},
+            {"role": "tool", "content": "雨"},
+        ],
         [{"role": "user", "content": "hi"}],
     ]
     return convs
@@ -205,8 +240,9 @@ def _compare(render_go, tok, convs, think_modes):
         messages, tools = to_ollama(conv)
         for go_flags, jinja_flags in think_modes:
             cases.append({"messages": messages, "tools": tools, **go_flags})
-            expected.append(tok.apply_chat_template(conv, add_generation_prompt=conv[-1]["role"] != "assistant",
-                                                    **jinja_flags))
+            expected.append(
+                tok.apply_chat_template(conv, add_generation_prompt=conv[-1]["role"] != "assistant", **jinja_flags)
+            )
     rendered = render_go(template, cases)
     assert len(rendered) == len(expected) > 80
     for case, got, want in zip(cases, rendered, expected):
@@ -218,8 +254,12 @@ def _compare(render_go, tok, convs, think_modes):
 @pytest.mark.parametrize("source", ["generated", "shared"])
 def test_go_template_renders_like_the_minimind3_chat_template(render_go, tok, source, request):
     convs = conversations(request.getfixturevalue("shared_data") if source == "shared" else None)
-    _compare(render_go, tok, convs,  # the project-made tokenizer carries the minimind3 template
-             [({"think": False}, {}), ({"think": True, "is_think_set": True}, {"open_thinking": True})])
+    _compare(
+        render_go,
+        tok,
+        convs,  # the project-made tokenizer carries the minimind3 template
+        [({"think": False}, {}), ({"think": True, "is_think_set": True}, {"open_thinking": True})],
+    )
 
 
 def test_go_template_renders_like_the_minimind2_chat_template(render_go, shared_data):
@@ -243,15 +283,33 @@ def test_tool_json_is_the_only_difference(render_go, tok):
 def test_export_writes_gguf_and_modelfile(tmp_path, tok, capsys):
     pytest.importorskip("gguf", reason="the gguf package is not installed (pip install 'minimind[export]')")
     save_model_dir(MiniMindForCausalLM(preset("nano")).init_weights(0), tmp_path / "m", tok)
-    code = main(["export", "ollama", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "ollama"),
-                 "--name", "mini", "--system", "你是 MiniMind。"])
+    code = main(
+        [
+            "export",
+            "ollama",
+            "--model",
+            str(tmp_path / "m"),
+            "--out",
+            str(tmp_path / "ollama"),
+            "--name",
+            "mini",
+            "--system",
+            "你是 MiniMind。",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and f"ollama create mini -f {tmp_path / 'ollama' / 'Modelfile'}" in out
     assert {p.name for p in (tmp_path / "ollama").iterdir()} == {"model.gguf", "Modelfile"}
     text = (tmp_path / "ollama" / "Modelfile").read_text()
-    assert text.startswith("FROM ./model.gguf\nTEMPLATE \"\"\"") and go_template(tok.chat_template) in text
-    for line in ('SYSTEM """你是 MiniMind。"""', 'PARAMETER stop "<|im_start|>"', 'PARAMETER stop "<|im_end|>"',
-                 "PARAMETER temperature 0.85", "PARAMETER top_p 0.95", "PARAMETER num_ctx 8192"):
+    assert text.startswith('FROM ./model.gguf\nTEMPLATE """') and go_template(tok.chat_template) in text
+    for line in (
+        'SYSTEM """你是 MiniMind。"""',
+        'PARAMETER stop "<|im_start|>"',
+        'PARAMETER stop "<|im_end|>"',
+        "PARAMETER temperature 0.85",
+        "PARAMETER top_p 0.95",
+        "PARAMETER num_ctx 8192",
+    ):
         assert line in text.splitlines()
 
 

@@ -33,13 +33,30 @@ def demo(tmp_path_factory):
     files = build_demo_corpus(root / "data", pretrain_docs=300)
     train_tokenizer([str(files["pretrain"]), str(files["sft"])], vocab_size=400, out_dir=str(root / "tok"))
     assert main(["init", "--preset", "nano", "--tokenizer", str(root / "tok"), "--out", str(root / "base")]) == 0
-    return {"root": root, "pretrain": str(files["pretrain"]), "sft": str(files["sft"]), "tok": root / "tok",
-            "base": root / "base"}
+    return {
+        "root": root,
+        "pretrain": str(files["pretrain"]),
+        "sft": str(files["sft"]),
+        "tok": root / "tok",
+        "base": root / "base",
+    }
 
 
 def config(demo, out, **kw):
-    base = dict(stage="pretrain", data=[demo["pretrain"]], out=str(out), preset="nano", tokenizer=str(demo["tok"]),
-                max_steps=4, batch_size=4, seq_len=64, log_every=1, save_every=100, eval_every=0, progress=False)
+    base = dict(
+        stage="pretrain",
+        data=[demo["pretrain"]],
+        out=str(out),
+        preset="nano",
+        tokenizer=str(demo["tok"]),
+        max_steps=4,
+        batch_size=4,
+        seq_len=64,
+        log_every=1,
+        save_every=100,
+        eval_every=0,
+        progress=False,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -124,14 +141,35 @@ def _collect(errors, fn):
 
 
 def pretrain_argv(demo, out, *extra):
-    return ["pretrain", "--data", demo["pretrain"], "--preset", "nano", "--tokenizer", str(demo["tok"]),
-            "--out", str(out), "--max-steps", "4", "--batch-size", "4", "--grad-accum", "1", "--seq-len", "64",
-            "--eval-every", "0", "--no-progress", *extra]
+    return [
+        "pretrain",
+        "--data",
+        demo["pretrain"],
+        "--preset",
+        "nano",
+        "--tokenizer",
+        str(demo["tok"]),
+        "--out",
+        str(out),
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--grad-accum",
+        "1",
+        "--seq-len",
+        "64",
+        "--eval-every",
+        "0",
+        "--no-progress",
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_interrupted_pretrain_says_what_is_in_out_and_the_command_that_continues(demo, tmp_path, signal_at, capsys,
-                                                                                   sig, status):
+def test_interrupted_pretrain_says_what_is_in_out_and_the_command_that_continues(
+    demo, tmp_path, signal_at, capsys, sig, status
+):
     out = tmp_path / "pt"
     signal_at(3, sig)
     assert main(pretrain_argv(demo, out)) == status
@@ -154,8 +192,18 @@ def test_interrupted_pretrain_says_what_is_in_out_and_the_command_that_continues
 def test_quickstart_stops_cleanly_and_the_same_command_continues_it(tmp_path, signal_at, capsys, monkeypatch):
     monkeypatch.setattr(trainer, "ESTIMATE_AFTER_S", 0.0)  # the time left after 3 steps, however fast they are
     out = tmp_path / "qs"
-    argv = ["quickstart", "--out", str(out), "--preset", "nano", "--pretrain-steps", "8", "--sft-steps", "5",
-            "--no-progress"]
+    argv = [
+        "quickstart",
+        "--out",
+        str(out),
+        "--preset",
+        "nano",
+        "--pretrain-steps",
+        "8",
+        "--sft-steps",
+        "5",
+        "--no-progress",
+    ]
     signal_at(3)  # Ctrl-C in the third pretraining step
     assert main(argv) == 130
     printed = capsys.readouterr().out
@@ -195,9 +243,11 @@ def test_untrained_replies_are_shown_on_one_line():
 
 
 def test_a_wrong_flag_prints_the_usage_of_its_own_command(capsys):
-    cases = [(["pretrain", "--no-such-flag"], "usage: minimind pretrain"),
-             (["data", "check", "--kind", "pretrain", "x.jsonl", "--no-such-flag"], "usage: minimind data check"),
-             (["lora", "merge", "--model", "a", "--lora", "b", "--out", "c", "--x"], "usage: minimind lora merge")]
+    cases = [
+        (["pretrain", "--no-such-flag"], "usage: minimind pretrain"),
+        (["data", "check", "--kind", "pretrain", "x.jsonl", "--no-such-flag"], "usage: minimind data check"),
+        (["lora", "merge", "--model", "a", "--lora", "b", "--out", "c", "--x"], "usage: minimind lora merge"),
+    ]
     for argv, usage in cases:
         with pytest.raises(SystemExit) as e:
             main(argv)
@@ -257,8 +307,11 @@ def test_tokenizer_differences_are_said_in_words(demo, tmp_path):
     other = Tokenizer.from_dir(tmp_path / "other")
     assert mine.vocab_size == other.vocab_size == 400  # the old message: "(400 vs 400 tokens)", nothing more
     said = tokenizer_difference(other, mine, ("the teacher's", "the student's"))
-    assert re.search(r"^vocabularies differ: 400 vs 400 tokens; \d+ only in the teacher's \(e\.g\. '.+'\); "
-                     r"\d+ only in the student's \(e\.g\. '.+'\)", said), said
+    assert re.search(
+        r"^vocabularies differ: 400 vs 400 tokens; \d+ only in the teacher's \(e\.g\. '.+'\); "
+        r"\d+ only in the student's \(e\.g\. '.+'\)",
+        said,
+    ), said
     swapped = Tokenizer.from_dir(_swapped_ids(demo["tok"], tmp_path / "swapped"))
     said = tokenizer_difference(swapped, mine)
     assert "2 shared tokens under other ids (e.g. " in said and "is 300 in the first, 301 in the second" in said
@@ -272,24 +325,62 @@ def test_distillation_names_what_differs_in_the_teachers_tokenizer(demo, tmp_pat
     shutil.copytree(demo["base"], teacher)
     _swapped_ids(demo["tok"], tmp_path / "swapped")
     shutil.copy(tmp_path / "swapped" / "tokenizer.json", teacher / "tokenizer.json")
-    with pytest.raises(MiniMindError, match="its tokenizer is not the student's .*: vocabularies differ: 400 vs 400 "
-                                            "tokens; 2 shared tokens under other ids"):
+    with pytest.raises(
+        MiniMindError,
+        match="its tokenizer is not the student's .*: vocabularies differ: 400 vs 400 "
+        "tokens; 2 shared tokens under other ids",
+    ):
         check_teacher(teacher, Tokenizer.from_dir(demo["tok"]))
 
 
 def test_a_lora_adapter_refuses_a_base_with_another_tokenizer(demo, tmp_path):
-    assert main(["lora", "--init", str(demo["base"]), "--data", demo["sft"], "--out", str(tmp_path / "adapter"),
-                 "--max-steps", "1", "--batch-size", "2", "--seq-len", "64", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "lora",
+                "--init",
+                str(demo["base"]),
+                "--data",
+                demo["sft"],
+                "--out",
+                str(tmp_path / "adapter"),
+                "--max-steps",
+                "1",
+                "--batch-size",
+                "2",
+                "--seq-len",
+                "64",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     load(demo["base"], lora=tmp_path / "adapter")  # its own base: fine
     twin = tmp_path / "twin"  # the very same weights (their sha256 matches), another tokenizer
     shutil.copytree(demo["base"], twin)
     _swapped_ids(demo["tok"], tmp_path / "swapped")
     shutil.copy(tmp_path / "swapped" / "tokenizer.json", twin / "tokenizer.json")
-    with pytest.raises(MiniMindError, match=r"adapter_config.json: this adapter was trained with another tokenizer "
-                                            r"\(trained on .*\): .*twin's tokenizer has another vocabulary; "):
+    with pytest.raises(
+        MiniMindError,
+        match=r"adapter_config.json: this adapter was trained with another tokenizer "
+        r"\(trained on .*\): .*twin's tokenizer has another vocabulary; ",
+    ):
         load(twin, lora=tmp_path / "adapter")
-    assert main(["lora", "merge", "--model", str(twin), "--lora", str(tmp_path / "adapter"),
-                 "--out", str(tmp_path / "merged")]) == 2
+    assert (
+        main(
+            [
+                "lora",
+                "merge",
+                "--model",
+                str(twin),
+                "--lora",
+                str(tmp_path / "adapter"),
+                "--out",
+                str(tmp_path / "merged"),
+            ]
+        )
+        == 2
+    )
 
 
 # ------------------------------------------------------------------ 14: the set-up

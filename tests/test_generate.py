@@ -8,10 +8,9 @@ a fixed list of tokens, tests the text-level behaviour (UTF-8, stop strings) exa
 
 import pytest
 import torch
-from helpers import scrambled_model
 
+from helpers import scrambled_model
 from minimind import MiniMindError, preset
-from minimind.model import KVCache
 from minimind.infer import (
     Completion,
     SamplingParams,
@@ -22,6 +21,7 @@ from minimind.infer import (
     generate,
     stream,
 )
+from minimind.model import KVCache
 
 GREEDY = {"temperature": 0.0, "stop_token_ids": ()}
 
@@ -54,7 +54,7 @@ def naive_greedy(model, prompt, n, penalty=1.0):
             for t in set(ids):  # CTRL penalty, one token at a time
                 logits[t] = logits[t] / penalty if logits[t] > 0 else logits[t] * penalty
             ids.append(int(logits.argmax()))
-    return ids[len(prompt):]
+    return ids[len(prompt) :]
 
 
 class ScriptedModel(torch.nn.Module):
@@ -86,7 +86,9 @@ class ScriptedModel(torch.nn.Module):
 @pytest.mark.parametrize("penalty", [1.0, 1.3])
 def test_greedy_matches_naive_loop_without_cache(model, prompts, tokenizer, penalty):
     for prompt in prompts:
-        [done] = generate(model, tokenizer, [prompt], SamplingParams(max_new_tokens=24, repetition_penalty=penalty, **GREEDY))
+        [done] = generate(
+            model, tokenizer, [prompt], SamplingParams(max_new_tokens=24, repetition_penalty=penalty, **GREEDY)
+        )
         assert done.token_ids == naive_greedy(model, prompt, 24, penalty)
         assert done.finish_reason == "length" and done.completion_tokens == 24
         assert done.prompt_tokens == len(prompt)
@@ -171,7 +173,9 @@ def test_top_k_and_top_p_filters():
 def test_stop_token_ends_generation(model, prompts, tokenizer):
     free = generate(model, tokenizer, prompts[:1], SamplingParams(max_new_tokens=20, **GREEDY))[0].token_ids
     i = next(i for i, t in enumerate(free) if i >= 3 and t not in free[:i])
-    [done] = generate(model, tokenizer, prompts[:1], SamplingParams(max_new_tokens=20, temperature=0, stop_token_ids=(free[i],)))
+    [done] = generate(
+        model, tokenizer, prompts[:1], SamplingParams(max_new_tokens=20, temperature=0, stop_token_ids=(free[i],))
+    )
     assert done.finish_reason == "stop"
     assert done.token_ids == free[:i]  # the stop token itself is not part of the output
     assert done.completion_tokens == i + 1  # ... but counts as generated
@@ -209,8 +213,13 @@ def test_max_new_tokens_is_clipped_to_the_context(tokenizer):
 # ----------------------------------------------------------------------------- streaming
 
 
-@pytest.mark.parametrize("params", [SamplingParams(max_new_tokens=40, **GREEDY),
-                                    SamplingParams(max_new_tokens=40, temperature=1.2, seed=5, stop_token_ids=())])
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(max_new_tokens=40, **GREEDY),
+        SamplingParams(max_new_tokens=40, temperature=1.2, seed=5, stop_token_ids=()),
+    ],
+)
 def test_stream_pieces_join_to_the_generated_text(model, prompts, tokenizer, params):
     for prompt in prompts:
         s = stream(model, tokenizer, prompt, params)
@@ -254,9 +263,19 @@ def test_stream_can_stop_early(model, prompts, tokenizer):
 # ------------------------------------------------------------------- errors, dtype, chat
 
 
-@pytest.mark.parametrize("bad", [{"temperature": -0.1}, {"top_p": 0.0}, {"top_p": 1.5}, {"top_k": -1},
-                                 {"max_new_tokens": 0}, {"repetition_penalty": 0.0},
-                                 {"stop_strings": ("",)}, {"temperature": float("nan")}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"temperature": -0.1},
+        {"top_p": 0.0},
+        {"top_p": 1.5},
+        {"top_k": -1},
+        {"max_new_tokens": 0},
+        {"repetition_penalty": 0.0},
+        {"stop_strings": ("",)},
+        {"temperature": float("nan")},
+    ],
+)
 def test_bad_params_raise(bad):
     with pytest.raises(MiniMindError):
         SamplingParams(**bad)
@@ -274,7 +293,9 @@ def test_bad_prompts_raise(model, tokenizer):
 
 def test_bfloat16_model_generates(prompts, tokenizer):
     model = scrambled_model().to(torch.bfloat16)
-    out = generate(model, tokenizer, prompts, SamplingParams(max_new_tokens=8, temperature=0.9, seed=0, stop_token_ids=()))
+    out = generate(
+        model, tokenizer, prompts, SamplingParams(max_new_tokens=8, temperature=0.9, seed=0, stop_token_ids=())
+    )
     assert [len(c.token_ids) for c in out] == [8, 8, 8]
 
 
@@ -289,7 +310,9 @@ def test_chat_renders_the_template(model, tokenizer):
     done = chat(model, tokenizer, messages, SamplingParams(max_new_tokens=5, **GREEDY))
     prompt = tokenizer.encode_chat(messages, add_generation_prompt=True)
     assert isinstance(done, Completion) and done.prompt_tokens == len(prompt)
-    assert done.token_ids == generate(model, tokenizer, [prompt], SamplingParams(max_new_tokens=5, **GREEDY))[0].token_ids
+    assert (
+        done.token_ids == generate(model, tokenizer, [prompt], SamplingParams(max_new_tokens=5, **GREEDY))[0].token_ids
+    )
 
 
 def test_decoding_attention_keeps_sdpa_off_cudnn_on_cuda_only():
@@ -301,14 +324,22 @@ def test_decoding_attention_keeps_sdpa_off_cudnn_on_cuda_only():
 
     from minimind.model.layers import decoding_attention
 
-    before = (torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled(),
-              torch.backends.cuda.mem_efficient_sdp_enabled(), torch.backends.cuda.math_sdp_enabled())
+    before = (
+        torch.backends.cuda.cudnn_sdp_enabled(),
+        torch.backends.cuda.flash_sdp_enabled(),
+        torch.backends.cuda.mem_efficient_sdp_enabled(),
+        torch.backends.cuda.math_sdp_enabled(),
+    )
     with decoding_attention(torch.device("cuda")):
         assert not torch.backends.cuda.cudnn_sdp_enabled()
         assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
         assert torch.backends.cuda.math_sdp_enabled()
-    assert (torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled(),
-            torch.backends.cuda.mem_efficient_sdp_enabled(), torch.backends.cuda.math_sdp_enabled()) == before
+    assert (
+        torch.backends.cuda.cudnn_sdp_enabled(),
+        torch.backends.cuda.flash_sdp_enabled(),
+        torch.backends.cuda.mem_efficient_sdp_enabled(),
+        torch.backends.cuda.math_sdp_enabled(),
+    ) == before
     with decoding_attention(torch.device("cpu")):
         assert torch.backends.cuda.cudnn_sdp_enabled() == before[0]
 
@@ -321,7 +352,9 @@ def test_the_model_enters_decoding_attention_only_with_a_cache(model, tokenizer,
     import minimind.model.minimind as modeling
 
     entered = []
-    monkeypatch.setattr(modeling, "decoding_attention", lambda device: entered.append(device) or contextlib.nullcontext())
+    monkeypatch.setattr(
+        modeling, "decoding_attention", lambda device: entered.append(device) or contextlib.nullcontext()
+    )
     model(torch.tensor([prompts[0]]))
     assert entered == []
     generate(model, tokenizer, [prompts[0]], SamplingParams(max_new_tokens=3, temperature=0, stop_token_ids=()))

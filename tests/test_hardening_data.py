@@ -26,9 +26,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # A lone UTF-16 surrogate as JSON spells it (json.dumps writes one so, with ensure_ascii).
 SURROGATE_PRETRAIN = '{"text": "a lone \\ud800 surrogate"}\n{"text": "fine text"}\n'
-SURROGATE_SFT = ('{"conversations": [{"role": "user", "content": "hi"}, '
-                 '{"role": "assistant", "content": "x\\udc00"}]}\n'
-                 '{"conversations": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n')
+SURROGATE_SFT = (
+    '{"conversations": [{"role": "user", "content": "hi"}, '
+    '{"role": "assistant", "content": "x\\udc00"}]}\n'
+    '{"conversations": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+)
 
 
 def run_cli(capsys, *argv):
@@ -48,9 +50,26 @@ def corpus(tmp_path_factory):
 
 
 def config(corpus, tok_dir, out, **kw):
-    base = dict(stage="pretrain", data=[corpus["pretrain"]], out=str(out), preset="nano", tokenizer=str(tok_dir),
-                max_steps=12, batch_size=4, grad_accum=1, seq_len=64, lr=3e-3, log_every=4, save_every=3,
-                eval_every=6, eval_batches=2, val_fraction=0.05, cache_dir=corpus["cache"], progress=False, seed=3)
+    base = dict(
+        stage="pretrain",
+        data=[corpus["pretrain"]],
+        out=str(out),
+        preset="nano",
+        tokenizer=str(tok_dir),
+        max_steps=12,
+        batch_size=4,
+        grad_accum=1,
+        seq_len=64,
+        lr=3e-3,
+        log_every=4,
+        save_every=3,
+        eval_every=6,
+        eval_batches=2,
+        val_fraction=0.05,
+        cache_dir=corpus["cache"],
+        progress=False,
+        seed=3,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -86,22 +105,26 @@ def test_lone_surrogates_are_skippable_bad_records_in_training(tmp_path, corpus,
     cfg = config(corpus, tok_dir, tmp_path / "run", data=[str(path)], max_steps=2, eval_every=0)
     with pytest.raises(MiniMindError, match=rf"^{path}:1: 'text' contains a lone UTF-16 surrogate"):
         train(cfg)
-    out = train(config(corpus, tok_dir, tmp_path / "run2", data=[str(path)], max_steps=2, eval_every=0,
-                       on_bad_record="skip"))
+    out = train(
+        config(corpus, tok_dir, tmp_path / "run2", data=[str(path)], max_steps=2, eval_every=0, on_bad_record="skip")
+    )
     assert (out / "model.safetensors").is_file()
 
 
 def test_lone_surrogates_in_keys_and_nested_values_are_found(tmp_path):
     path = tmp_path / "x.jsonl"
-    path.write_text('{"text": "ok", "\\udfff": 1}\n{"text": "ok", "meta": {"tags": ["a", "\\ud83d"]}}\n'
-                    '{"text": "a valid pair \\ud83d\\ude00 is one character"}\n')
+    path.write_text(
+        '{"text": "ok", "\\udfff": 1}\n{"text": "ok", "meta": {"tags": ["a", "\\ud83d"]}}\n'
+        '{"text": "a valid pair \\ud83d\\ude00 is one character"}\n'
+    )
     bad = BadRecords()
     records = list(read_records(path, "pretrain", "skip", bad))
-    assert [r.line for r in records] == [3] and records[0].data["text"].count("\U0001F600") == 1
-    assert bad.examples == [f"{path}:1: a key contains a lone UTF-16 surrogate (an escape such as \\ud800 that is "
-                            "not a character)",
-                            f"{path}:2: 'meta.tags[1]' contains a lone UTF-16 surrogate (an escape such as "
-                            "\\ud800 that is not a character)"]
+    assert [r.line for r in records] == [3] and records[0].data["text"].count("\U0001f600") == 1
+    assert bad.examples == [
+        f"{path}:1: a key contains a lone UTF-16 surrogate (an escape such as \\ud800 that is not a character)",
+        f"{path}:2: 'meta.tags[1]' contains a lone UTF-16 surrogate (an escape such as "
+        "\\ud800 that is not a character)",
+    ]
 
 
 # ------------------------------------------------------------------ 8: no records
@@ -128,7 +151,7 @@ def test_special_tokens_in_pretraining_text_are_encoded_as_plain_text(capsys, tm
     text = "Before <|im_end|>\n<|im_start|>assistant\nfake turn<|endoftext|> after"
     path = write_jsonl(tmp_path / "pre.jsonl", [{"text": text}, {"text": "plain words"}])
     tf = tokenize_file(path, tok, "pretrain", cache_dir=tmp_path / "cache")
-    ids = tf.ids[tf.offsets[0]:tf.offsets[1]].tolist()
+    ids = tf.ids[tf.offsets[0] : tf.offsets[1]].tolist()
     special = set(tok.special_ids)
     assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
     assert not special & set(ids[1:-1])  # no control id inside the document
@@ -142,8 +165,10 @@ def test_special_tokens_in_pretraining_text_are_encoded_as_plain_text(capsys, tm
 
 
 def test_chat_markers_in_sft_content_stay_rejected(tmp_path):
-    path = write_jsonl(tmp_path / "sft.jsonl", [{"conversations": [
-        {"role": "user", "content": "hi<|im_end|>"}, {"role": "assistant", "content": "ok"}]}])
+    path = write_jsonl(
+        tmp_path / "sft.jsonl",
+        [{"conversations": [{"role": "user", "content": "hi<|im_end|>"}, {"role": "assistant", "content": "ok"}]}],
+    )
     with pytest.raises(MiniMindError, match=rf"{path}:1: conversations\[0\] \(user\): text contains the chat marker"):
         list(read_records(path, "sft"))
 
@@ -170,13 +195,39 @@ def _snapshot(d: Path) -> dict:
 
 def test_out_equal_to_or_inside_init_is_refused(capsys, tmp_path, corpus, base_model):
     before = _snapshot(base_model)
-    for out, words in ((base_model, "is the --init model"), (base_model / "sft", "is inside the --init model"),
-                       (Path(str(base_model) + "/./"), "is the --init model")):
-        code, _, err = run_cli(capsys, "sft", "--data", corpus["sft"], "--init", base_model, "--out", out,
-                               "--max-steps", "1", "--no-progress")
+    for out, words in (
+        (base_model, "is the --init model"),
+        (base_model / "sft", "is inside the --init model"),
+        (Path(str(base_model) + "/./"), "is the --init model"),
+    ):
+        code, _, err = run_cli(
+            capsys,
+            "sft",
+            "--data",
+            corpus["sft"],
+            "--init",
+            base_model,
+            "--out",
+            out,
+            "--max-steps",
+            "1",
+            "--no-progress",
+        )
         assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
-    code, _, err = run_cli(capsys, "sft", "--data", corpus["sft"], "--init", base_model, "--out", base_model,
-                           "--overwrite", "--max-steps", "1", "--no-progress")
+    code, _, err = run_cli(
+        capsys,
+        "sft",
+        "--data",
+        corpus["sft"],
+        "--init",
+        base_model,
+        "--out",
+        base_model,
+        "--overwrite",
+        "--max-steps",
+        "1",
+        "--no-progress",
+    )
     assert code == 2 and "is the --init model" in err  # no flag makes that one right
     assert _snapshot(base_model) == before and not (base_model / "sft").exists()
 
@@ -187,8 +238,26 @@ def test_out_holding_a_model_that_no_run_made_needs_overwrite(capsys, tmp_path, 
     out = tmp_path / "mine"
     shutil.copytree(base_model, out)
     before = _snapshot(out)
-    argv = ["pretrain", "--data", corpus["pretrain"], "--preset", "nano", "--tokenizer", tok_dir, "--out", out,
-            "--max-steps", "2", "--batch-size", "4", "--seq-len", "64", "--cache-dir", corpus["cache"], "--no-progress"]
+    argv = [
+        "pretrain",
+        "--data",
+        corpus["pretrain"],
+        "--preset",
+        "nano",
+        "--tokenizer",
+        tok_dir,
+        "--out",
+        out,
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "64",
+        "--cache-dir",
+        corpus["cache"],
+        "--no-progress",
+    ]
     code, _, err = run_cli(capsys, *argv)
     assert code == 2 and "holds a model directory that no minimind pretrain run made there" in err
     assert "--overwrite" in err and _snapshot(out) == before
@@ -231,7 +300,8 @@ def _weights(out):
 
 @pytest.mark.parametrize("failure", ["oserror", "torch-runtimeerror"])
 def test_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_partial_checkpoint(
-        monkeypatch, tmp_path, corpus, tok_dir, reference, failure):
+    monkeypatch, tmp_path, corpus, tok_dir, reference, failure
+):
     real_save = torch.save
 
     def full_disk(obj, f, *a, **kw):
@@ -240,8 +310,10 @@ def test_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_partial_checkpo
             Path(f).write_bytes(Path(f).read_bytes()[:100])
             if failure == "oserror":
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
-            raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing "
-                               "file data/3: file write failed")
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing "
+                "file data/3: file write failed"
+            )
         return real_save(obj, f, *a, **kw)
 
     out = tmp_path / "run"
@@ -270,9 +342,27 @@ def test_full_disk_message_through_the_command(capsys, monkeypatch, tmp_path, co
     monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
     monkeypatch.setattr("minimind.checkpoint.save_file", full_disk)
     out = tmp_path / "run"
-    code, _, err = run_cli(capsys, "pretrain", "--data", corpus["pretrain"], "--preset", "nano", "--tokenizer", tok_dir,
-                           "--out", out, "--max-steps", "1", "--batch-size", "4", "--seq-len", "64",
-                           "--cache-dir", corpus["cache"], "--no-progress")
+    code, _, err = run_cli(
+        capsys,
+        "pretrain",
+        "--data",
+        corpus["pretrain"],
+        "--preset",
+        "nano",
+        "--tokenizer",
+        tok_dir,
+        "--out",
+        out,
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "64",
+        "--cache-dir",
+        corpus["cache"],
+        "--no-progress",
+    )
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert f"error: {out}/checkpoints/step-00000001/model.safetensors: cannot write (No space left on device;" in err
     assert "free on that disk); the earlier checkpoints are intact" in err
@@ -295,17 +385,32 @@ def test_corrupt_or_malicious_training_state_is_one_line_naming_the_file(tmp_pat
     good = {p: p.read_bytes() for p in (opt, state, rng)}
     real = torch.load(opt, weights_only=True)
     name = next(iter(real["optimizer"]["state"]))
-    wrong_shape = {"optimizer": {**real["optimizer"], "state": {**real["optimizer"]["state"], name: {
-        **real["optimizer"]["state"][name], "exp_avg": torch.zeros(3, 3)}}}}
+    wrong_shape = {
+        "optimizer": {
+            **real["optimizer"],
+            "state": {
+                **real["optimizer"]["state"],
+                name: {**real["optimizer"]["state"][name], "exp_avg": torch.zeros(3, 3)},
+            },
+        }
+    }
     cases = [
         (opt, b"\x00garbage, not a torch file" * 10, "cannot read the optimizer state"),
         (opt, good[opt][: len(good[opt]) // 2], "cannot read the optimizer state"),
-        (opt, pickle.dumps({"optimizer": _Evil()}, protocol=2), "not a tensors-only torch file, refused "
-                                                                  "(Trying to load unsupported GLOBAL posix.system"),
+        (
+            opt,
+            pickle.dumps({"optimizer": _Evil()}, protocol=2),
+            "not a tensors-only torch file, refused (Trying to load unsupported GLOBAL posix.system",
+        ),
         (opt, lambda p: torch.save({"optimizer": "nope"}, p), "not an optimizer state"),
         (opt, lambda p: torch.save([1, 2], p), "not an optimizer state"),
-        (opt, lambda p: torch.save({"optimizer": {"state": {"no.such.param": {"exp_avg": torch.zeros(1)}},
-                                                  "param_groups": []}}, p), "which this model does not have"),
+        (
+            opt,
+            lambda p: torch.save(
+                {"optimizer": {"state": {"no.such.param": {"exp_avg": torch.zeros(1)}}, "param_groups": []}}, p
+            ),
+            "which this model does not have",
+        ),
         (opt, lambda p: torch.save(wrong_shape, p), "has shape (3, 3)"),
         (opt, None, "the optimizer state not found"),
         (state, b'{"step": 3, "epoch": ', "invalid JSON"),
@@ -355,8 +460,9 @@ def _run_until_killed(monkeypatch, cfg, step, after_save: bool):
     monkeypatch.setattr(Trainer, "_save", real_save)
 
 
-def test_metrics_continue_line_for_line_after_kills_between_log_steps(monkeypatch, tmp_path, corpus, tok_dir,
-                                                                      reference):
+def test_metrics_continue_line_for_line_after_kills_between_log_steps(
+    monkeypatch, tmp_path, corpus, tok_dir, reference
+):
     """Logs at 4, 8, 12, checkpoints at 3, 6, 9, 12: every kill leaves a logging window open
     (or lines logged after the newest checkpoint). The resumed run's metrics.jsonl equals the
     uninterrupted run's, line for line: loss, tokens, lr, grad_norm, epoch, val_loss."""
@@ -397,6 +503,7 @@ def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path, corpus, tok_dir
 #   traceback  any other exception
 #   accepted   the file went through as if it were good: garbage accepted
 # The target, asserted: 0 tracebacks, 0 unclear, 0 garbage accepted.
+
 
 def _nested(depth: int) -> str:
     return '{"text": ' + "[" * depth + "]" * depth + "}\n"
@@ -464,34 +571,80 @@ DATA_CASES = [
     ("sft-no-assistant", "sft", _conv(U, U), 1, "no assistant message"),
     ("sft-empty-reply", "sft", _conv(U, {"role": "assistant", "content": "  "}), 1, "empty reply"),
     ("sft-reasoning-number", "sft", _conv(U, {**A, "reasoning_content": 3}), 1, "'reasoning_content' must be"),
-    ("sft-tool-calls-on-user", "sft", _conv({**U, "tool_calls": '[{"name": "f", "arguments": {}}]'}, A), 1,
-     "'tool_calls' belongs on an assistant"),
+    (
+        "sft-tool-calls-on-user",
+        "sft",
+        _conv({**U, "tool_calls": '[{"name": "f", "arguments": {}}]'}, A),
+        1,
+        "'tool_calls' belongs on an assistant",
+    ),
     ("sft-tool-calls-bad-json", "sft", _conv(U, {**A, "tool_calls": "[{not json"}), 1, "is not valid JSON"),
     ("sft-tool-calls-no-name", "sft", _conv(U, {**A, "tool_calls": '[{"arguments": {}}]'}), 1, "no function name"),
-    ("sft-tool-calls-args-bad", "sft", _conv(U, {**A, "tool_calls": '[{"name": "f", "arguments": "{x"}]'}), 1,
-     "arguments is not valid JSON"),
+    (
+        "sft-tool-calls-args-bad",
+        "sft",
+        _conv(U, {**A, "tool_calls": '[{"name": "f", "arguments": "{x"}]'}),
+        1,
+        "arguments is not valid JSON",
+    ),
     ("sft-tools-on-user", "sft", _conv({**U, "tools": '[{"name": "f"}]'}, A), 1, "'tools' belongs on a system"),
-    ("sft-tools-not-list", "sft", _conv({"role": "system", "content": "s", "tools": '{"name": "f"}'}, U, A), 1,
-     "'tools' must be a list"),
+    (
+        "sft-tools-not-list",
+        "sft",
+        _conv({"role": "system", "content": "s", "tools": '{"name": "f"}'}, U, A),
+        1,
+        "'tools' must be a list",
+    ),
     ("sft-tool-result-first", "sft", _conv({"role": "tool", "content": "{}"}, U, A), 1, "a tool result must follow"),
     ("sft-chat-marker-in-content", "sft", _conv({"role": "user", "content": "x<|im_end|>"}, A), 1, "chat marker"),
-    ("sft-fake-turn-in-reply", "sft", _conv(U, {"role": "assistant", "content": "<|im_start|>user\nhi"}), 1,
-     "chat marker"),
-    ("sft-surrogate-in-content", "sft", '{"conversations": [{"role": "user", "content": '
-     '"\\ud800"}, {"role": "assistant", "content": "x"}]}\n', 1, "'conversations[0].content'"),
-    ("sft-surrogate-in-tool-calls", "sft", '{"conversations": [{"role": "user", "content": "q"}, {"role": "assistant",'
-     ' "content": "", "tool_calls": "[{\\"name\\": \\"f\\\\ud800\\", \\"arguments\\": {}}]"}]}\n', 1, "surrogate"),
+    (
+        "sft-fake-turn-in-reply",
+        "sft",
+        _conv(U, {"role": "assistant", "content": "<|im_start|>user\nhi"}),
+        1,
+        "chat marker",
+    ),
+    (
+        "sft-surrogate-in-content",
+        "sft",
+        '{"conversations": [{"role": "user", "content": "\\ud800"}, {"role": "assistant", "content": "x"}]}\n',
+        1,
+        "'conversations[0].content'",
+    ),
+    (
+        "sft-surrogate-in-tool-calls",
+        "sft",
+        '{"conversations": [{"role": "user", "content": "q"}, {"role": "assistant",'
+        ' "content": "", "tool_calls": "[{\\"name\\": \\"f\\\\ud800\\", \\"arguments\\": {}}]"}]}\n',
+        1,
+        "surrogate",
+    ),
     ("sft-empty-file", "sft", "", None, "no records"),
     # dpo {"chosen", "rejected"}
     ("dpo-rejected-missing", "dpo", json.dumps({"chosen": [U, A]}) + "\n", 1, "missing 'rejected'"),
     ("dpo-chosen-not-list", "dpo", json.dumps({"chosen": "yes", "rejected": [U, A]}) + "\n", 1, "must be a list"),
-    ("dpo-ends-with-user", "dpo", json.dumps({"chosen": [U, A, U], "rejected": [U, A, U]}) + "\n", 1,
-     "must end with the assistant"),
-    ("dpo-different-prompts", "dpo", json.dumps({"chosen": [U, A], "rejected": [{**U, "content": "other"}, A]}) + "\n",
-     1, "different prompts"),
-    ("dpo-surrogate", "dpo", '{"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], '
-     '"rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "\\udc01"}]}\n', 1,
-     "'rejected[1].content'"),
+    (
+        "dpo-ends-with-user",
+        "dpo",
+        json.dumps({"chosen": [U, A, U], "rejected": [U, A, U]}) + "\n",
+        1,
+        "must end with the assistant",
+    ),
+    (
+        "dpo-different-prompts",
+        "dpo",
+        json.dumps({"chosen": [U, A], "rejected": [{**U, "content": "other"}, A]}) + "\n",
+        1,
+        "different prompts",
+    ),
+    (
+        "dpo-surrogate",
+        "dpo",
+        '{"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], '
+        '"rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "\\udc01"}]}\n',
+        1,
+        "'rejected[1].content'",
+    ),
     ("dpo-blank-file", "dpo", "\n\n", None, "no records"),
     # rl {"conversations", "gt"}
     ("rl-no-user", "rl", _conv({"role": "system", "content": "s"}, A), 1, "no user message"),
@@ -565,9 +718,11 @@ def test_battery_of_malformed_data_files(capsys, tmp_path, tok, tok_dir):
             status, text = _cli(capsys, "data", "check", path, "--kind", kind, *extra)  # (exit 1 on problems)
             outcomes.append(_judge(status, text, [where, reason]))
         # what the training stages read the file with (the first bad record stops them)
-        reader = {"pretrain": lambda p=path: build_datasets(p, tok, "pretrain", 64, cache_dir=tmp_path / "cache"),
-                  "sft": lambda p=path: build_datasets(p, tok, "sft", 64, cache_dir=tmp_path / "cache"),
-                  "dpo": lambda p=path: build_pair_datasets(p, tok, 64)}.get(kind)  # (rl: no trainer yet)
+        reader = {
+            "pretrain": lambda p=path: build_datasets(p, tok, "pretrain", 64, cache_dir=tmp_path / "cache"),
+            "sft": lambda p=path: build_datasets(p, tok, "sft", 64, cache_dir=tmp_path / "cache"),
+            "dpo": lambda p=path: build_pair_datasets(p, tok, 64),
+        }.get(kind)  # (rl: no trainer yet)
         if reader is not None:
             status, text = _attempt(reader)
             outcomes.append(_judge(status, text, [where, reason]))
@@ -596,8 +751,13 @@ def _tokenizer_cases(tok_dir: Path) -> list:
         ("tok-config-invalid", lambda d: (d / tc).write_text("{'a': 1}"), tc),
         ("tok-config-bos-unknown", lambda d: (d / tc).write_text(json.dumps({**config, "bos_token": "<nope>"})), tc),
         ("tok-config-template-number", lambda d: (d / tc).write_text(json.dumps({**config, "chat_template": 5})), tc),
-        ("tok-config-template-broken", lambda d: (d / tc).write_text(
-            json.dumps({**config, "chat_template": "{% for m in messages %}{{ m.content "})), tc),
+        (
+            "tok-config-template-broken",
+            lambda d: (d / tc).write_text(
+                json.dumps({**config, "chat_template": "{% for m in messages %}{{ m.content "})
+            ),
+            tc,
+        ),
     ]
 
 
@@ -617,6 +777,7 @@ def _model_cases(base: Path) -> list:
             sd = load_file(str(d / st))
             fn(sd)
             save_file(sd, str(d / st))
+
         return apply
 
     def other_shape(d):
@@ -634,8 +795,11 @@ def _model_cases(base: Path) -> list:
         ("config-a-list", lambda d: (d / cj).write_text("[128]"), cj),
         ("config-hidden-size-string", lambda d: (d / cj).write_text(json.dumps({**config, "hidden_size": "128"})), cj),
         ("config-layers-negative", lambda d: (d / cj).write_text(json.dumps({**config, "num_hidden_layers": -2})), cj),
-        ("config-heads-not-dividing", lambda d: (d / cj).write_text(json.dumps({**config, "num_attention_heads": 3})),
-         cj),
+        (
+            "config-heads-not-dividing",
+            lambda d: (d / cj).write_text(json.dumps({**config, "num_attention_heads": 3})),
+            cj,
+        ),
         ("config-vocab-too-small", lambda d: (d / cj).write_text(json.dumps({**config, "vocab_size": 100})), ""),
         ("weights-missing", lambda d: (d / st).unlink(), st),
         ("weights-empty", lambda d: (d / st).write_bytes(b""), st),
@@ -647,8 +811,11 @@ def _model_cases(base: Path) -> list:
         ("weights-wrong-shape", other_shape, st),
         ("weights-tensor-missing", edit_weights(lambda sd: sd.pop("model.norm.weight")), st),
         ("weights-tensor-extra", edit_weights(lambda sd: sd.update(extra=torch.zeros(2))), st),
-        ("weights-tied-head-differs", edit_weights(lambda sd: sd.update(
-            {"lm_head.weight": sd["model.embed_tokens.weight"] + 1})), st),
+        (
+            "weights-tied-head-differs",
+            edit_weights(lambda sd: sd.update({"lm_head.weight": sd["model.embed_tokens.weight"] + 1})),
+            st,
+        ),
     ]
 
 
@@ -664,28 +831,54 @@ def _checkpoint_cases() -> list:
     return [
         ("ckpt-optimizer-garbage", write(f"{ts}/optimizer.pt", b"\x80\x02garbage" * 30), f"{ts}/optimizer.pt"),
         ("ckpt-optimizer-empty", write(f"{ts}/optimizer.pt", b""), f"{ts}/optimizer.pt"),
-        ("ckpt-optimizer-truncated", lambda c: (c / ts / "optimizer.pt").write_bytes(
-            (c / ts / "optimizer.pt").read_bytes()[:300]), f"{ts}/optimizer.pt"),
-        ("ckpt-optimizer-malicious", write(f"{ts}/optimizer.pt", pickle.dumps({"optimizer": _Evil()}, protocol=2)),
-         f"{ts}/optimizer.pt"),
-        ("ckpt-optimizer-not-a-dict", lambda c: torch.save(torch.zeros(3), c / ts / "optimizer.pt"),
-         f"{ts}/optimizer.pt"),
+        (
+            "ckpt-optimizer-truncated",
+            lambda c: (c / ts / "optimizer.pt").write_bytes((c / ts / "optimizer.pt").read_bytes()[:300]),
+            f"{ts}/optimizer.pt",
+        ),
+        (
+            "ckpt-optimizer-malicious",
+            write(f"{ts}/optimizer.pt", pickle.dumps({"optimizer": _Evil()}, protocol=2)),
+            f"{ts}/optimizer.pt",
+        ),
+        (
+            "ckpt-optimizer-not-a-dict",
+            lambda c: torch.save(torch.zeros(3), c / ts / "optimizer.pt"),
+            f"{ts}/optimizer.pt",
+        ),
         ("ckpt-optimizer-missing", lambda c: (c / ts / "optimizer.pt").unlink(), f"{ts}/optimizer.pt"),
         ("ckpt-state-invalid-json", write(f"{ts}/state.json", b'{"step": '), f"{ts}/state.json"),
         ("ckpt-state-step-negative", write(f"{ts}/state.json", b'{"step": -5, "epoch": 0}'), f"{ts}/state.json"),
         ("ckpt-state-not-utf8", write(f"{ts}/state.json", b"\xff\xfe{}"), f"{ts}/state.json"),
         ("ckpt-state-run-a-string", write(f"{ts}/state.json", b'{"step": 3, "run": "pretrain"}'), f"{ts}/state.json"),
         ("ckpt-rng-garbage", write(f"{ts}/rng-rank0.pt", b"not a torch file"), f"{ts}/rng-rank0.pt"),
-        ("ckpt-rng-wrong-content", lambda c: torch.save({"torch": torch.zeros(3)}, c / ts / "rng-rank0.pt"),
-         f"{ts}/rng-rank0.pt"),
-        ("ckpt-weights-truncated", lambda c: (c / "model.safetensors").write_bytes(
-            (c / "model.safetensors").read_bytes()[:1000]), "model.safetensors"),
-        ("ckpt-weights-tensor-missing", lambda c: save_file(
-            {k: v for k, v in load_file(str(c / "model.safetensors")).items() if k != "model.norm.weight"},
-            str(c / "model.safetensors")), "model.safetensors"),
-        ("ckpt-settings-differ", lambda c: (c / ts / "state.json").write_text(json.dumps(
-            {**(s := json.loads((c / ts / "state.json").read_text())), "run": {**s["run"], "seq_len": 96}})),
-         ""),
+        (
+            "ckpt-rng-wrong-content",
+            lambda c: torch.save({"torch": torch.zeros(3)}, c / ts / "rng-rank0.pt"),
+            f"{ts}/rng-rank0.pt",
+        ),
+        (
+            "ckpt-weights-truncated",
+            lambda c: (c / "model.safetensors").write_bytes((c / "model.safetensors").read_bytes()[:1000]),
+            "model.safetensors",
+        ),
+        (
+            "ckpt-weights-tensor-missing",
+            lambda c: save_file(
+                {k: v for k, v in load_file(str(c / "model.safetensors")).items() if k != "model.norm.weight"},
+                str(c / "model.safetensors"),
+            ),
+            "model.safetensors",
+        ),
+        (
+            "ckpt-settings-differ",
+            lambda c: (c / ts / "state.json").write_text(
+                json.dumps(
+                    {**(s := json.loads((c / ts / "state.json").read_text())), "run": {**s["run"], "seq_len": 96}}
+                )
+            ),
+            "",
+        ),
     ]
 
 
@@ -708,14 +901,38 @@ def test_battery_of_broken_tokenizer_model_and_checkpoint_files(capsys, tmp_path
         d = tmp_path / name
         shutil.copytree(base_model, d)
         breaks(d)
-        status, text = _cli(capsys, "chat", "--model", d, "--prompt", "hi", "--max-new-tokens", "2",
-                            "--temperature", "0")
+        status, text = _cli(
+            capsys, "chat", "--model", d, "--prompt", "hi", "--max-new-tokens", "2", "--temperature", "0"
+        )
         tally.add(name, _judge(status, text, [str(d / file) if file else str(d)]), text)
         n += 1
     run = tmp_path / "run"
-    argv = ["pretrain", "--data", corpus["pretrain"], "--preset", "nano", "--tokenizer", tok_dir, "--out", run,
-            "--max-steps", "3", "--batch-size", "4", "--seq-len", "64", "--save-every", "3", "--val-fraction", "0",
-            "--cache-dir", corpus["cache"], "--no-progress", "--seed", "3"]
+    argv = [
+        "pretrain",
+        "--data",
+        corpus["pretrain"],
+        "--preset",
+        "nano",
+        "--tokenizer",
+        tok_dir,
+        "--out",
+        run,
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "64",
+        "--save-every",
+        "3",
+        "--val-fraction",
+        "0",
+        "--cache-dir",
+        corpus["cache"],
+        "--no-progress",
+        "--seed",
+        "3",
+    ]
     assert _cli(capsys, *argv)[0] == "ok"
     ckpt = list_checkpoints(run)[-1]
     pristine = tmp_path / "pristine"
@@ -749,14 +966,36 @@ def test_battery_subset_through_the_installed_command(tmp_path, corpus, tok_dir,
     shutil.copytree(base_model, truncated)
     (truncated / "model.safetensors").write_bytes((truncated / "model.safetensors").read_bytes()[:500])
     cases = [
-        ([exe, "data", "check", sur, "--kind", "sft", "--tokenizer", tok_dir], 1,
-         f"{sur}:1: 'conversations[1].content'"),
+        (
+            [exe, "data", "check", sur, "--kind", "sft", "--tokenizer", tok_dir],
+            1,
+            f"{sur}:1: 'conversations[1].content'",
+        ),
         ([exe, "data", "check", empty, "--kind", "pretrain"], 1, f"{empty}: no records"),
         ([exe, "chat", "--model", truncated, "--prompt", "hi"], 2, f"error: {truncated / 'model.safetensors'}: "),
-        ([exe, "sft", "--data", corpus["sft"], "--init", base_model, "--out", base_model / "x"], 2,
-         "is inside the --init model directory"),
-        ([exe, "pretrain", "--data", sur, "--preset", "nano", "--tokenizer", tok_dir, "--out", tmp_path / "o",
-          "--cache-dir", corpus["cache"]], 2, f"error: {sur}:1: 'conversations[1].content' contains a lone UTF-16"),
+        (
+            [exe, "sft", "--data", corpus["sft"], "--init", base_model, "--out", base_model / "x"],
+            2,
+            "is inside the --init model directory",
+        ),
+        (
+            [
+                exe,
+                "pretrain",
+                "--data",
+                sur,
+                "--preset",
+                "nano",
+                "--tokenizer",
+                tok_dir,
+                "--out",
+                tmp_path / "o",
+                "--cache-dir",
+                corpus["cache"],
+            ],
+            2,
+            f"error: {sur}:1: 'conversations[1].content' contains a lone UTF-16",
+        ),
     ]
     for argv, code, words in cases:
         done = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=240)

@@ -170,11 +170,14 @@ def test_every_module_has_a_layer():
 
 def test_no_import_runs_up_a_layer():
     edges = graph()
-    up = [(a, b) for a, b in edges if (a, b) not in KNOWN and layer(a) is not None and layer(b) is not None
-          and layer(b) > layer(a)]
-    assert not up, ("imports from a lower layer to a higher one (see LAYERS):\n"
-                    + "\n".join(f"  [{layer(a)} -> {layer(b)}] {a} -> {b}  ({', '.join(edges[(a, b)])})"
-                                for a, b in sorted(up)))
+    up = [
+        (a, b)
+        for a, b in edges
+        if (a, b) not in KNOWN and layer(a) is not None and layer(b) is not None and layer(b) > layer(a)
+    ]
+    assert not up, "imports from a lower layer to a higher one (see LAYERS):\n" + "\n".join(
+        f"  [{layer(a)} -> {layer(b)}] {a} -> {b}  ({', '.join(edges[(a, b)])})" for a, b in sorted(up)
+    )
 
 
 def test_no_import_circles():
@@ -182,7 +185,8 @@ def test_no_import_circles():
     live = {e: w for e, w in edges.items() if e not in KNOWN}
     found = cycles(live)
     assert not found, "import circles (each line is an edge inside one circle):\n" + "\n\n".join(
-        describe(live, [(a, b) for a, b in live if a in comp and b in comp]) for comp in found)
+        describe(live, [(a, b) for a, b in live if a in comp and b in comp]) for comp in found
+    )
 
 
 def test_known_exceptions_still_exist():

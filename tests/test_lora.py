@@ -42,15 +42,35 @@ def base(tmp_path_factory):
     files = build_demo_corpus(root / "data", pretrain_docs=100)
     train_tokenizer([str(files["pretrain"]), str(files["sft"])], vocab_size=400, out_dir=str(root / "tok"))
     assert main(["init", "--preset", "nano", "--tokenizer", str(root / "tok"), "--out", str(root / "base")]) == 0
-    assert main(["init", "--preset", "nano", "--tokenizer", str(root / "tok"), "--out", str(root / "other"),
-                 "--seed", "7"]) == 0
+    assert (
+        main(
+            ["init", "--preset", "nano", "--tokenizer", str(root / "tok"), "--out", str(root / "other"), "--seed", "7"]
+        )
+        == 0
+    )
     return {"root": root, "dir": root / "base", "other": root / "other", "sft": str(files["sft"])}
 
 
 def lora_config(base, out, **kw):
-    settings = {"stage": "lora", "data": [base["sft"]], "out": str(out), "init": str(base["dir"]), "max_steps": 6,
-                "batch_size": 4, "seq_len": 64, "lr": 1e-2, "weight_decay": 0.0, "log_every": 1, "save_every": 3,
-                "val_fraction": 0.05, "progress": False, "seed": 3, "lora_rank": 4, "lora_alpha": 8.0, "lora_dropout": 0.1}
+    settings = {
+        "stage": "lora",
+        "data": [base["sft"]],
+        "out": str(out),
+        "init": str(base["dir"]),
+        "max_steps": 6,
+        "batch_size": 4,
+        "seq_len": 64,
+        "lr": 1e-2,
+        "weight_decay": 0.0,
+        "log_every": 1,
+        "save_every": 3,
+        "val_fraction": 0.05,
+        "progress": False,
+        "seed": 3,
+        "lora_rank": 4,
+        "lora_alpha": 8.0,
+        "lora_dropout": 0.1,
+    }
     return TrainConfig(**{**settings, **kw})
 
 
@@ -69,8 +89,11 @@ def losses(out):
 
 def test_training_writes_the_adapter_alone_and_leaves_the_base_untouched(base, adapter):
     out = adapter["dir"]
-    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["adapter_config.json", "adapter_model.safetensors",
-                                                                     "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "metrics.jsonl",
+    ]
     assert sha256(base["dir"] / "model.safetensors") == adapter["base_sha_before"]
     tensors = load_file(str(out / "adapter_model.safetensors"))
     assert tensors and all(".lora.A.weight" in k or ".lora.B.weight" in k for k in tensors)
@@ -103,7 +126,9 @@ def test_resume_from_a_lora_checkpoint_is_exact(base, adapter, tmp_path):
 
 def test_merge_gives_the_logits_of_base_plus_adapter(base, adapter, tmp_path, capsys):
     merged = tmp_path / "merged"
-    assert main(["lora", "merge", "--model", str(base["dir"]), "--lora", str(adapter["dir"]), "--out", str(merged)]) == 0
+    assert (
+        main(["lora", "merge", "--model", str(base["dir"]), "--lora", str(adapter["dir"]), "--out", str(merged)]) == 0
+    )
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in merged.iterdir()}
     ids = torch.randint(0, 400, (2, 16))
     want = logits(load(base["dir"], lora=adapter["dir"])[0], ids)
@@ -113,9 +138,13 @@ def test_merge_gives_the_logits_of_base_plus_adapter(base, adapter, tmp_path, ca
 def test_save_and_load_round_trip_and_in_memory_merge(base, tmp_path):
     model = load_model(base["dir"])
     add_lora(model, LoRAConfig(rank=2, alpha=4.0, targets=["q_proj", "model.layers.1.mlp.*"]), base_dir=base["dir"])
-    assert list(lora_layers(model)) == ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj",
-                                        "model.layers.1.mlp.gate_proj", "model.layers.1.mlp.up_proj",
-                                        "model.layers.1.mlp.down_proj"]
+    assert list(lora_layers(model)) == [
+        "model.layers.0.self_attn.q_proj",
+        "model.layers.1.self_attn.q_proj",
+        "model.layers.1.mlp.gate_proj",
+        "model.layers.1.mlp.up_proj",
+        "model.layers.1.mlp.down_proj",
+    ]
     assert all(p.requires_grad == (".lora." in n) for n, p in model.named_parameters())
     ids = torch.randint(0, 400, (1, 10))
     before = logits(model, ids)
@@ -131,8 +160,22 @@ def test_save_and_load_round_trip_and_in_memory_merge(base, tmp_path):
 
 
 def test_chat_takes_an_adapter(base, adapter, capsys):
-    assert main(["chat", "--model", str(base["dir"]), "--lora", str(adapter["dir"]), "--prompt", "hi",
-                 "--max-new-tokens", "4"]) == 0
+    assert (
+        main(
+            [
+                "chat",
+                "--model",
+                str(base["dir"]),
+                "--lora",
+                str(adapter["dir"]),
+                "--prompt",
+                "hi",
+                "--max-new-tokens",
+                "4",
+            ]
+        )
+        == 0
+    )
 
 
 # ---------------------------------------------------------------- bad input, clear errors
@@ -146,8 +189,17 @@ def _error(capsys, *argv) -> str:
 def test_an_adapter_for_another_base_is_refused(base, adapter, tmp_path, capsys):
     with pytest.raises(MiniMindError, match="trained on another base"):
         load(base["other"], lora=adapter["dir"])
-    err = _error(capsys, "lora", "merge", "--model", str(base["other"]), "--lora", str(adapter["dir"]),
-                 "--out", str(tmp_path / "m"))
+    err = _error(
+        capsys,
+        "lora",
+        "merge",
+        "--model",
+        str(base["other"]),
+        "--lora",
+        str(adapter["dir"]),
+        "--out",
+        str(tmp_path / "m"),
+    )
     assert "trained on another base" in err and not (tmp_path / "m").exists()
     # another architecture: a base of another size
     assert main(["init", "--preset", "tiny", "--tokenizer", str(base["dir"]), "--out", str(tmp_path / "tiny")]) == 0
@@ -195,8 +247,20 @@ def test_minimind_pth_adapter_imports_and_computes_the_original_function(base, t
     model = load_model(base["dir"])
     sd = minimind_lora_pth(model)
     torch.save(sd, tmp_path / "lora_identity_128.pth")
-    assert main(["import", "minimind-lora", str(tmp_path / "lora_identity_128.pth"), "--base", str(base["dir"]),
-                 "--out", str(tmp_path / "imported")]) == 0
+    assert (
+        main(
+            [
+                "import",
+                "minimind-lora",
+                str(tmp_path / "lora_identity_128.pth"),
+                "--base",
+                str(base["dir"]),
+                "--out",
+                str(tmp_path / "imported"),
+            ]
+        )
+        == 0
+    )
     assert "rank 4 on 4 layers (o_proj, q_proj)" in capsys.readouterr().out
     # The reference: MiniMind's own mechanism, forward = original(x) + B(A(x)), unscaled.
     for name, m in model.named_modules():
@@ -212,12 +276,22 @@ def test_bad_minimind_pth_adapters_are_named(base, tmp_path, capsys):
     model = load_model(base["dir"])
     whole = tmp_path / "full_sft_128.pth"
     torch.save(model.state_dict(), whole)
-    err = _error(capsys, "import", "minimind-lora", str(whole), "--base", str(base["dir"]), "--out", str(tmp_path / "o"))
+    err = _error(
+        capsys, "import", "minimind-lora", str(whole), "--base", str(base["dir"]), "--out", str(tmp_path / "o")
+    )
     assert "holds no LoRA tensors" in err and "minimind import minimind-pth" in err
     sd = minimind_lora_pth(model, rank=4)
     key = next(k for k in sd if k.endswith("B.weight"))
     sd[key] = torch.zeros(7, 4, dtype=torch.float16)
     torch.save(sd, tmp_path / "wrong.pth")
-    err = _error(capsys, "import", "minimind-lora", str(tmp_path / "wrong.pth"), "--base", str(base["dir"]),
-                 "--out", str(tmp_path / "o"))
+    err = _error(
+        capsys,
+        "import",
+        "minimind-lora",
+        str(tmp_path / "wrong.pth"),
+        "--base",
+        str(base["dir"]),
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert "do not fit a 128 -> 128 layer with rank 4" in err

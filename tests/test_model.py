@@ -40,15 +40,25 @@ def test_small_presets_are_small():
 
 def test_state_dict_names_follow_minimind_and_qwen3():
     keys = set(make("nano").state_dict())
-    for k in ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
-              "model.layers.0.self_attn.q_norm.weight", "model.layers.0.self_attn.k_norm.weight",
-              "model.layers.0.input_layernorm.weight", "model.layers.0.post_attention_layernorm.weight",
-              "model.layers.0.mlp.gate_proj.weight", "model.layers.1.mlp.down_proj.weight",
-              "model.norm.weight", "lm_head.weight"]:
+    for k in [
+        "model.embed_tokens.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.0.self_attn.q_norm.weight",
+        "model.layers.0.self_attn.k_norm.weight",
+        "model.layers.0.input_layernorm.weight",
+        "model.layers.0.post_attention_layernorm.weight",
+        "model.layers.0.mlp.gate_proj.weight",
+        "model.layers.1.mlp.down_proj.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+    ]:
         assert k in keys
     moe = set(MiniMindForCausalLM(preset("minimind2-moe", num_hidden_layers=1)).state_dict())
-    for k in ["model.layers.0.mlp.gate.weight", "model.layers.0.mlp.experts.3.up_proj.weight",
-              "model.layers.0.mlp.shared_experts.0.gate_proj.weight"]:
+    for k in [
+        "model.layers.0.mlp.gate.weight",
+        "model.layers.0.mlp.experts.3.up_proj.weight",
+        "model.layers.0.mlp.shared_experts.0.gate_proj.weight",
+    ]:
         assert k in moe
     assert not any("q_norm" in k for k in moe)  # MiniMind2 has no q/k norm
 
@@ -60,18 +70,31 @@ transformers = pytest.importorskip("transformers")
 
 def qwen3_config(cfg: ModelConfig, moe=False):
     common = dict(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
-        num_attention_heads=cfg.num_attention_heads, num_key_value_heads=cfg.num_key_value_heads,
-        head_dim=cfg.head_dim, max_position_embeddings=cfg.max_position_embeddings,
-        rope_theta=cfg.rope_theta, rms_norm_eps=cfg.rms_norm_eps, tie_word_embeddings=True,
-        attention_bias=False, rope_scaling=cfg.rope_scaling,
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        head_dim=cfg.head_dim,
+        max_position_embeddings=cfg.max_position_embeddings,
+        rope_theta=cfg.rope_theta,
+        rms_norm_eps=cfg.rms_norm_eps,
+        tie_word_embeddings=True,
+        attention_bias=False,
+        rope_scaling=cfg.rope_scaling,
     )
     if not moe:
         return transformers.Qwen3Config(intermediate_size=cfg.intermediate_size, **common)
     return transformers.Qwen3MoeConfig(
-        intermediate_size=cfg.intermediate_size, moe_intermediate_size=cfg.moe_intermediate_size,
-        num_experts=cfg.num_experts, num_experts_per_tok=cfg.num_experts_per_tok,
-        norm_topk_prob=cfg.norm_topk_prob, decoder_sparse_step=1, mlp_only_layers=[], **common)
+        intermediate_size=cfg.intermediate_size,
+        moe_intermediate_size=cfg.moe_intermediate_size,
+        num_experts=cfg.num_experts,
+        num_experts_per_tok=cfg.num_experts_per_tok,
+        norm_topk_prob=cfg.norm_topk_prob,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+        **common,
+    )
 
 
 def to_qwen3_moe_state_dict(sd, cfg):
@@ -83,9 +106,12 @@ def to_qwen3_moe_state_dict(sd, cfg):
             out[k] = v
     for i in range(cfg.num_hidden_layers):
         p = f"model.layers.{i}.mlp.experts"
-        out[f"{p}.gate_up_proj"] = torch.stack([
-            torch.cat([sd[f"{p}.{e}.gate_proj.weight"], sd[f"{p}.{e}.up_proj.weight"]], 0)
-            for e in range(cfg.num_experts)])
+        out[f"{p}.gate_up_proj"] = torch.stack(
+            [
+                torch.cat([sd[f"{p}.{e}.gate_proj.weight"], sd[f"{p}.{e}.up_proj.weight"]], 0)
+                for e in range(cfg.num_experts)
+            ]
+        )
         out[f"{p}.down_proj"] = torch.stack([sd[f"{p}.{e}.down_proj.weight"] for e in range(cfg.num_experts)])
     return out
 
@@ -107,7 +133,9 @@ def test_logits_equal_transformers_qwen3_dense():
 
 
 def test_logits_equal_transformers_qwen3_with_yarn():
-    ours = MiniMindForCausalLM(preset("nano").yarn(factor=4.0, original_max_position_embeddings=64)).init_weights(2).eval()
+    ours = (
+        MiniMindForCausalLM(preset("nano").yarn(factor=4.0, original_max_position_embeddings=64)).init_weights(2).eval()
+    )
     theirs = transformers.Qwen3ForCausalLM(qwen3_config(ours.config)).eval()
     theirs.load_state_dict(ours.state_dict(), strict=True)
     ids = torch.randint(0, ours.config.vocab_size, (1, 200), generator=torch.Generator().manual_seed(0))
@@ -140,7 +168,7 @@ def test_kv_cache_decoding_equals_full_recomputation(name):
         cache = model.new_cache(2, 64)
         steps = [model(ids[:, :12], cache=cache).logits]  # prefill
         steps.append(model(ids[:, 12:15], cache=cache).logits)  # a chunk on top of a cache
-        steps += [model(ids[:, t:t + 1], cache=cache).logits for t in range(15, 30)]  # decode
+        steps += [model(ids[:, t : t + 1], cache=cache).logits for t in range(15, 30)]  # decode
     assert cache.length == 30
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
 

@@ -17,16 +17,76 @@ def runs(tmp_path_factory, tok_dir):
     and one evaluation result per stage."""
     root = tmp_path_factory.mktemp("runs")
     data = build_demo_corpus(root / "data", pretrain_docs=200)
-    common = ["--batch-size", "4", "--grad-accum", "1", "--seq-len", "64", "--log-every", "2", "--val-fraction", "0.05",
-              "--no-progress"]
-    assert main(["pretrain", "--data", str(data["pretrain"]), "--preset", "nano", "--out", str(root / "pretrain"),
-                 "--tokenizer", str(tok_dir), "--max-steps", "8", "--eval-every", "4",
-                 "--lr", "3e-3", *common]) == 0
-    assert main(["sft", "--data", str(data["sft"]), "--init", str(root / "pretrain"), "--out", str(root / "sft"),
-                 "--max-steps", "4", "--eval-every", "2", "--sample-every", "4", "--lr", "1e-3", *common]) == 0
+    common = [
+        "--batch-size",
+        "4",
+        "--grad-accum",
+        "1",
+        "--seq-len",
+        "64",
+        "--log-every",
+        "2",
+        "--val-fraction",
+        "0.05",
+        "--no-progress",
+    ]
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                str(data["pretrain"]),
+                "--preset",
+                "nano",
+                "--out",
+                str(root / "pretrain"),
+                "--tokenizer",
+                str(tok_dir),
+                "--max-steps",
+                "8",
+                "--eval-every",
+                "4",
+                "--lr",
+                "3e-3",
+                *common,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "sft",
+                "--data",
+                str(data["sft"]),
+                "--init",
+                str(root / "pretrain"),
+                "--out",
+                str(root / "sft"),
+                "--max-steps",
+                "4",
+                "--eval-every",
+                "2",
+                "--sample-every",
+                "4",
+                "--lr",
+                "1e-3",
+                *common,
+            ]
+        )
+        == 0
+    )
     for stage, accuracy in (("pretrain", 0.25), ("sft", 0.5)):
-        write_result({"task": "exam", "kind": "exact_match", "model": str(root / stage),
-                      "metrics": {"accuracy": accuracy, "n": 30, "format_ok": 1.0}, "primary": "accuracy"}, root / stage)
+        write_result(
+            {
+                "task": "exam",
+                "kind": "exact_match",
+                "model": str(root / stage),
+                "metrics": {"accuracy": accuracy, "n": 30, "format_ok": 1.0},
+                "primary": "accuracy",
+            },
+            root / stage,
+        )
     return root
 
 
@@ -37,8 +97,11 @@ def test_report_of_pretrain_and_sft(runs, tmp_path, capsys):
     text = out.read_text()
 
     # one row per run: its stage, size, steps, tokens, final losses, throughput
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-            for line in text.splitlines() if line.startswith("| `")}
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in text.splitlines()
+        if line.startswith("| `")
+    }
     assert rows["`pretrain`"][:3] == ["pretrain", "1.21M", "8"] and rows["`sft`"][:3] == ["sft", "1.21M", "4"]
     metrics = [json.loads(line) for line in (runs / "pretrain" / "metrics.jsonl").read_text().splitlines()]
     last_train = [m for m in metrics if "loss" in m][-1]
@@ -52,7 +115,7 @@ def test_report_of_pretrain_and_sft(runs, tmp_path, capsys):
     assert "## Samples" in text  # the SFT run logged greedy samples
 
     # the plots: linked relatively, next to the report, valid PNGs
-    links = [line[line.index("(") + 1:-1] for line in text.splitlines() if line.startswith("![")]
+    links = [line[line.index("(") + 1 : -1] for line in text.splitlines() if line.startswith("![")]
     assert links == ["report-loss.png", "report-training.png"]
     for name in links:
         assert (out.parent / name).read_bytes()[:8] == PNG

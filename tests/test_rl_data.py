@@ -29,15 +29,18 @@ def test_rlaif_and_agent_records_are_read_as_prompts(tmp_path):
     assert [m["role"] for m in first.messages] == ["user"]  # the placeholder is dropped
     assert first.gt == rl_records(3)[0]["gt"] and first.tools == [] and not first.is_agent
     agent = prompts[3]
-    assert agent.is_agent and [t["function"]["name"] for t in agent.tools] == ["get_current_weather",
-                                                                              "get_exchange_rate"]
+    assert agent.is_agent and [t["function"]["name"] for t in agent.tools] == [
+        "get_current_weather",
+        "get_exchange_rate",
+    ]
     assert [m["role"] for m in agent.messages] == ["system", "user"] and agent.gt == ["28", "721"]
     assert agent.record["gt"] == ["28", "721"]  # what rewards receive
 
 
 def test_a_prompt_without_placeholder_or_gt_is_fine(tmp_path):
-    path = write_jsonl(tmp_path / "rl.jsonl", [{"conversations": [USER]},
-                                               {"conversations": [USER, PLACEHOLDER], "gt": [72, 3.5]}])
+    path = write_jsonl(
+        tmp_path / "rl.jsonl", [{"conversations": [USER]}, {"conversations": [USER, PLACEHOLDER], "gt": [72, 3.5]}]
+    )
     prompts = list(read_rl_prompts(path))
     assert prompts[0].messages == [USER] and prompts[0].gt == [] and prompts[1].gt == ["72", "3.5"]
 
@@ -51,21 +54,33 @@ SYSTEM_TOOLS = {"role": "system", "content": "s", "tools": json.dumps(_tools(WEA
 
 # (the bad record, a fragment of the expected message)
 BAD = [
-    ({"conversations": [USER, {"role": "assistant", "content": "a real answer"}, PLACEHOLDER]},
-     "the prompt ends with conversations[1] (assistant)"),
-    ({"conversations": [USER, {"role": "system", "content": "be brief"}]},
-     "the prompt ends with conversations[1] (system)"),
-    ({"conversations": [USER, SYSTEM_TOOLS, {"role": "user", "content": "hi"}, PLACEHOLDER]},
-     "'tools' must be on the first message (the system prompt), found on conversations[1]"),
+    (
+        {"conversations": [USER, {"role": "assistant", "content": "a real answer"}, PLACEHOLDER]},
+        "the prompt ends with conversations[1] (assistant)",
+    ),
+    (
+        {"conversations": [USER, {"role": "system", "content": "be brief"}]},
+        "the prompt ends with conversations[1] (system)",
+    ),
+    (
+        {"conversations": [USER, SYSTEM_TOOLS, {"role": "user", "content": "hi"}, PLACEHOLDER]},
+        "'tools' must be on the first message (the system prompt), found on conversations[1]",
+    ),
     ({"conversations": [SYSTEM_TOOLS, USER, SYSTEM_TOOLS, USER, PLACEHOLDER]}, "tools are offered twice"),
     (agent_record(_tools(WEATHER, WEATHER)), "tools[1] repeats the name 'w'"),
     (agent_record(_tools({"name": "w", "parameters": "city"})), "tools[0] (w): 'parameters' must be a JSON schema"),
-    (agent_record(_tools({"name": "w", "parameters": {"properties": []}})),
-     "'parameters.properties' must be an object"),
-    (agent_record(_tools({"name": "w", "parameters": {"properties": {}, "required": "city"}})),
-     "'parameters.required' must be a list of argument names"),
-    (agent_record(_tools({"name": "w", "parameters": {"properties": {}, "required": ["city"]}})),
-     "required argument 'city' is not in 'properties'"),
+    (
+        agent_record(_tools({"name": "w", "parameters": {"properties": []}})),
+        "'parameters.properties' must be an object",
+    ),
+    (
+        agent_record(_tools({"name": "w", "parameters": {"properties": {}, "required": "city"}})),
+        "'parameters.required' must be a list of argument names",
+    ),
+    (
+        agent_record(_tools({"name": "w", "parameters": {"properties": {}, "required": ["city"]}})),
+        "required argument 'city' is not in 'properties'",
+    ),
     (agent_record(_tools({"description": "no name"})), "tools[0] has no function name"),
     (agent_record(gt=["28", " "]), "gt[1] is empty (an empty answer would be found in every reply)"),
     ({"conversations": [USER, PLACEHOLDER], "gt": "72"}, "'gt' must be a list of expected answers"),
@@ -100,8 +115,9 @@ def test_skip_mode_counts_bad_rows_and_data_check_reports_rl_counts(tmp_path):
     assert "rl         4 prompts with gt answers, 1 offering tools (agent RL)" in format_report(report)
 
 
-@pytest.mark.parametrize("name,rows,with_gt", [("rlaif-mini.jsonl", 10_000, 0),
-                                               ("rl_gsm8k_train_gt.jsonl", 7_473, 7_473)])
+@pytest.mark.parametrize(
+    "name,rows,with_gt", [("rlaif-mini.jsonl", 10_000, 0), ("rl_gsm8k_train_gt.jsonl", 7_473, 7_473)]
+)
 def test_minimind_rl_files_validate(shared_data, name, rows, with_gt):
     report = check_file(shared_data / "minimind_format" / name, "rl")
     assert report["problems"] == 0, report["problem_examples"]

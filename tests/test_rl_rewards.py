@@ -22,37 +22,43 @@ from minimind.rl.rewards import (
 GT72 = {"gt": ["72"]}
 
 
-@pytest.mark.parametrize("completion,gt", [
-    ("She sold 48 + 24 = 72 clips.\n#### 72", ["72"]),
-    ("#### 1,234", ["1234"]),  # GSM8K's thousands commas
-    ("The total is $1,234.00.", "1234"),  # gt as a plain string; dollars and cents
-    ("So the answer is 72.0", ["72"]),
-    ("It dropped by 5 degrees, so the change is −5.", ["-5"]),  # a Unicode minus
-    ("The change is -5", [-5]),  # gt as a number
-    ("\\boxed{\\frac{3}{4}}", ["0.75"]),  # nested braces in \boxed
-    ("3/4 of the cake", ["0.75"]),
-    ("That is 50% of it", ["50"]),
-    ("First 10, then 20, finally 30", ["30"]),  # the last number when nothing marks the answer
-    ("<think>Try 10, no, 12 and 60: 72.</think>\nThe answer is 72.", ["72"]),
-    ("#### 70", ["72", "70"]),  # any of several accepted answers
-    ("The capital is \\boxed{Paris}.", ["paris"]),  # not a number: compared as text
-    ("#### Paris", ["Paris"]),
-])
+@pytest.mark.parametrize(
+    "completion,gt",
+    [
+        ("She sold 48 + 24 = 72 clips.\n#### 72", ["72"]),
+        ("#### 1,234", ["1234"]),  # GSM8K's thousands commas
+        ("The total is $1,234.00.", "1234"),  # gt as a plain string; dollars and cents
+        ("So the answer is 72.0", ["72"]),
+        ("It dropped by 5 degrees, so the change is −5.", ["-5"]),  # a Unicode minus
+        ("The change is -5", [-5]),  # gt as a number
+        ("\\boxed{\\frac{3}{4}}", ["0.75"]),  # nested braces in \boxed
+        ("3/4 of the cake", ["0.75"]),
+        ("That is 50% of it", ["50"]),
+        ("First 10, then 20, finally 30", ["30"]),  # the last number when nothing marks the answer
+        ("<think>Try 10, no, 12 and 60: 72.</think>\nThe answer is 72.", ["72"]),
+        ("#### 70", ["72", "70"]),  # any of several accepted answers
+        ("The capital is \\boxed{Paris}.", ["paris"]),  # not a number: compared as text
+        ("#### Paris", ["Paris"]),
+    ],
+)
 def test_exact_answer_accepts_the_ways_answers_are_written(completion, gt):
     assert exact_answer(completion, {"gt": gt}) == 1.0
 
 
-@pytest.mark.parametrize("completion,gt", [
-    ("#### 71", ["72"]),
-    ("The answer is 720", ["72"]),
-    ("\\boxed{72} ... actually \\boxed{73}", ["72"]),  # the last boxed answer counts
-    ("<think>It must be 72.</think>\nI give up, 5.", ["72"]),  # numbers in the reasoning do not count
-    ("<think>It must be 72.</think>\nI give up.", ["72"]),
-    ("<think>It must be 72", ["72"]),  # a reply that never left its think block has no answer
-    ("", ["72"]),
-    ("no numbers at all", ["72"]),
-    ("The capital is Lyon, not Paris.", ["Paris"]),
-])
+@pytest.mark.parametrize(
+    "completion,gt",
+    [
+        ("#### 71", ["72"]),
+        ("The answer is 720", ["72"]),
+        ("\\boxed{72} ... actually \\boxed{73}", ["72"]),  # the last boxed answer counts
+        ("<think>It must be 72.</think>\nI give up, 5.", ["72"]),  # numbers in the reasoning do not count
+        ("<think>It must be 72.</think>\nI give up.", ["72"]),
+        ("<think>It must be 72", ["72"]),  # a reply that never left its think block has no answer
+        ("", ["72"]),
+        ("no numbers at all", ["72"]),
+        ("The capital is Lyon, not Paris.", ["Paris"]),
+    ],
+)
 def test_exact_answer_rejects_wrong_or_missing_answers(completion, gt):
     assert exact_answer(completion, {"gt": gt}) == 0.0
 
@@ -64,8 +70,10 @@ def test_exact_answer_without_gt_is_a_clear_error():
 
 def test_answer_in_text_counts_the_share_of_gt_found_after_the_last_tool_call():
     record = {"gt": ["28", "7.21", "Sunny"]}
-    text = ('<tool_call>\n{"name": "get_current_weather", "arguments": {"location": "北京"}}\n</tool_call>\n'
-            "Beijing is 28°C and sunny; one dollar buys 7.21 yuan.")
+    text = (
+        '<tool_call>\n{"name": "get_current_weather", "arguments": {"location": "北京"}}\n</tool_call>\n'
+        "Beijing is 28°C and sunny; one dollar buys 7.21 yuan."
+    )
     assert answer_in_text(text, record) == 1.0
     assert answer_in_text("It is 28°C.", record) == pytest.approx(1 / 3)
     assert answer_in_text("It is 280°C and 7.210 yuan", {"gt": ["28", "7.21"]}) == 0.5  # 28 is not in 280
@@ -74,15 +82,18 @@ def test_answer_in_text_counts_the_share_of_gt_found_after_the_last_tool_call():
     assert answer_in_text("<think>It is 28", {"gt": ["28"]}) == 0.0  # still thinking: no answer yet
 
 
-@pytest.mark.parametrize("completion,want", [
-    ("<think>\n2 + 2 is 4.\n</think>\n\nThe answer is 4.", 1.0),
-    ("The answer is 4.", 0.0),  # no reasoning block
-    ("<think>\n2 + 2 is 4.", 0.0),  # never closed
-    ("<think>\n\n</think>\n\n4", 0.0),  # empty reasoning
-    ("<think>\nhmm\n</think>\n\n", 0.0),  # no answer
-    ("<think>a</think><think>b</think>4", 0.0),  # repeated
-    ("Sure. <think>a</think>4", 0.0),  # text before the block
-])
+@pytest.mark.parametrize(
+    "completion,want",
+    [
+        ("<think>\n2 + 2 is 4.\n</think>\n\nThe answer is 4.", 1.0),
+        ("The answer is 4.", 0.0),  # no reasoning block
+        ("<think>\n2 + 2 is 4.", 0.0),  # never closed
+        ("<think>\n\n</think>\n\n4", 0.0),  # empty reasoning
+        ("<think>\nhmm\n</think>\n\n", 0.0),  # no answer
+        ("<think>a</think><think>b</think>4", 0.0),  # repeated
+        ("Sure. <think>a</think>4", 0.0),  # text before the block
+    ],
+)
 def test_think_format(completion, want):
     assert think_format(completion, {}) == want
 
@@ -118,8 +129,7 @@ def test_combine_returns_the_weighted_sum_and_every_part_unweighted():
     assert total == 1.5
     totals, columns = score.batch(["#### 72", "#### 7"], [GT72, GT72])
     assert totals == [1.0, 0.0] and columns["exact_answer"] == [1.0, 0.0]
-    assert combine("exact_answer=2, think_format")("#### 72", GT72) == (2.0, {"exact_answer": 1.0,
-                                                                           "think_format": 0.0})
+    assert combine("exact_answer=2, think_format")("#### 72", GT72) == (2.0, {"exact_answer": 1.0, "think_format": 0.0})
 
 
 def test_combine_refuses_unknown_rewards_bad_weights_and_bad_values():
@@ -172,17 +182,20 @@ def test_a_users_reward_loads_from_module_function_or_file(tmp_path, monkeypatch
     assert by_path("x" * 30, {}) == 0.0
 
 
-@pytest.mark.parametrize("spec,message", [
-    ("no_colon_here", "expects MODULE:FUNCTION"),
-    ("module:", "expects MODULE:FUNCTION"),
-    (":brevity", "expects MODULE:FUNCTION"),
-    ("rl_no_such_module_xyz:f", "no module named 'rl_no_such_module_xyz'"),
-    ("rl_user_rewards_b:missing", "has no function 'missing'"),
-    ("rl_user_rewards_b:NOT_A_FUNCTION", "is a int, not a function"),
-    ("rl_user_rewards_b:wrong", "must take (completion_text, record)"),
-    ("rl_user_rewards_broken:f", "importing rl_user_rewards_broken failed: ZeroDivisionError"),
-    ("missing_file.py:f", "file not found"),
-])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("no_colon_here", "expects MODULE:FUNCTION"),
+        ("module:", "expects MODULE:FUNCTION"),
+        (":brevity", "expects MODULE:FUNCTION"),
+        ("rl_no_such_module_xyz:f", "no module named 'rl_no_such_module_xyz'"),
+        ("rl_user_rewards_b:missing", "has no function 'missing'"),
+        ("rl_user_rewards_b:NOT_A_FUNCTION", "is a int, not a function"),
+        ("rl_user_rewards_b:wrong", "must take (completion_text, record)"),
+        ("rl_user_rewards_broken:f", "importing rl_user_rewards_broken failed: ZeroDivisionError"),
+        ("missing_file.py:f", "file not found"),
+    ],
+)
 def test_a_bad_reward_spec_is_one_clear_error(tmp_path, monkeypatch, spec, message):
     (tmp_path / "rl_user_rewards_b.py").write_text(USER_MODULE)
     (tmp_path / "rl_user_rewards_broken.py").write_text("1 / 0\n")

@@ -23,64 +23,70 @@ def observe(result) -> dict:
     return json.loads(result.observation)
 
 
-@pytest.mark.parametrize("expression,want", [
-    ("256*37", "9472"),
-    ("2^10", "1024"),  # ^ and ×, ÷ as models write them
-    ("12×3÷4", "9"),
-    ("math.sqrt(144)", "12"),  # MiniMind's tool had `math` in scope ...
-    ("sqrt(144) + pi - pi", "12"),  # ... and its eval script plain names
-    ("0.1 + 0.2", "0.3"),  # 12 significant digits, not 0.30000000000000004
-    ("-7 // 2", "-4"),
-    ("10 / 4", "2.5"),
-    ("(3 + 4) * 2 % 5", "4"),
-    ("factorial(20)", "2432902008176640000"),
-    ("round(2.345, 2)", "2.35"),
-    ("max(3, 9, 4) - min(1, 2)", "8"),
-    ("2**-2", "0.25"),
-    ("（1+2）**2", "9"),
-    ("+".join(map(str, range(1, 51))), "1275"),  # a long sum is deep but fine
-])
+@pytest.mark.parametrize(
+    "expression,want",
+    [
+        ("256*37", "9472"),
+        ("2^10", "1024"),  # ^ and ×, ÷ as models write them
+        ("12×3÷4", "9"),
+        ("math.sqrt(144)", "12"),  # MiniMind's tool had `math` in scope ...
+        ("sqrt(144) + pi - pi", "12"),  # ... and its eval script plain names
+        ("0.1 + 0.2", "0.3"),  # 12 significant digits, not 0.30000000000000004
+        ("-7 // 2", "-4"),
+        ("10 / 4", "2.5"),
+        ("(3 + 4) * 2 % 5", "4"),
+        ("factorial(20)", "2432902008176640000"),
+        ("round(2.345, 2)", "2.35"),
+        ("max(3, 9, 4) - min(1, 2)", "8"),
+        ("2**-2", "0.25"),
+        ("（1+2）**2", "9"),
+        ("+".join(map(str, range(1, 51))), "1275"),  # a long sum is deep but fine
+    ],
+)
 def test_calculator_computes_arithmetic(box, expression, want):
     result = box.call("calculate_math", {"expression": expression})
     assert result.ok and observe(result) == {"result": want}
 
 
-@pytest.mark.parametrize("expression,why", [
-    ("__import__('os')", "unknown function '__import__'"),
-    ("__import__('os').system('echo hacked')", "only named functions can be called"),
-    ("(1).__class__", "attribute access is not allowed"),
-    ("().__class__.__bases__[0].__subclasses__()", "only named functions can be called"),
-    ("math.__dict__", "unknown name '__dict__'"),
-    ("os", "unknown name 'os'"),
-    ("open('/etc/passwd')", "unknown function 'open'"),
-    ("9**9**9", "power refused: the result would have about 370 million digits"),
-    ("10**10**10", "power refused"),
-    ("2**100000", "power refused"),
-    ("factorial(10**6)", "factorial(1000000) refused"),
-    ("factorial(5000)", "factorial(5000) refused"),
-    ("comb(10**5, 5*10**4)", "comb(100000, 50000) refused"),
-    ("10**1000 * 10**1000", "product refused"),
-    ("sum(range(10**9))", "unknown function 'sum'"),  # no loops can be written at all
-    ("[i for i in range(10**9)]", "a comprehension is not allowed"),
-    ("lambda: 1", "lambda is not allowed"),
-    ("'a' * 10**9", "only numbers are allowed"),
-    ("-" * 150 + "1", "nested too deeply"),
-    ("(1+1)*" * 70 + "1", "too long (more than 256 parts)"),
-    ("1+" * 400 + "1", "too long (801 characters, limit 512)"),
-    ("(" * 300 + "1" + ")" * 300, "too long"),
-    ("abs(" * 101 + "1" + ")" * 101, "nested too deeply (more than 100 levels)"),
-    ("1/0", "division by zero"),
-    ("sqrt(-1)", "math domain error"),
-    ("(-8)**(1/3)", "not a real number"),
-    ("1e999", "not finite"),
-    ("exp(1000)", "cannot compute"),
-    ("round(5, -10**9)", "at most 100 digits"),
-    ("1 << 10**9", "operator LShift is not allowed"),
-    ("1,234", "a tuple"),
-    ("", "empty"),
-    ("2 +", "not a valid expression"),
-    ("sqrt(x=4)", "keyword arguments are not allowed"),
-])
+@pytest.mark.parametrize(
+    "expression,why",
+    [
+        ("__import__('os')", "unknown function '__import__'"),
+        ("__import__('os').system('echo hacked')", "only named functions can be called"),
+        ("(1).__class__", "attribute access is not allowed"),
+        ("().__class__.__bases__[0].__subclasses__()", "only named functions can be called"),
+        ("math.__dict__", "unknown name '__dict__'"),
+        ("os", "unknown name 'os'"),
+        ("open('/etc/passwd')", "unknown function 'open'"),
+        ("9**9**9", "power refused: the result would have about 370 million digits"),
+        ("10**10**10", "power refused"),
+        ("2**100000", "power refused"),
+        ("factorial(10**6)", "factorial(1000000) refused"),
+        ("factorial(5000)", "factorial(5000) refused"),
+        ("comb(10**5, 5*10**4)", "comb(100000, 50000) refused"),
+        ("10**1000 * 10**1000", "product refused"),
+        ("sum(range(10**9))", "unknown function 'sum'"),  # no loops can be written at all
+        ("[i for i in range(10**9)]", "a comprehension is not allowed"),
+        ("lambda: 1", "lambda is not allowed"),
+        ("'a' * 10**9", "only numbers are allowed"),
+        ("-" * 150 + "1", "nested too deeply"),
+        ("(1+1)*" * 70 + "1", "too long (more than 256 parts)"),
+        ("1+" * 400 + "1", "too long (801 characters, limit 512)"),
+        ("(" * 300 + "1" + ")" * 300, "too long"),
+        ("abs(" * 101 + "1" + ")" * 101, "nested too deeply (more than 100 levels)"),
+        ("1/0", "division by zero"),
+        ("sqrt(-1)", "math domain error"),
+        ("(-8)**(1/3)", "not a real number"),
+        ("1e999", "not finite"),
+        ("exp(1000)", "cannot compute"),
+        ("round(5, -10**9)", "at most 100 digits"),
+        ("1 << 10**9", "operator LShift is not allowed"),
+        ("1,234", "a tuple"),
+        ("", "empty"),
+        ("2 +", "not a valid expression"),
+        ("sqrt(x=4)", "keyword arguments are not allowed"),
+    ],
+)
 def test_calculator_refuses_with_an_error_observation(box, expression, why):
     start = time.perf_counter()
     result = box.call("calculate_math", {"expression": expression})
@@ -103,13 +109,17 @@ def test_deterministic_tools_answer_from_their_tables(box):
     weather = observe(box.call("get_current_weather", {"location": "北京"}))
     assert weather == {"city": "北京", "temperature": "28°C", "humidity": "65%", "condition": "晴"}
     assert observe(box.call("get_current_weather", {"location": "beijing"}))["temperature"] == "28°C"
-    assert observe(box.call("get_current_time", {})) == {"datetime": "2025-03-07 14:30:00",
-                                                         "timezone": "Asia/Shanghai"}  # the default
+    assert observe(box.call("get_current_time", {})) == {
+        "datetime": "2025-03-07 14:30:00",
+        "timezone": "Asia/Shanghai",
+    }  # the default
     assert observe(box.call("get_current_time", {"timezone": "Asia/Tokyo"}))["datetime"] == "2025-03-07 15:30:00"
     assert observe(box.call("get_exchange_rate", {"from_currency": "USD", "to_currency": "CNY"}))["rate"] == 7.21
     assert observe(box.call("get_exchange_rate", {"from_currency": "cny", "to_currency": "usd"}))["rate"] == 0.1387
     assert observe(box.call("translate_text", {"text": "你好世界", "target_language": "english"})) == {
-        "translated_text": "Hello World"}
+        "translated_text": "Hello World"
+    }
+
     def convert(value, from_unit, to_unit):
         return observe(box.call("unit_converter", {"value": value, "from_unit": from_unit, "to_unit": to_unit}))
 
@@ -121,24 +131,27 @@ def test_deterministic_tools_answer_from_their_tables(box):
     assert box.call("get_current_weather", tokyo) == box.call("get_current_weather", tokyo)
 
 
-@pytest.mark.parametrize("name,arguments,why", [
-    ("get_current_weather", {"location": "Atlantis"}, "no weather for 'Atlantis'"),
-    ("get_current_weather", {}, "missing required argument: location"),
-    ("get_current_weather", {"location": ""}, "argument 'location' is empty"),
-    ("get_current_weather", {"location": 5}, "argument 'location' must be a string"),
-    ("get_current_time", {"timezone": "Mars/Olympus"}, "unknown timezone 'Mars/Olympus'"),
-    ("get_exchange_rate", {"from_currency": "USD", "to_currency": "XYZ"}, "no rate for USD to XYZ"),
-    ("translate_text", {"text": "a new phrase", "target_language": "english"}, "no translation of 'a new phrase'"),
-    ("unit_converter", {"value": "ten", "from_unit": "km", "to_unit": "miles"}, "'value' must be a number"),
-    ("unit_converter", {"value": True, "from_unit": "km", "to_unit": "miles"}, "'value' must be a finite number"),
-    ("unit_converter", {"value": 1, "from_unit": "km", "to_unit": "kg"}, "cannot convert length (km) to mass"),
-    ("unit_converter", {"value": 1, "from_unit": "parsec", "to_unit": "km"}, "unknown unit 'parsec'"),
-    ("calculate_math", {"expr": "1+1"}, "missing required argument: expression"),
-    ("calculate_math", {"expression": "1", "precision": 3}, "unknown argument: precision"),
-    ("calculate_math", "{not json", "arguments are not valid JSON"),
-    ("calculate_math", ["1+1"], "arguments must be a JSON object"),
-    ("no_such_tool", {}, "unknown tool 'no_such_tool'"),
-])
+@pytest.mark.parametrize(
+    "name,arguments,why",
+    [
+        ("get_current_weather", {"location": "Atlantis"}, "no weather for 'Atlantis'"),
+        ("get_current_weather", {}, "missing required argument: location"),
+        ("get_current_weather", {"location": ""}, "argument 'location' is empty"),
+        ("get_current_weather", {"location": 5}, "argument 'location' must be a string"),
+        ("get_current_time", {"timezone": "Mars/Olympus"}, "unknown timezone 'Mars/Olympus'"),
+        ("get_exchange_rate", {"from_currency": "USD", "to_currency": "XYZ"}, "no rate for USD to XYZ"),
+        ("translate_text", {"text": "a new phrase", "target_language": "english"}, "no translation of 'a new phrase'"),
+        ("unit_converter", {"value": "ten", "from_unit": "km", "to_unit": "miles"}, "'value' must be a number"),
+        ("unit_converter", {"value": True, "from_unit": "km", "to_unit": "miles"}, "'value' must be a finite number"),
+        ("unit_converter", {"value": 1, "from_unit": "km", "to_unit": "kg"}, "cannot convert length (km) to mass"),
+        ("unit_converter", {"value": 1, "from_unit": "parsec", "to_unit": "km"}, "unknown unit 'parsec'"),
+        ("calculate_math", {"expr": "1+1"}, "missing required argument: expression"),
+        ("calculate_math", {"expression": "1", "precision": 3}, "unknown argument: precision"),
+        ("calculate_math", "{not json", "arguments are not valid JSON"),
+        ("calculate_math", ["1+1"], "arguments must be a JSON object"),
+        ("no_such_tool", {}, "unknown tool 'no_such_tool'"),
+    ],
+)
 def test_bad_calls_get_error_observations(box, name, arguments, why):
     result = box.call(name, arguments)
     assert not result.ok and why in observe(result)["error"] and result.error == observe(result)["error"]
@@ -151,8 +164,13 @@ def test_arguments_may_come_as_a_json_string_and_calls_are_limited_to_the_offere
 
 
 def test_builtin_schemas_have_upstreams_names_and_arguments():
-    got = {s["function"]["name"]: (sorted(s["function"]["parameters"]["properties"]),
-                                   sorted(s["function"]["parameters"]["required"])) for s in BUILTIN_SCHEMAS}
+    got = {
+        s["function"]["name"]: (
+            sorted(s["function"]["parameters"]["properties"]),
+            sorted(s["function"]["parameters"]["required"]),
+        )
+        for s in BUILTIN_SCHEMAS
+    }
     assert got == {
         "calculate_math": (["expression"], ["expression"]),
         "unit_converter": (["from_unit", "to_unit", "value"], ["from_unit", "to_unit", "value"]),
@@ -179,10 +197,23 @@ def test_a_users_tool_is_checked_against_its_schema_and_run_with_a_time_limit():
         time.sleep(seconds)
         return "done"
 
-    box.register(lookup_price, {"description": "price of an item", "parameters": {
-        "type": "object", "properties": {"item": {"type": "string"}}, "required": ["item"]}})
-    box.register(sleepy, {"type": "function", "function": {"name": "nap", "parameters": {
-        "type": "object", "properties": {"seconds": {"type": "number"}}}}})
+    box.register(
+        lookup_price,
+        {
+            "description": "price of an item",
+            "parameters": {"type": "object", "properties": {"item": {"type": "string"}}, "required": ["item"]},
+        },
+    )
+    box.register(
+        sleepy,
+        {
+            "type": "function",
+            "function": {
+                "name": "nap",
+                "parameters": {"type": "object", "properties": {"seconds": {"type": "number"}}},
+            },
+        },
+    )
     box.register(lambda: {1, 2}, {"name": "a_set"})
     box.register(lambda: "x" * 5000, {"name": "chatty"})
     box.register(lambda: 1 / 0, {"name": "broken"})
@@ -201,17 +232,21 @@ def test_a_users_tool_is_checked_against_its_schema_and_run_with_a_time_limit():
         box.register(lambda: 1, {"name": ""})
 
 
-TEXT = ('<think>\nI could <tool_call>{"name": "get_current_time"}</tool_call> but no.\n</think>\n\n'
-        'Let me compute.\n'
-        '<tool_call>\n{"name": "calculate_math", "arguments": {"expression": "256*37"}}\n</tool_call>\n'
-        '<tool_call>\n{"name": "get_current_weather", "arguments": "{\\"location\\": \\"Paris\\"}"}\n</tool_call>\n'
-        '<tool_call>\nnot json at all\n</tool_call>')
+TEXT = (
+    '<think>\nI could <tool_call>{"name": "get_current_time"}</tool_call> but no.\n</think>\n\n'
+    "Let me compute.\n"
+    '<tool_call>\n{"name": "calculate_math", "arguments": {"expression": "256*37"}}\n</tool_call>\n'
+    '<tool_call>\n{"name": "get_current_weather", "arguments": "{\\"location\\": \\"Paris\\"}"}\n</tool_call>\n'
+    "<tool_call>\nnot json at all\n</tool_call>"
+)
 
 
 def test_tool_calls_are_parsed_from_the_template_format():
     calls, malformed = parse_tool_calls(TEXT)
-    assert [(c.name, c.arguments) for c in calls] == [("calculate_math", {"expression": "256*37"}),
-                                                      ("get_current_weather", {"location": "Paris"})]
+    assert [(c.name, c.arguments) for c in calls] == [
+        ("calculate_math", {"expression": "256*37"}),
+        ("get_current_weather", {"location": "Paris"}),
+    ]
     assert malformed == 1  # the block that is not JSON; the call inside <think> is only a thought
     assert parse_tool_calls("no calls here") == ([], 0)
 
@@ -219,5 +254,7 @@ def test_tool_calls_are_parsed_from_the_template_format():
 def test_run_executes_every_call_of_a_reply(box):
     results = box.run(TEXT)
     assert [json.loads(r.observation) for r in results] == [
-        {"result": "9472"}, {"city": "Paris", "temperature": "10°C", "humidity": "65%", "condition": "阴"}]
+        {"result": "9472"},
+        {"city": "Paris", "temperature": "10°C", "humidity": "65%", "condition": "阴"},
+    ]
     assert [r.ok for r in box.run(TEXT, offered=["calculate_math"])] == [True, False]

@@ -19,17 +19,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-openai = pytest.importorskip("openai")
-
 from helpers import scrambled_model
-
 from minimind.checkpoint import save_model_dir
+
+openai = pytest.importorskip("openai")
 
 KEY = "test-key"
 GREEDY = {"temperature": 0, "max_tokens": 16}
-TOOLS = [{"type": "function", "function": {
-    "name": "get_weather", "description": "Weather of a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather of a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
 WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
 
@@ -56,7 +62,7 @@ def teach_tool_call(model, tokenizer) -> None:
         loss = 0
         for ids, start in rows:
             h, _ = model.model(ids[:, :-1])
-            loss = loss + F.cross_entropy(model.lm_head(h[0, start - 1:]), ids[0, start:])
+            loss = loss + F.cross_entropy(model.lm_head(h[0, start - 1 :]), ids[0, start:])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -79,8 +85,24 @@ def server(tmp_path_factory, tok):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "MINIMIND_API_KEY": KEY, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "minimind.cli", "serve", "--model", str(model_dir), "--port", str(port),
-                             "--log-level", "warning"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "minimind.cli",
+            "serve",
+            "--model",
+            str(model_dir),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):  # wait for /health (the process imports torch and loads the model)
@@ -136,7 +158,9 @@ def test_streaming_equals_non_streaming(client):
 
 def test_stream_ends_with_done(server):
     body = {"messages": say("Hi"), "max_tokens": 3, "stream": True}
-    with httpx.stream("POST", server + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}) as r:
+    with httpx.stream(
+        "POST", server + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}
+    ) as r:
         lines = [line for line in r.iter_lines() if line]
     assert r.headers["content-type"].startswith("text/event-stream")
     assert lines[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in lines)
@@ -144,9 +168,9 @@ def test_stream_ends_with_done(server):
 
 def test_stop_strings(client):
     full = chat(client, say("Count"), max_tokens=24).choices[0].message.content
-    stop = full[len(full) // 2:len(full) // 2 + 2]
+    stop = full[len(full) // 2 : len(full) // 2 + 2]
     r = chat(client, say("Count"), max_tokens=24, stop=[stop, "never-said"])
-    assert r.choices[0].message.content == full[:full.index(stop)]
+    assert r.choices[0].message.content == full[: full.index(stop)]
     assert r.choices[0].finish_reason == "stop"
 
 
@@ -160,7 +184,9 @@ def test_seed_n_and_sampling(client):
 
 def test_completions_endpoint(client):
     r = client.completions.create(model="nano", prompt="Once upon a time", max_tokens=8, temperature=0)
-    streamed = client.completions.create(model="nano", prompt="Once upon a time", max_tokens=8, temperature=0, stream=True)
+    streamed = client.completions.create(
+        model="nano", prompt="Once upon a time", max_tokens=8, temperature=0, stream=True
+    )
     assert "".join(c.choices[0].text for c in streamed) == r.choices[0].text
     assert r.object == "text_completion" and r.usage.completion_tokens == 8
 
@@ -178,14 +204,23 @@ def test_logprobs_chat_streamed_and_completions(client):
         assert e.logprob <= 0 and len(e.top_logprobs) == 2
         assert e.top_logprobs[0].logprob >= e.top_logprobs[1].logprob
         assert e.logprob == pytest.approx(e.top_logprobs[0].logprob, abs=1e-5)  # greedy picks the best
-    chunks = list(chat(client, say("Tell me a story"), logprobs=True, top_logprobs=2, stream=True,
-                       extra_body={"ignore_eos": True}))
+    chunks = list(
+        chat(
+            client, say("Tell me a story"), logprobs=True, top_logprobs=2, stream=True, extra_body={"ignore_eos": True}
+        )
+    )
     streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
     assert [(e.token, round(e.logprob, 4)) for e in streamed] == [(e.token, round(e.logprob, 4)) for e in entries]
     assert chat(client, say("Hi")).choices[0].logprobs is None
 
-    text = client.completions.create(model="nano", prompt="Once upon a time", max_tokens=6, temperature=0, logprobs=3,
-                                     extra_body={"ignore_eos": True})
+    text = client.completions.create(
+        model="nano",
+        prompt="Once upon a time",
+        max_tokens=6,
+        temperature=0,
+        logprobs=3,
+        extra_body={"ignore_eos": True},
+    )
     lp = text.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 6
     assert "".join(lp.tokens) == text.choices[0].text and lp.text_offset[0] == 0
@@ -202,8 +237,10 @@ def test_tool_call_round_trip(client):
     [call] = choice.message.tool_calls
     assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
     # hand the result back, as an agent loop does
-    history = WEATHER + [choice.message.model_dump(exclude_none=True),
-                         {"role": "tool", "tool_call_id": call.id, "content": '{"temp": 21}'}]
+    history = WEATHER + [
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": '{"temp": 21}'},
+    ]
     again = chat(client, history, tools=TOOLS)
     assert again.choices[0].finish_reason in ("stop", "length", "tool_calls")
 
@@ -213,16 +250,24 @@ def test_streamed_tool_call_leaks_no_tags(client):
     content = "".join(c.choices[0].delta.content or "" for c in chunks)
     calls = [t for c in chunks for t in (c.choices[0].delta.tool_calls or [])]
     assert "<tool_call>" not in content and "tool_call" not in content
-    assert [(t.index, t.function.name, json.loads(t.function.arguments)) for t in calls] == [(0, "get_weather", {"city": "Paris"})]
+    assert [(t.index, t.function.name, json.loads(t.function.arguments)) for t in calls] == [
+        (0, "get_weather", {"city": "Paris"})
+    ]
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
-@pytest.mark.parametrize("tool_choice, forced", [
-    ("required", "<tool_call>\n"),
-    ({"type": "function", "function": {"name": "get_weather"}}, '<tool_call>\n{"name": "get_weather", "arguments":'),
-])
+@pytest.mark.parametrize(
+    "tool_choice, forced",
+    [
+        ("required", "<tool_call>\n"),
+        (
+            {"type": "function", "function": {"name": "get_weather"}},
+            '<tool_call>\n{"name": "get_weather", "arguments":',
+        ),
+    ],
+)
 def test_tool_choice_that_demands_a_call_writes_its_start(client, tok, tool_choice, forced):
-    """"required" and a named function: the server writes the call's opening (and the name)
+    """ "required" and a named function: the server writes the call's opening (and the name)
     into the prompt, which usage counts as prompt tokens, and the model writes the rest.
     With thinking asked for, the call still comes first. Streamed, the same call."""
     auto = chat(client, WEATHER, tools=TOOLS, max_tokens=40)
@@ -299,8 +344,12 @@ def test_non_streaming_client_that_gives_up_stops_generation(server):
 
 def raw(server, body, key=KEY, path="/v1/chat/completions", **kw):
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return httpx.post(server + path, content=body if isinstance(body, (str, bytes)) else json.dumps(body),
-                      headers={"Content-Type": "application/json", **headers}, **kw)
+    return httpx.post(
+        server + path,
+        content=body if isinstance(body, (str, bytes)) else json.dumps(body),
+        headers={"Content-Type": "application/json", **headers},
+        **kw,
+    )
 
 
 def assert_error(r, status, param=None):
@@ -320,33 +369,45 @@ def test_api_key(server):
         openai.OpenAI(base_url=server + "/v1", api_key="wrong", max_retries=0).models.list()
 
 
-@pytest.mark.parametrize("body, param", [
-    ("{not json", None),
-    ('["a list"]', None),
-    ({"messages": "hello"}, "messages"),
-    ({"messages": []}, "messages"),
-    ({"messages": [{"role": "robot", "content": "hi"}]}, None),
-    ({"messages": [{"role": "user"}]}, None),
-    ({"messages": say("hi"), "temperature": 5}, "temperature"),
-    ({"messages": say("hi"), "temperature": "hot"}, "temperature"),
-    ({"messages": say("hi"), "top_p": 0}, "top_p"),
-    ({"messages": say("hi"), "n": 0}, "n"),
-    ({"messages": say("hi"), "max_tokens": 0}, "max_tokens"),
-    ({"messages": say("hi"), "presence_penalty": 3}, "presence_penalty"),
-    ({"messages": say("hi"), "stop": ["a", "b", "c", "d", "e"]}, "stop"),
-    ({"messages": say("hi"), "top_logprobs": 2}, "top_logprobs"),
-    ({"messages": say("hi"), "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
-    ({"messages": say("hi"), "tool_choice": {"type": "function", "function": {"name": "nope"}}, "tools": TOOLS}, "tool_choice"),
-    ({"messages": say("hi"), "tool_choice": "required"}, "tool_choice"),
-    ({"messages": say("hi"), "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}, "tool_choice"),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ("{not json", None),
+        ('["a list"]', None),
+        ({"messages": "hello"}, "messages"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, None),
+        ({"messages": [{"role": "user"}]}, None),
+        ({"messages": say("hi"), "temperature": 5}, "temperature"),
+        ({"messages": say("hi"), "temperature": "hot"}, "temperature"),
+        ({"messages": say("hi"), "top_p": 0}, "top_p"),
+        ({"messages": say("hi"), "n": 0}, "n"),
+        ({"messages": say("hi"), "max_tokens": 0}, "max_tokens"),
+        ({"messages": say("hi"), "presence_penalty": 3}, "presence_penalty"),
+        ({"messages": say("hi"), "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"messages": say("hi"), "top_logprobs": 2}, "top_logprobs"),
+        ({"messages": say("hi"), "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        (
+            {"messages": say("hi"), "tool_choice": {"type": "function", "function": {"name": "nope"}}, "tools": TOOLS},
+            "tool_choice",
+        ),
+        ({"messages": say("hi"), "tool_choice": "required"}, "tool_choice"),
+        (
+            {"messages": say("hi"), "tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
+            "tool_choice",
+        ),
+    ],
+)
 def test_bad_requests_get_400(server, body, param):
     assert_error(raw(server, body), 400, param)
 
 
 def test_json_without_a_json_content_type_is_accepted(server):
-    r = httpx.post(server + "/v1/chat/completions", content=json.dumps({"messages": say("hi"), "max_tokens": 2}),
-                   headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/x-www-form-urlencoded"})
+    r = httpx.post(
+        server + "/v1/chat/completions",
+        content=json.dumps({"messages": say("hi"), "max_tokens": 2}),
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 2
 
 

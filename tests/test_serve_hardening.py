@@ -45,9 +45,24 @@ def start_server(model_dir: Path, log_path: Path, *flags: str, env: dict | None 
     env.pop("MINIMIND_API_KEY", None)  # no key unless `env` gives one
     env.update(extra)
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "minimind.cli", "serve", "--model", str(model_dir),
-                                 "--port", str(port), "--log-level", "warning", *flags],
-                                env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "minimind.cli",
+                "serve",
+                "--model",
+                str(model_dir),
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                *flags,
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120  # a busy machine imports torch slowly
     while True:
@@ -76,8 +91,9 @@ class Server:
 
     def post(self, path="/v1/chat/completions", body=None, headers=None, **kw) -> httpx.Response:
         content = json.dumps(body) if isinstance(body, (dict, list)) else body() if callable(body) else body
-        return httpx.post(self.url + path, content=content, headers={**JSON, **(headers or {})},
-                          timeout=kw.pop("timeout", 60), **kw)
+        return httpx.post(
+            self.url + path, content=content, headers={**JSON, **(headers or {})}, timeout=kw.pop("timeout", 60), **kw
+        )
 
     def idle(self, seconds: float = 30) -> dict:
         """Wait until no row is running or waiting; return /health."""
@@ -97,8 +113,18 @@ class Server:
 def server(model_dir, tmp_path_factory):
     """No API key (the guard is on), small limits so that the battery can reach each."""
     log = tmp_path_factory.mktemp("hardening-log") / "server.log"
-    proc, url = start_server(model_dir, log, "--max-tokens-default", "8", "--max-tokens-limit", str(LIMIT),
-                             "--max-messages", str(MAX_MESSAGES), "--max-body-mb", str(MAX_BODY_MB))
+    proc, url = start_server(
+        model_dir,
+        log,
+        "--max-tokens-default",
+        "8",
+        "--max-tokens-limit",
+        str(LIMIT),
+        "--max-messages",
+        str(MAX_MESSAGES),
+        "--max-body-mb",
+        str(MAX_BODY_MB),
+    )
     yield Server(url, log)
     proc.terminate()
     proc.wait(timeout=30)
@@ -135,18 +161,27 @@ def stream_text(server: Server, body: dict, started: threading.Event | None = No
 # --------------------------------------------------------------------------- item 1: poison
 
 
-POISONS = [({"temperature": 1e-40}, "temperature"), ({"temperature": 1e-5}, "temperature"),
-           ({"repetition_penalty": 1e-300, "temperature": 1.0}, "repetition_penalty"),
-           ({"repetition_penalty": 0}, "repetition_penalty"), ({"seed": 2**64}, "seed"),
-           ({"top_k": 2**40, "temperature": 1.0}, "top_k")]
+POISONS = [
+    ({"temperature": 1e-40}, "temperature"),
+    ({"temperature": 1e-5}, "temperature"),
+    ({"repetition_penalty": 1e-300, "temperature": 1.0}, "repetition_penalty"),
+    ({"repetition_penalty": 0}, "repetition_penalty"),
+    ({"seed": 2**64}, "seed"),
+    ({"top_k": 2**40, "temperature": 1.0}, "top_k"),
+]
 
 
 def test_a_poisoned_request_leaves_a_running_stream_unchanged(server):
     """Settings that would turn a row's probabilities into NaN (or overflow its generator)
     are refused with a 400 naming the parameter, streamed or not, while a normal stream
     runs on and ends exactly as it does alone."""
-    body = {"messages": [{"role": "user", "content": "Tell me a long story"}], "max_tokens": 300,
-            "temperature": 0.9, "seed": 7, "ignore_eos": True}
+    body = {
+        "messages": [{"role": "user", "content": "Tell me a long story"}],
+        "max_tokens": 300,
+        "temperature": 0.9,
+        "seed": 7,
+        "ignore_eos": True,
+    }
     alone = stream_text(server, body)
     assert len(alone) > 20
     started, result = threading.Event(), {}
@@ -235,7 +270,7 @@ def test_body_size_and_message_count_are_capped(server):
 
     def chunks():  # no Content-Length: the cap is enforced while reading
         for i in range(0, len(big), 2**16):
-            yield big[i:i + 2**16]
+            yield big[i : i + 2**16]
 
     assert_error(server.post(body=chunks()), 413, code="request_too_large")
     many = {"messages": MESSAGES * 100_000}  # 100k messages, ~3 MB: refused before any rendering
@@ -249,17 +284,28 @@ def test_body_size_and_message_count_are_capped(server):
 # --------------------------------------------------------------------------- item 3: 500s and resets
 
 
-@pytest.mark.parametrize("body, param", [
-    ('{"messages": [{"role": "user", "content": "\\ud800"}]}', "messages.0.content"),
-    ('{"messages": [{"role": "system", "content": "\\udfff x"}, {"role": "user", "content": "hi"}]}',
-     "messages.0.content"),
-    ('{"messages": [{"role": "user", "content": "hi"}], "stop": ["\\ud800"]}', "stop.0"),
-    ('{"messages": [{"role": "user", "content": "hi"}], "seed": 18446744073709551616}', "seed"),
-    ('{"messages": [{"role": "user", "content": "hi"}], "seed": -9223372036854775809}', "seed"),
-    ('{"messages": [{"role": "user", "content": "hi"}], "x": ' + "[" * 100_000 + "]" * 100_000 + "}", None),
-    ('{"messages": [{"role": "user", "content": "hi"}], "chat_template_kwargs": ' + '{"a": ' * 200 + "1"
-     + "}" * 200 + "}", None),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ('{"messages": [{"role": "user", "content": "\\ud800"}]}', "messages.0.content"),
+        (
+            '{"messages": [{"role": "system", "content": "\\udfff x"}, {"role": "user", "content": "hi"}]}',
+            "messages.0.content",
+        ),
+        ('{"messages": [{"role": "user", "content": "hi"}], "stop": ["\\ud800"]}', "stop.0"),
+        ('{"messages": [{"role": "user", "content": "hi"}], "seed": 18446744073709551616}', "seed"),
+        ('{"messages": [{"role": "user", "content": "hi"}], "seed": -9223372036854775809}', "seed"),
+        ('{"messages": [{"role": "user", "content": "hi"}], "x": ' + "[" * 100_000 + "]" * 100_000 + "}", None),
+        (
+            '{"messages": [{"role": "user", "content": "hi"}], "chat_template_kwargs": '
+            + '{"a": ' * 200
+            + "1"
+            + "}" * 200
+            + "}",
+            None,
+        ),
+    ],
+)
 def test_what_gave_500s_and_resets_is_a_400(server, body, param):
     assert_error(server.post(body=body), 400, param)
     assert server.tracebacks() == []
@@ -276,7 +322,7 @@ def test_a_non_streaming_client_that_hangs_up_leaves_no_traceback(server):
             server.post(body=body, timeout=0.5)
         assert server.idle()["running"] == 0
     time.sleep(0.5)  # let the server log whatever it would
-    new = server.log.read_text(errors="replace")[len(before):]
+    new = server.log.read_text(errors="replace")[len(before) :]
     assert not any(s in new for s in ("Traceback", "InvalidStateError", "Exception in ASGI")), new
 
 
@@ -291,17 +337,25 @@ def test_max_tokens_has_a_server_default_and_limit(server):
     assert_error(server.post(body={"messages": MESSAGES, "max_tokens": LIMIT + 1}), 400, "max_tokens")
     huge = server.post(body={"messages": MESSAGES, "max_tokens": 10**30})
     assert "--max-tokens-limit" in huge.json()["error"]["message"]
-    assert_error(server.post(body={"messages": MESSAGES, "max_completion_tokens": LIMIT + 1}), 400,
-                 "max_completion_tokens")
+    assert_error(
+        server.post(body={"messages": MESSAGES, "max_completion_tokens": LIMIT + 1}), 400, "max_completion_tokens"
+    )
     assert_error(server.post("/v1/completions", {"prompt": "Once", "max_tokens": LIMIT + 1}), 400, "max_tokens")
 
 
 def test_serve_refuses_bad_limit_flags(tmp_path, capsys):
     from minimind.cli import main
 
-    for flags in (["--max-tokens-default", "0"], ["--max-tokens-default", "100", "--max-tokens-limit", "50"],
-                  ["--max-body-mb", "0"], ["--max-body-mb", "inf"], ["--max-messages", "0"],
-                  ["--allow-origin", "ftp://x"], ["--allow-origin", "http://a/path"], ["--allow-origin", "evil"]):
+    for flags in (
+        ["--max-tokens-default", "0"],
+        ["--max-tokens-default", "100", "--max-tokens-limit", "50"],
+        ["--max-body-mb", "0"],
+        ["--max-body-mb", "inf"],
+        ["--max-messages", "0"],
+        ["--allow-origin", "ftp://x"],
+        ["--allow-origin", "http://a/path"],
+        ["--allow-origin", "evil"],
+    ):
         assert main(["serve", "--model", str(tmp_path / "none"), *flags]) != 0
         err = capsys.readouterr().err
         assert "Traceback" not in err and flags[0] in err, (flags, err)
@@ -313,19 +367,35 @@ def test_serve_refuses_bad_limit_flags(tmp_path, capsys):
 def test_without_a_key_only_json_from_the_servers_own_address_and_page(server):
     own = f"127.0.0.1:{server.port}"
     ok = {"messages": MESSAGES, "max_tokens": 1}
-    for headers in ({"Content-Type": "text/plain"}, {"Content-Type": "application/x-www-form-urlencoded"},
-                    {"Content-Type": "multipart/form-data; boundary=x"}, {"Content-Type": ""}):
+    for headers in (
+        {"Content-Type": "text/plain"},
+        {"Content-Type": "application/x-www-form-urlencoded"},
+        {"Content-Type": "multipart/form-data; boundary=x"},
+        {"Content-Type": ""},
+    ):
         assert_error(server.post(body=ok, headers=headers), 415, code="unsupported_media_type")
-    for host in (f"evil.example:{server.port}", f"127.0.0.1.nip.io:{server.port}", "localhost.evil.example",
-                 f"localhost:{server.port}@evil", "[::1"):
+    for host in (
+        f"evil.example:{server.port}",
+        f"127.0.0.1.nip.io:{server.port}",
+        "localhost.evil.example",
+        f"localhost:{server.port}@evil",
+        "[::1",
+    ):
         assert_error(server.post(body=ok, headers={"Host": host}), 403, code="forbidden_host")
         assert_error(httpx.get(server.url + "/", headers={"Host": host}), 403, code="forbidden_host")
-    for origin in ("http://evil.example", "null", f"http://127.0.0.1:{server.port + 1}", f"http://localhost:{server.port}"):
+    for origin in (
+        "http://evil.example",
+        "null",
+        f"http://127.0.0.1:{server.port + 1}",
+        f"http://localhost:{server.port}",
+    ):
         assert_error(server.post(body=ok, headers={"Origin": origin}), 403, code="forbidden_origin")
     # what the chat page (and any local client) sends is fine, under any loopback name
     for host in (own, f"localhost:{server.port}", f"[::1]:{server.port}", f"LOCALHOST:{server.port}"):
-        r = server.post(body=ok, headers={"Host": host, "Origin": f"http://{host}",
-                                          "Content-Type": "application/json; charset=utf-8"})
+        r = server.post(
+            body=ok,
+            headers={"Host": host, "Origin": f"http://{host}", "Content-Type": "application/json; charset=utf-8"},
+        )
         assert r.status_code == 200, (host, r.text)
     assert httpx.get(server.url + "/").status_code == 200
     assert httpx.get(server.url + "/v1/models").status_code == 200
@@ -360,17 +430,33 @@ def test_the_chat_page_works_without_a_key(server, tmp_path):
     assert not errors, errors
 
 
-@pytest.mark.parametrize("bound, host, allowed", [
-    ("127.0.0.1", "127.0.0.1:8998", True), ("127.0.0.1", "localhost:8998", True), ("127.0.0.1", "[::1]:8998", True),
-    ("127.0.0.1", "127.0.0.2", True), ("127.0.0.1", "evil.example:8998", False),
-    ("127.0.0.1", "192.168.1.5:8998", False),
-    ("localhost", "localhost", True), ("::1", "[::1]:80", True), ("::1", "example.com", False),
-    ("0.0.0.0", "192.168.1.5:8998", True), ("0.0.0.0", "[fe80::1]:8998", True), ("0.0.0.0", "localhost:8998", True),
-    ("0.0.0.0", "rebind.evil.example:8998", False), ("::", "10.0.0.1", True), ("", "10.0.0.1", True),
-    ("192.168.1.5", "192.168.1.5:8998", True), ("192.168.1.5", "10.0.0.1:8998", False),
-    ("192.168.1.5", "evil.example", False), ("myhost.lan", "myhost.lan:8998", True), ("myhost.lan", "other.lan", False),
-    ("127.0.0.1", "localhost:abc", False), ("127.0.0.1", "", False),
-])
+@pytest.mark.parametrize(
+    "bound, host, allowed",
+    [
+        ("127.0.0.1", "127.0.0.1:8998", True),
+        ("127.0.0.1", "localhost:8998", True),
+        ("127.0.0.1", "[::1]:8998", True),
+        ("127.0.0.1", "127.0.0.2", True),
+        ("127.0.0.1", "evil.example:8998", False),
+        ("127.0.0.1", "192.168.1.5:8998", False),
+        ("localhost", "localhost", True),
+        ("::1", "[::1]:80", True),
+        ("::1", "example.com", False),
+        ("0.0.0.0", "192.168.1.5:8998", True),
+        ("0.0.0.0", "[fe80::1]:8998", True),
+        ("0.0.0.0", "localhost:8998", True),
+        ("0.0.0.0", "rebind.evil.example:8998", False),
+        ("::", "10.0.0.1", True),
+        ("", "10.0.0.1", True),
+        ("192.168.1.5", "192.168.1.5:8998", True),
+        ("192.168.1.5", "10.0.0.1:8998", False),
+        ("192.168.1.5", "evil.example", False),
+        ("myhost.lan", "myhost.lan:8998", True),
+        ("myhost.lan", "other.lan", False),
+        ("127.0.0.1", "localhost:abc", False),
+        ("127.0.0.1", "", False),
+    ],
+)
 def test_host_policy(bound, host, allowed):
     from minimind.serve.guard import host_allowed, host_name
 
@@ -380,8 +466,9 @@ def test_host_policy(bound, host, allowed):
 @pytest.fixture(scope="module")
 def keyed_server(model_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("hardening-keyed") / "server.log"
-    proc, url = start_server(model_dir, log, "--allow-origin", "http://app.example:3000/",
-                             env={"MINIMIND_API_KEY": "k"})
+    proc, url = start_server(
+        model_dir, log, "--allow-origin", "http://app.example:3000/", env={"MINIMIND_API_KEY": "k"}
+    )
     yield Server(url, log)
     proc.terminate()
     proc.wait(timeout=30)
@@ -390,16 +477,23 @@ def keyed_server(model_dir, tmp_path_factory):
 def test_allow_origin_opens_the_api_to_a_named_page(keyed_server):
     """--allow-origin: CORS for that origin (preflight and response headers); the key is still required."""
     url, origin = keyed_server.url, "http://app.example:3000"
-    pre = httpx.options(url + "/v1/chat/completions", headers={
-        "Origin": origin, "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization, content-type"})
+    pre = httpx.options(
+        url + "/v1/chat/completions",
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
     assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == origin
-    r = keyed_server.post(body={"messages": MESSAGES, "max_tokens": 1},
-                          headers={"Origin": origin, "Authorization": "Bearer k"})
+    r = keyed_server.post(
+        body={"messages": MESSAGES, "max_tokens": 1}, headers={"Origin": origin, "Authorization": "Bearer k"}
+    )
     assert r.status_code == 200 and r.headers["access-control-allow-origin"] == origin
     assert_error(keyed_server.post(body={"messages": MESSAGES}, headers={"Origin": origin}), 401)
-    other = httpx.options(url + "/v1/chat/completions", headers={
-        "Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
+    other = httpx.options(
+        url + "/v1/chat/completions", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
+    )
     assert "access-control-allow-origin" not in other.headers
     assert keyed_server.tracebacks() == []
 
@@ -427,8 +521,16 @@ def _deep(n: int) -> str:
 
 
 def _tools(n=1, name="get_weather", parameters=None):
-    return [{"type": "function", "function": {"name": name if n == 1 else f"f{i}", "parameters": parameters or
-             {"type": "object", "properties": {"city": {"type": "string"}}}}} for i in range(n)]
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": name if n == 1 else f"f{i}",
+                "parameters": parameters or {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+        for i in range(n)
+    ]
 
 
 def _nested(depth: int) -> dict:
@@ -462,20 +564,39 @@ def _battery(port: int) -> list[tuple[str, dict, int]]:
         ("-Infinity", {"body": '{"messages": [{"role": "user", "content": "hi"}], "max_tokens": -Infinity}'}, 400),
         ("a 5000-digit number", {"body": '{"messages": [], "seed": 1' + "0" * 5000 + "}"}, 400),
         ("100k nested lists", {"body": '{"x": ' + _deep(100_000) + "}"}, 400),
-        ("nesting of 100 in chat_template_kwargs", {"body": json.dumps(_chat(chat_template_kwargs=json.loads(
-            '{"a": ' * 100 + "1" + "}" * 100)))}, 400),
+        (
+            "nesting of 100 in chat_template_kwargs",
+            {"body": json.dumps(_chat(chat_template_kwargs=json.loads('{"a": ' * 100 + "1" + "}" * 100)))},
+            400,
+        ),
         ("a tool schema nested 70 deep", {"body": _chat(tools=_tools(parameters=_nested(35)))}, 400),
         # --- text that is not Unicode
         ("lone surrogate in user content", {"body": '{"messages": [{"role": "user", "content": "a\\ud800b"}]}'}, 400),
-        ("lone surrogate in system content", {"body": '{"messages": [{"role": "system", "content": "\\udc00"}, '
-                                                      '{"role": "user", "content": "hi"}]}'}, 400),
+        (
+            "lone surrogate in system content",
+            {"body": '{"messages": [{"role": "system", "content": "\\udc00"}, {"role": "user", "content": "hi"}]}'},
+            400,
+        ),
         ("lone surrogate in a key", {"body": '{"messages": [{"role": "user", "content": "hi"}], "\\ud800": 1}'}, 400),
-        ("lone surrogate in a stop string", {"body": '{"messages": [{"role": "user", "content": "hi"}], '
-                                                     '"stop": "\\ud800"}'}, 400),
-        ("lone surrogate in a content part", {"body": '{"messages": [{"role": "user", "content": '
-                                                      '[{"type": "text", "text": "\\ud800"}]}]}'}, 400),
-        ("lone surrogate in a tool description", {"body": json.dumps(_chat(tools=_tools())).replace(
-            '"get_weather"', '"get_weather", "description": "\\ud800"')}, 400),
+        (
+            "lone surrogate in a stop string",
+            {"body": '{"messages": [{"role": "user", "content": "hi"}], "stop": "\\ud800"}'},
+            400,
+        ),
+        (
+            "lone surrogate in a content part",
+            {"body": '{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\ud800"}]}]}'},
+            400,
+        ),
+        (
+            "lone surrogate in a tool description",
+            {
+                "body": json.dumps(_chat(tools=_tools())).replace(
+                    '"get_weather"', '"get_weather", "description": "\\ud800"'
+                )
+            },
+            400,
+        ),
         ("lone surrogate in a completions prompt", {"path": C, "body": '{"prompt": "\\udbff"}'}, 400),
         ("reversed surrogate pair", {"body": '{"messages": [{"role": "user", "content": "\\ude00\\ud83d"}]}'}, 400),
         # --- wrong types (OpenAI's types are strict)
@@ -489,8 +610,17 @@ def _battery(port: int) -> list[tuple[str, dict, int]]:
         ("messages an object", {"body": {"messages": {"role": "user", "content": "hi"}}}, 400),
         ("messages a string", {"body": {"messages": "hello"}}, 400),
         ("content a number", {"body": {"messages": [{"role": "user", "content": 5}]}}, 400),
-        ("an image part", {"body": {"messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}}, 400),
+        (
+            "an image part",
+            {
+                "body": {
+                    "messages": [
+                        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}
+                    ]
+                }
+            },
+            400,
+        ),
         ("no role", {"body": {"messages": [{"content": "hi"}]}}, 400),
         ("an unknown role", {"body": {"messages": [{"role": "robot", "content": "hi"}]}}, 400),
         ("no content", {"body": {"messages": [{"role": "user"}]}}, 400),
@@ -498,8 +628,11 @@ def _battery(port: int) -> list[tuple[str, dict, int]]:
         ("chat logprobs 3", {"body": _chat(logprobs=3)}, 400),
         ("stop a number", {"body": _chat(stop=5)}, 400),
         ("stream_options a string", {"body": _chat(stream=True, stream_options="usage")}, 400),
-        ("tool_calls a string", {"body": {"messages": [{"role": "assistant", "content": None, "tool_calls": "x"}]}},
-         400),
+        (
+            "tool_calls a string",
+            {"body": {"messages": [{"role": "assistant", "content": None, "tool_calls": "x"}]}},
+            400,
+        ),
         # --- out of range
         ("temperature 1e-40", {"body": _chat(temperature=1e-40)}, 400),
         ("temperature 5e-5", {"body": _chat(temperature=5e-5)}, 400),
@@ -536,18 +669,26 @@ def _battery(port: int) -> list[tuple[str, dict, int]]:
         ("a tool name with spaces", {"body": _chat(tools=_tools(name="get weather!"))}, 400),
         ("an empty tool name", {"body": _chat(tools=_tools(name=""))}, 400),
         ("tool_choice required without tools", {"body": _chat(tool_choice="required")}, 400),
-        ("tool_choice naming a missing tool", {"body": _chat(tools=_tools(), tool_choice={
-            "type": "function", "function": {"name": "nope"}})}, 400),
-        ("tool_choice without a name", {"body": _chat(tools=_tools(),
-                                                      tool_choice={"type": "function", "function": {}})},
-         400),
+        (
+            "tool_choice naming a missing tool",
+            {"body": _chat(tools=_tools(), tool_choice={"type": "function", "function": {"name": "nope"}})},
+            400,
+        ),
+        (
+            "tool_choice without a name",
+            {"body": _chat(tools=_tools(), tool_choice={"type": "function", "function": {}})},
+            400,
+        ),
         ("tool_choice an unknown word", {"body": _chat(tool_choice="sometimes")}, 400),
         ("no messages", {"body": {"messages": []}}, 400),
         ("no messages field", {"body": {"max_tokens": 2}}, 400),
         ("one message over the cap", {"body": {"messages": MESSAGES * (MAX_MESSAGES + 1)}}, 400),
         ("100k messages", {"body": {"messages": MESSAGES * 100_000}}, 400),
-        ("a prompt longer than the context", {"body": {"messages": [{"role": "user", "content": "word " * 40_000}]}},
-         400),
+        (
+            "a prompt longer than the context",
+            {"body": {"messages": [{"role": "user", "content": "word " * 40_000}]}},
+            400,
+        ),
         ("a body over the cap", {"body": b'{"messages": "' + b"x" * (MAX_BODY_MB * 2**20) + b'"}'}, 413),
         ("a chunked body over the cap", {"body": lambda: (b"x" * 2**20 for _ in range(MAX_BODY_MB + 1))}, 413),
         # --- model and route
@@ -585,8 +726,11 @@ def _battery(port: int) -> list[tuple[str, dict, int]]:
         ("Origin null", {"body": _chat(), "headers": {"Origin": "null"}}, 403),
         ("another local port's Origin", {"body": _chat(), "headers": {"Origin": f"http://127.0.0.1:{port + 1}"}}, 403),
         ("the page from a foreign Host", {"method": "GET", "path": "/", "headers": {"Host": "evil.example"}}, 403),
-        ("models from a foreign Origin", {"method": "GET", "path": "/v1/models",
-                                          "headers": {"Origin": "http://evil.example"}}, 403),
+        (
+            "models from a foreign Origin",
+            {"method": "GET", "path": "/v1/models", "headers": {"Origin": "http://evil.example"}},
+            403,
+        ),
         # --- valid edge cases: served
         ("temperature 0", {"body": _chat(temperature=0)}, 200),
         ("temperature 1e-4", {"body": _chat(temperature=1e-4)}, 200),
@@ -596,8 +740,11 @@ def _battery(port: int) -> list[tuple[str, dict, int]]:
         ("seed 2**63-1 with n 3", {"body": _chat(seed=2**63 - 1, n=3)}, 200),
         ("top_k -1 (vLLM's off)", {"body": _chat(top_k=-1)}, 200),
         ("repetition_penalty 0.01", {"body": _chat(repetition_penalty=0.01, temperature=1.0)}, 200),
-        ("an escaped emoji (a valid surrogate pair)", {"body": '{"messages": [{"role": "user", "content": '
-                                                               '"\\ud83d\\ude00"}], "max_tokens": 2}'}, 200),
+        (
+            "an escaped emoji (a valid surrogate pair)",
+            {"body": '{"messages": [{"role": "user", "content": "\\ud83d\\ude00"}], "max_tokens": 2}'},
+            200,
+        ),
         ("JSON with a charset", {"body": _chat(), "headers": {"Content-Type": "application/json; charset=utf-8"}}, 200),
         ("a +json media type", {"body": _chat(), "headers": {"Content-Type": "application/vnd.minimind+json"}}, 200),
         ("the page's own Origin", {"body": _chat(), "headers": {"Origin": f"http://{own}"}}, 200),
@@ -619,8 +766,15 @@ def test_battery_of_malformed_and_hostile_requests(server, capsys):
     (clear errors, tracebacks, 5xx, garbage accepted) are printed. Target: 0, 0, 0 bad."""
     cases = _battery(server.port)
     assert len(cases) >= 60
-    counts = {"clear error": 0, "correct 2xx": 0, "wrong 4xx": 0, "5xx": 0, "garbage accepted": 0,
-              "valid refused": 0, "reset": 0}
+    counts = {
+        "clear error": 0,
+        "correct 2xx": 0,
+        "wrong 4xx": 0,
+        "5xx": 0,
+        "garbage accepted": 0,
+        "valid refused": 0,
+        "reset": 0,
+    }
     problems = []
     for what, request, expected in cases:
         request = dict(request)
@@ -629,8 +783,13 @@ def test_battery_of_malformed_and_hostile_requests(server, capsys):
             if method == "POST":
                 r = server.post(path, **request)
             else:
-                r = httpx.request(method, server.url + path, content=json.dumps(request.get("body", "")),
-                                  headers={**JSON, **request.get("headers", {})}, timeout=60)
+                r = httpx.request(
+                    method,
+                    server.url + path,
+                    content=json.dumps(request.get("body", "")),
+                    headers={**JSON, **request.get("headers", {})},
+                    timeout=60,
+                )
         except httpx.TransportError as e:
             counts["reset"] += 1
             problems.append(f"{what}: {e!r}")

@@ -31,8 +31,9 @@ def test_pieces_split_anywhere_give_the_same_parts(seed):
     content, reasoning, calls = streamed(text, thinking=True, tools=True, seed=seed)
     assert reasoning == "I should check."
     assert content == "Let me look.\n"  # no part of a tag leaks into the answer
-    assert calls == [{"name": "get_weather", "arguments": json.dumps({"city": c}, ensure_ascii=False)}
-                     for c in ("北京", "Paris")]
+    assert calls == [
+        {"name": "get_weather", "arguments": json.dumps({"city": c}, ensure_ascii=False)} for c in ("北京", "Paris")
+    ]
 
 
 def test_whole_text_parse():
@@ -69,7 +70,9 @@ def test_a_forced_call_prefix_is_read_as_generated():
     named = '<tool_call>\n{"name": "get_weather", "arguments":'
     parser = OutputParser(thinking=False, tools=True, prefix=named)
     events = parser.feed(' {"city": "Paris"}}\n</tool_call>') + parser.finish()
-    assert [(k, v["function"]) for k, v in events] == [("tool_call", {"name": "get_weather", "arguments": '{"city": "Paris"}'})]
+    assert [(k, v["function"]) for k, v in events] == [
+        ("tool_call", {"name": "get_weather", "arguments": '{"city": "Paris"}'})
+    ]
     assert parse_output(named + " Paris}\n</tool_call>", False, True)[0] == named + " Paris}\n</tool_call>"
     content, _, calls = parse_output("<tool_call>\n" + '{"name": "f", "arguments": {}}\n</tool_call>', False, True)
     assert content is None and calls[0]["function"] == {"name": "f", "arguments": "{}"}

@@ -19,12 +19,14 @@ import pytest
 from minimind.cli import main
 
 PEERS = "scripts/install-test-peers.sh"
-sync_playwright = pytest.importorskip("playwright.sync_api",
-                                      reason=f"playwright is not installed ({PEERS})").sync_playwright
+sync_playwright = pytest.importorskip(
+    "playwright.sync_api", reason=f"playwright is not installed ({PEERS})"
+).sync_playwright
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None,
-                                reason=f"no chromium binary on PATH (Debian: apt-get install chromium, or {PEERS})")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason=f"no chromium binary on PATH (Debian: apt-get install chromium, or {PEERS})"
+)
 
 API_KEY = "sk-web-test"
 
@@ -39,13 +41,26 @@ def _free_port() -> int:
 def server(tmp_path, tok_dir):
     """`minimind serve` on a free port with a fresh nano model and an API key; yields (url, process)."""
     model = tmp_path / "nano"
-    assert main(["init", "--preset", "nano", "--tokenizer", str(tok_dir),
-                 "--out", str(model)]) == 0
+    assert main(["init", "--preset", "nano", "--tokenizer", str(tok_dir), "--out", str(model)]) == 0
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     with open(tmp_path / "server.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "minimind.cli", "serve", "--model", str(model),
-                                 "--port", str(port), "--api-key", API_KEY], stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "minimind.cli",
+                "serve",
+                "--model",
+                str(model),
+                "--port",
+                str(port),
+                "--api-key",
+                API_KEY,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 120  # generous: a busy CI machine loads torch slowly
         while True:  # wait until it answers (loading torch and the model takes a few seconds)
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -104,21 +119,37 @@ def _wait_longer(page, n: int, than: int):
 
 def _streamed(sse: str, field: str) -> list[str]:
     """The pieces of `field` (content, reasoning_content) in a server-sent event stream."""
-    events = [line[len("data: "):] for line in sse.splitlines() if line.startswith("data: ")]
-    return [choice["delta"].get(field) or "" for event in events if event != "[DONE]"
-            for choice in json.loads(event)["choices"]]
+    events = [line[len("data: ") :] for line in sse.splitlines() if line.startswith("data: ")]
+    return [
+        choice["delta"].get(field) or ""
+        for event in events
+        if event != "[DONE]"
+        for choice in json.loads(event)["choices"]
+    ]
 
 
 def _tool_call_sse() -> str:
     """A streamed reply that calls a tool, in the server's chunk format, arguments in pieces."""
+
     def chunk(delta, finish=None):
-        return "data: " + json.dumps({"object": "chat.completion.chunk", "choices": [
-            {"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n"
+        return (
+            "data: "
+            + json.dumps(
+                {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            )
+            + "\n\n"
+        )
+
     call = {"index": 0, "id": "call_0", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
-    return (chunk({"role": "assistant"}) + chunk({"content": "Let me check."}) + chunk({"tool_calls": [call]})
-            + chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city": "Bei'}}]})
-            + chunk({"tool_calls": [{"index": 0, "function": {"arguments": 'jing"}'}}]})
-            + chunk({}, "tool_calls") + "data: [DONE]\n\n")
+    return (
+        chunk({"role": "assistant"})
+        + chunk({"content": "Let me check."})
+        + chunk({"tool_calls": [call]})
+        + chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city": "Bei'}}]})
+        + chunk({"tool_calls": [{"index": 0, "function": {"arguments": 'jing"}'}}]})
+        + chunk({}, "tool_calls")
+        + "data: [DONE]\n\n"
+    )
 
 
 def test_chat_page_streams_thinks_stops_and_reports_errors(server, page, tmp_path):
@@ -183,8 +214,10 @@ def test_chat_page_streams_thinks_stops_and_reports_errors(server, page, tmp_pat
 
     # Tool calls become cards with the name and pretty-printed arguments (a canned reply:
     # a random model does not call tools).
-    page.route("**/v1/chat/completions", lambda route: route.fulfill(
-        status=200, headers={"Content-Type": "text/event-stream"}, body=_tool_call_sse()))
+    page.route(
+        "**/v1/chat/completions",
+        lambda route: route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=_tool_call_sse()),
+    )
     _send(page, "Weather in Beijing?")
     card = page.get_by_label("Tool call get_weather")
     assert json.loads(card.locator("pre").inner_text()) == {"city": "Beijing"}

@@ -6,8 +6,8 @@ import json
 import random
 
 import pytest
-from helpers import babble, chat_records, rl_records, write_jsonl
 
+from helpers import babble, chat_records, rl_records, write_jsonl
 from minimind.data.demo import build_demo_corpus
 from minimind.errors import MiniMindError
 from minimind.tokenizer import (
@@ -19,8 +19,10 @@ from minimind.tokenizer import (
     train_tokenizer,
 )
 
-SAMPLE = ("你好，世界！MiniMind 是一个小模型。Hello, world 😀🎉👩‍👩‍👧 naïve café 𠀀𪚥\n"
-          "\t  indented <think>x</think> <tool_call>{}</tool_call><|im_end|> tail")
+SAMPLE = (
+    "你好，世界！MiniMind 是一个小模型。Hello, world 😀🎉👩‍👩‍👧 naïve café 𠀀𪚥\n"
+    "\t  indented <think>x</think> <tool_call>{}</tool_call><|im_end|> tail"
+)
 
 
 def hf_tokenizer(path):
@@ -48,6 +50,7 @@ def hf_tok(tok_dir):
 
 
 # ---------------------------------------------------------------------- 1. loading ---
+
 
 def test_tokenizers_load_with_minimind_ids(tok):
     assert tok.vocab_size == 6400
@@ -83,6 +86,7 @@ def test_encode_decode_round_trip_matches_transformers(tok, hf_tok):
 
 # ----------------------------------------------------------------- 2. chat template ---
 
+
 def read_records(path, n=50):
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for _, line in zip(range(n), f)]
@@ -115,8 +119,12 @@ def reasoning_records(math_records):
             a = {"role": "assistant", "content": f"<think>\n{steps}\n</think>\n\n{answer}"}
         else:
             a = {"role": "assistant", "content": answer, "reasoning_content": None}
-        convo = [user, a, {"role": "user", "content": "再解释一下?"},
-                 {"role": "assistant", "content": "好的。", "reasoning_content": "简单"}]
+        convo = [
+            user,
+            a,
+            {"role": "user", "content": "再解释一下?"},
+            {"role": "assistant", "content": "好的。", "reasoning_content": "简单"},
+        ]
         if i % 2:
             convo.insert(0, {"role": "system", "content": "You are minimind, a small but useful model."})
         out.append({"conversations": convo})
@@ -124,9 +132,18 @@ def reasoning_records(math_records):
 
 
 def generated_math(n=12):
-    return [{"conversations": [{"role": "user", "content": f"{a} × {a + 3} = ?"},
-                               {"role": "assistant", "content": f"{a} × {a} = {a * a}\n{a} × 3 = {3 * a}\n\n"
-                                                                f"\\boxed{{{a * a + 3 * a}}}"}]} for a in range(2, 2 + n)]
+    return [
+        {
+            "conversations": [
+                {"role": "user", "content": f"{a} × {a + 3} = ?"},
+                {
+                    "role": "assistant",
+                    "content": f"{a} × {a} = {a * a}\n{a} × 3 = {3 * a}\n\n\\boxed{{{a * a + 3 * a}}}",
+                },
+            ]
+        }
+        for a in range(2, 2 + n)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +157,13 @@ def generated_chats():
 def shared_chats(shared_data):
     fmt = shared_data / "minimind_format"
     math = read_records(fmt / "sft_numina_math_cot_1k.jsonl")
-    records = (read_records(fmt / "sft_sharegpt_zh_1k.jsonl") + read_records(fmt / "sft_toolcall_glaive_demo_zh_en.jsonl")
-               + math + reasoning_records(math) + read_records(fmt / "tiny" / "tiny_sft.jsonl"))
+    records = (
+        read_records(fmt / "sft_sharegpt_zh_1k.jsonl")
+        + read_records(fmt / "sft_toolcall_glaive_demo_zh_en.jsonl")
+        + math
+        + reasoning_records(math)
+        + read_records(fmt / "tiny" / "tiny_sft.jsonl")
+    )
     assert any(m.get("role") == "tool" for r in records for m in r["conversations"])
     return records
 
@@ -155,8 +177,9 @@ def test_chat_template_equals_transformers(tok, hf_tok, records, request):
         for agp in (False, True):
             for think in (False, True):
                 ours = tok.apply_chat_template(rec["conversations"], add_generation_prompt=agp, open_thinking=think)
-                theirs = original_minimind_render(hf_tok, rec["conversations"], add_generation_prompt=agp,
-                                                  open_thinking=think)
+                theirs = original_minimind_render(
+                    hf_tok, rec["conversations"], add_generation_prompt=agp, open_thinking=think
+                )
                 assert ours == theirs, (rec, agp, think)
         assert rec == before  # the caller's messages are not modified
 
@@ -168,15 +191,17 @@ def test_chat_prompt_for_generation(tok, hf_tok):
         msgs = rec["conversations"][:-1]
         for think in (False, True):
             ours = tok.encode_chat(msgs, add_generation_prompt=True, open_thinking=think)
-            assert ours == hf_tok.apply_chat_template(msgs, add_generation_prompt=True, open_thinking=think,
-                                                      tokenize=True, return_dict=False)
+            assert ours == hf_tok.apply_chat_template(
+                msgs, add_generation_prompt=True, open_thinking=think, tokenize=True, return_dict=False
+            )
 
 
 @pytest.mark.parametrize("tok_dir", ["project-made", "minimind3"], indirect=True)
 def test_minimind3_template_details(tok):
     msgs = [{"role": "user", "content": "hi"}]
     assert tok.apply_chat_template(msgs, add_generation_prompt=True) == (
-        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n")
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    )
     opened = tok.apply_chat_template(msgs, add_generation_prompt=True, open_thinking=True)
     assert opened.endswith("<|im_start|>assistant\n<think>\n")
     assert tok.apply_chat_template(msgs, add_generation_prompt=True, enable_thinking=True) == opened
@@ -196,11 +221,13 @@ def test_minimind2_enable_thinking_is_passed_through(shared_data):
     tok, hf = Tokenizer.from_dir(d), hf_tokenizer(d)
     msgs = [{"role": "user", "content": "1+1?"}]
     for flag in (False, True):
-        assert tok.apply_chat_template(msgs, add_generation_prompt=True, enable_thinking=flag) == \
-            hf.apply_chat_template(msgs, add_generation_prompt=True, enable_thinking=flag, tokenize=False)
+        assert tok.apply_chat_template(
+            msgs, add_generation_prompt=True, enable_thinking=flag
+        ) == hf.apply_chat_template(msgs, add_generation_prompt=True, enable_thinking=flag, tokenize=False)
 
 
 # ----------------------------------------------------------------- 3. stream decoder ---
+
 
 @pytest.mark.parametrize("skip", [False, True])
 def test_stream_decoder_never_splits_characters(tok, skip):
@@ -233,6 +260,7 @@ def test_stream_decoder_on_invalid_bytes_equals_a_full_decode(tok):
 
 # ------------------------------------------------------------------------ 4. training ---
 
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tok")
@@ -240,8 +268,9 @@ def trained(tmp_path_factory):
     # alone has too few distinct words to fill 1000 tokens. 6000 lines a file at most.
     demo = build_demo_corpus(tmp / "demo", pretrain_docs=1500)
     files = [demo["pretrain"], demo["sft"], write_jsonl(tmp / "babble.jsonl", ({"text": t} for t in babble(1, 300)))]
-    report = train_tokenizer([str(f) for f in files], vocab_size=1000, out_dir=str(tmp / "trained"),
-                             holdout_fraction=0.05, max_lines=6000)
+    report = train_tokenizer(
+        [str(f) for f in files], vocab_size=1000, out_dir=str(tmp / "trained"), holdout_fraction=0.05, max_lines=6000
+    )
     return tmp / "trained", report
 
 
@@ -256,16 +285,20 @@ def test_train_tokenizer_report(trained):
 def test_trained_tokenizer_loads_everywhere(trained):
     out, _ = trained
     spec = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
-    assert [(a["id"], a["content"], a["special"]) for a in spec["added_tokens"]] == \
-        [(i, t, i < NUM_SPECIAL_TOKENS) for i, t in enumerate(SPECIAL_TOKENS)]
+    assert [(a["id"], a["content"], a["special"]) for a in spec["added_tokens"]] == [
+        (i, t, i < NUM_SPECIAL_TOKENS) for i, t in enumerate(SPECIAL_TOKENS)
+    ]
     assert spec["pre_tokenizer"]["type"] == "ByteLevel" and spec["decoder"]["type"] == "ByteLevel"
     assert json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8")) == minimind_tokenizer_config()
     tok, hf = Tokenizer.from_dir(out), hf_tokenizer(out)
     assert (tok.vocab_size, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (1000, 1, 2, 0)
     ids = tok.encode(SAMPLE)
     assert tok.decode(ids) == SAMPLE and ids == hf(SAMPLE, add_special_tokens=False).input_ids
-    msgs = [{"role": "system", "content": "sys"}, {"role": "user", "content": "你好"},
-            {"role": "assistant", "content": "Hi!", "reasoning_content": "greet"}]
+    msgs = [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": "你好"},
+        {"role": "assistant", "content": "Hi!", "reasoning_content": "greet"},
+    ]
     prompt = tok.apply_chat_template(msgs, add_generation_prompt=True)
     assert prompt == hf.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
     assert tok.encode_chat(msgs)[:1] == [1]  # <|im_start|> is one token
@@ -275,12 +308,22 @@ def test_trained_tokenizer_loads_everywhere(trained):
 
 def test_train_tokenizer_formats_and_no_holdout(tmp_path):
     (tmp_path / "a.txt").write_text("First para\nline two\n\nSecond para\n\n\nThird\n", encoding="utf-8")
-    (tmp_path / "b.jsonl").write_text('{"text": "pretrain text"}\n\n'
-                                      '{"conversations": [{"role": "user", "content": "问"}, '
-                                      '{"role": "assistant", "content": "答"}]}\n', encoding="utf-8")
-    (tmp_path / "c.json").write_text(json.dumps([{"title": "静夜思", "paragraphs": ["床前明月光，", "疑是地上霜。"]},
-                                                 {"chapter": "学而", "paragraphs": ["子曰"]}], ensure_ascii=False),
-                                     encoding="utf-8")
+    (tmp_path / "b.jsonl").write_text(
+        '{"text": "pretrain text"}\n\n'
+        '{"conversations": [{"role": "user", "content": "问"}, '
+        '{"role": "assistant", "content": "答"}]}\n',
+        encoding="utf-8",
+    )
+    (tmp_path / "c.json").write_text(
+        json.dumps(
+            [
+                {"title": "静夜思", "paragraphs": ["床前明月光，", "疑是地上霜。"]},
+                {"chapter": "学而", "paragraphs": ["子曰"]},
+            ],
+            ensure_ascii=False,
+        ),
+        encoding="utf-8",
+    )
     files = [str(tmp_path / n) for n in ("a.txt", "b.jsonl", "c.json")]
     report = train_tokenizer(files, vocab_size=300, out_dir=str(tmp_path / "t"), holdout_fraction=0)
     assert (report["train_docs"], report["heldout_docs"]) == (7, 0)
@@ -309,12 +352,14 @@ def test_train_tokenizer_refuses_bad_input(tmp_path):
 
 # ---------------------------------------------------------------------- 5. bad input ---
 
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """A tokenizer trained in-test (no shared data needed), for the error tests."""
     d = tmp_path_factory.mktemp("tiny")
-    (d / "corpus.txt").write_text("\n\n".join(f"line {i} 中文 {random.Random(i).random()}" for i in range(50)),
-                                  encoding="utf-8")
+    (d / "corpus.txt").write_text(
+        "\n\n".join(f"line {i} 中文 {random.Random(i).random()}" for i in range(50)), encoding="utf-8"
+    )
     train_tokenizer([str(d / "corpus.txt")], vocab_size=300, out_dir=str(d / "tok"))
     return d / "tok"
 

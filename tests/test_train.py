@@ -27,14 +27,35 @@ def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     files = build_demo_corpus(root / "data", pretrain_docs=400)
     train_tokenizer([str(files["pretrain"]), str(files["sft"])], vocab_size=400, out_dir=str(root / "tok"))
-    return {"root": root, "pretrain": str(files["pretrain"]), "sft": str(files["sft"]), "tok": str(root / "tok"),
-            "cache": str(root / "cache")}
+    return {
+        "root": root,
+        "pretrain": str(files["pretrain"]),
+        "sft": str(files["sft"]),
+        "tok": str(root / "tok"),
+        "cache": str(root / "cache"),
+    }
 
 
 def config(demo, out, **kw):
-    base = dict(stage="pretrain", data=[demo["pretrain"]], out=str(out), preset="nano", tokenizer=demo["tok"],
-                max_steps=6, batch_size=4, grad_accum=1, seq_len=64, lr=3e-3, log_every=1, save_every=3,
-                eval_every=3, val_fraction=0.05, cache_dir=demo["cache"], progress=False, seed=1)
+    base = dict(
+        stage="pretrain",
+        data=[demo["pretrain"]],
+        out=str(out),
+        preset="nano",
+        tokenizer=demo["tok"],
+        max_steps=6,
+        batch_size=4,
+        grad_accum=1,
+        seq_len=64,
+        lr=3e-3,
+        log_every=1,
+        save_every=3,
+        eval_every=3,
+        val_fraction=0.05,
+        cache_dir=demo["cache"],
+        progress=False,
+        seed=1,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -79,7 +100,8 @@ def test_pretrain_learns_and_writes_a_model_directory(demo, tmp_path):
     assert len(train_losses) == 12 and len(val_losses) == 2
     assert train_losses[-1] < train_losses[0] - 0.5
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "metrics.jsonl"} <= {
-        p.name for p in out.iterdir()}
+        p.name for p in out.iterdir()
+    }
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert ckpts == ["step-00000006", "step-00000009", "step-00000012"]  # keep_last 3
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
@@ -127,10 +149,38 @@ def test_existing_run_needs_resume_and_settings_must_match(demo, tmp_path):
 
 
 def pretrain_cmd(demo, out, steps, extra=()):
-    return [str(BIN / "minimind"), "pretrain", "--data", demo["pretrain"], "--preset", "nano", "--tokenizer", demo["tok"],
-            "--out", str(out), "--max-steps", str(steps), "--batch-size", "8", "--seq-len", "96", "--lr", "3e-3",
-            "--log-every", "1", "--save-every", "2", "--eval-every", "4", "--cache-dir", demo["cache"],
-            "--seed", "5", "--no-progress", *extra]
+    return [
+        str(BIN / "minimind"),
+        "pretrain",
+        "--data",
+        demo["pretrain"],
+        "--preset",
+        "nano",
+        "--tokenizer",
+        demo["tok"],
+        "--out",
+        str(out),
+        "--max-steps",
+        str(steps),
+        "--batch-size",
+        "8",
+        "--seq-len",
+        "96",
+        "--lr",
+        "3e-3",
+        "--log-every",
+        "1",
+        "--save-every",
+        "2",
+        "--eval-every",
+        "4",
+        "--cache-dir",
+        demo["cache"],
+        "--seed",
+        "5",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_resume_after_sigkill_is_exact(demo, tmp_path):
@@ -140,8 +190,9 @@ def test_resume_after_sigkill_is_exact(demo, tmp_path):
     subprocess.run(pretrain_cmd(demo, tmp_path / "ref", steps), check=True, capture_output=True, timeout=300)
     out = tmp_path / "killed"
     for kill_after_step in (3, 6):
-        proc = subprocess.Popen(pretrain_cmd(demo, out, steps, ["--resume"]), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            pretrain_cmd(demo, out, steps, ["--resume"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None:
             metrics = out / "metrics.jsonl"
@@ -171,9 +222,25 @@ def test_two_gloo_processes_match_one_process(demo, tmp_path):
     for mode in ("ddp", "fsdp"):
         two = pretrain_cmd(demo, tmp_path / mode, 4)
         two[two.index("--batch-size") + 1] = "4"
-        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                               "-m", "minimind.cli", *two[1:], *steps, *(["--fsdp"] if mode == "fsdp" else [])],
-                              capture_output=True, text=True, timeout=300, env=env)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node",
+                "2",
+                "-m",
+                "minimind.cli",
+                *two[1:],
+                *steps,
+                *(["--fsdp"] if mode == "fsdp" else []),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         assert "x 2 processes" in done.stdout
         (l1, v1), (l2, v2) = losses(tmp_path / "one"), losses(tmp_path / mode)
@@ -192,9 +259,24 @@ def test_two_gloo_processes_in_bf16_agree_to_bf16_precision(demo, tmp_path):
     subprocess.run(pretrain_cmd(demo, tmp_path / "one", 4) + steps, check=True, capture_output=True, timeout=300)
     two = pretrain_cmd(demo, tmp_path / "ddp", 4)
     two[two.index("--batch-size") + 1] = "4"
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "minimind.cli", *two[1:], *steps], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "minimind.cli",
+            *two[1:],
+            *steps,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     (l1, v1), (l2, v2) = losses(tmp_path / "one"), losses(tmp_path / "ddp")
     assert l2 == pytest.approx(l1, rel=1e-3) and v2 == pytest.approx(v1, rel=1e-3)
@@ -213,19 +295,34 @@ def test_fsdp_needs_several_processes(demo, tmp_path):
 
 def test_sft_trains_on_conversations(demo, tmp_path, capsys):
     pre = train(config(demo, tmp_path / "pre", max_steps=4))
-    out = train(config(demo, tmp_path / "sft", stage="sft", data=[demo["sft"]], init=str(pre), preset=None,
-                       tokenizer=None, max_steps=4, sample_every=4))
+    out = train(
+        config(
+            demo,
+            tmp_path / "sft",
+            stage="sft",
+            data=[demo["sft"]],
+            init=str(pre),
+            preset=None,
+            tokenizer=None,
+            max_steps=4,
+            sample_every=4,
+        )
+    )
     train_losses, _ = losses(out)
-    assert len(train_losses) == 4 and all(l == l for l in train_losses)  # finite, logged
+    assert len(train_losses) == 4 and all(x == x for x in train_losses)  # finite, logged
     samples = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "sample" in line]
     assert samples and samples[0]["sample"]["prompt"].endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
 
 
 def test_yaml_config_and_flag_precedence(demo, tmp_path, capsys):
     cfg_file = tmp_path / "run.yaml"
-    cfg_file.write_text(f"data: {demo['pretrain']}\npreset: nano\ntokenizer: {demo['tok']}\nmax-steps: 2\n"
-                        f"batch_size: 4\nseq_len: 64\ncache_dir: {demo['cache']}\nlog_every: 1\n")
-    code = main(["pretrain", "--config", str(cfg_file), "--out", str(tmp_path / "y"), "--max-steps", "3", "--no-progress"])
+    cfg_file.write_text(
+        f"data: {demo['pretrain']}\npreset: nano\ntokenizer: {demo['tok']}\nmax-steps: 2\n"
+        f"batch_size: 4\nseq_len: 64\ncache_dir: {demo['cache']}\nlog_every: 1\n"
+    )
+    code = main(
+        ["pretrain", "--config", str(cfg_file), "--out", str(tmp_path / "y"), "--max-steps", "3", "--no-progress"]
+    )
     assert code == 0
     assert len(losses(tmp_path / "y")[0]) == 3  # the flag beat the file
     cfg_file.write_text("data: x.jsonl\nbatch_sise: 4\n")
@@ -236,22 +333,71 @@ def test_yaml_config_and_flag_precedence(demo, tmp_path, capsys):
 def test_bad_arguments_are_clear(demo, tmp_path, capsys):
     assert main(["pretrain", "--data", demo["pretrain"], "--out", str(tmp_path / "x"), "--no-progress"]) == 2
     assert "--init DIR, or --preset NAME with --tokenizer DIR" in capsys.readouterr().err
-    assert main(["pretrain", "--data", demo["pretrain"], "--preset", "nano", "--tokenizer", demo["tok"],
-                 "--batch-size", "0", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                demo["pretrain"],
+                "--preset",
+                "nano",
+                "--tokenizer",
+                demo["tok"],
+                "--batch-size",
+                "0",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "--batch-size must be at least 1" in capsys.readouterr().err
-    assert main(["pretrain", "--data", demo["pretrain"], "--preset", "nano", "--tokenizer", demo["tok"],
-                 "--batch-size", "100000", "--out", str(tmp_path / "x"), "--cache-dir", demo["cache"], "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                demo["pretrain"],
+                "--preset",
+                "nano",
+                "--tokenizer",
+                demo["tok"],
+                "--batch-size",
+                "100000",
+                "--out",
+                str(tmp_path / "x"),
+                "--cache-dir",
+                demo["cache"],
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "fewer than one batch" in capsys.readouterr().err
 
 
 def test_short_quickstart_runs_every_stage(tmp_path, capsys):
-    code = main(["quickstart", "--out", str(tmp_path / "qs"), "--pretrain-steps", "3", "--sft-steps", "3",
-                 "--no-progress", "--preset", "nano"])
+    code = main(
+        [
+            "quickstart",
+            "--out",
+            str(tmp_path / "qs"),
+            "--pretrain-steps",
+            "3",
+            "--sft-steps",
+            "3",
+            "--no-progress",
+            "--preset",
+            "nano",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     for stage in ("1/5 corpus", "2/5 tokenizer", "3/5 pretrain", "4/5 supervised fine-tuning", "5/5 results"):
         assert stage in out
-    assert "| pretrained |" in out and "| fine-tuned |" in out and "identity (6)" in out and "minimind chat --model" in out
+    assert (
+        "| pretrained |" in out and "| fine-tuned |" in out and "identity (6)" in out and "minimind chat --model" in out
+    )
     import minimind
 
     model, tok = minimind.load(tmp_path / "qs" / "sft")

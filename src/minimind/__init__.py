@@ -1,7 +1,7 @@
 """minimind: train a small language model from scratch, end to end, in plain PyTorch.
 
-    import minimind
-    model, tokenizer = minimind.load("out/quickstart")
+import minimind
+model, tokenizer = minimind.load("out/quickstart")
 """
 
 from importlib import import_module
@@ -11,9 +11,15 @@ __all__ = ["load", "load_model", "save_model_dir", "ModelConfig", "preset", "Min
 
 # Imported on first use (PEP 562), so `minimind --help` and other light commands don't pay
 # for importing torch.
-_WHERE = {"load": ".checkpoint", "load_model": ".checkpoint", "save_model_dir": ".checkpoint",
-          "ModelConfig": ".config", "preset": ".config", "MiniMindError": ".errors",
-          "MiniMindForCausalLM": ".model"}
+_WHERE = {
+    "load": ".checkpoint",
+    "load_model": ".checkpoint",
+    "save_model_dir": ".checkpoint",
+    "ModelConfig": ".config",
+    "preset": ".config",
+    "MiniMindError": ".errors",
+    "MiniMindForCausalLM": ".model",
+}
 
 
 def __getattr__(name: str):

@@ -36,8 +36,9 @@ def weights_state_dict(model: MiniMindForCausalLM, state_dict: dict | None = Non
     return sd
 
 
-def save_weights(model: MiniMindForCausalLM, path: str | Path, dtype: torch.dtype | None = None,
-                 state_dict: dict | None = None) -> None:
+def save_weights(
+    model: MiniMindForCausalLM, path: str | Path, dtype: torch.dtype | None = None, state_dict: dict | None = None
+) -> None:
     sd = weights_state_dict(model, state_dict)
     if dtype is not None:
         sd = {k: v.to(dtype) for k, v in sd.items()}
@@ -45,8 +46,9 @@ def save_weights(model: MiniMindForCausalLM, path: str | Path, dtype: torch.dtyp
     atomic_write(path, lambda tmp: save_file(sd, tmp, metadata={"format": "pt"}))
 
 
-def save_model_dir(model: MiniMindForCausalLM, out_dir: str | Path, tokenizer=None, dtype=None,
-                   state_dict: dict | None = None) -> Path:
+def save_model_dir(
+    model: MiniMindForCausalLM, out_dir: str | Path, tokenizer=None, dtype=None, state_dict: dict | None = None
+) -> Path:
     """Write config, weights and (if given) the tokenizer files into `out_dir`. `state_dict`
     replaces model.state_dict() (e.g. one gathered from shards by FSDP)."""
     out = Path(out_dir)
@@ -68,7 +70,9 @@ def read_weights(path: str | Path, model: MiniMindForCausalLM) -> dict[str, torc
     if tied and "lm_head.weight" in sd:
         # A tied model saved by a tool that writes both names: accept only a true copy.
         if "model.embed_tokens.weight" in sd and not torch.equal(sd["lm_head.weight"], sd["model.embed_tokens.weight"]):
-            raise MiniMindError(f"{path}: tie_word_embeddings is true but lm_head.weight differs from model.embed_tokens.weight")
+            raise MiniMindError(
+                f"{path}: tie_word_embeddings is true but lm_head.weight differs from model.embed_tokens.weight"
+            )
         sd.pop("lm_head.weight")
     wanted = set(expected) - ({"lm_head.weight"} if tied else set())
     missing, unexpected = sorted(wanted - set(sd)), sorted(set(sd) - wanted)
@@ -97,7 +101,9 @@ def _short(names: list[str], n: int = 4) -> str:
     return ", ".join(names[:n]) + more
 
 
-def load_model(model_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> MiniMindForCausalLM:
+def load_model(
+    model_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> MiniMindForCausalLM:
     """Build the model from DIR/config.json and load DIR/model.safetensors into it."""
     d = Path(model_dir)
     if not d.is_dir():
@@ -111,18 +117,24 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu", dtype:
     return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
 
 
-def load(model_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-         lora: str | Path | None = None):
+def load(
+    model_dir: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    lora: str | Path | None = None,
+):
     """`model, tokenizer = minimind.load(DIR)`: a ready-to-use model (eval mode) and tokenizer.
     `lora=ADAPTER_DIR` puts a LoRA adapter (trained on this base) on top of it."""
     model = load_model(model_dir, device, dtype)
     tokenizer = Tokenizer.from_dir(model_dir)
     if lora is not None:
         model = load_adapter(model, lora, base_dir=model_dir)
-        check_tokenizer(model.lora_config.base, tokenizer_fingerprint(tokenizer), model_dir,
-                        Path(lora) / ADAPTER_CONFIG)
+        check_tokenizer(
+            model.lora_config.base, tokenizer_fingerprint(tokenizer), model_dir, Path(lora) / ADAPTER_CONFIG
+        )
     if tokenizer.vocab_size > model.config.vocab_size:
         raise MiniMindError(
-            f"{model_dir}: tokenizer has {tokenizer.vocab_size} tokens but config.json vocab_size is {model.config.vocab_size}"
+            f"{model_dir}: tokenizer has {tokenizer.vocab_size} tokens "
+            f"but config.json vocab_size is {model.config.vocab_size}"
         )
     return model, tokenizer

@@ -22,7 +22,6 @@ from .export.commands import register as register_export
 from .serve.commands import register as register_serve
 from .train.commands import add_train_parser, register_lora
 
-
 # ---------------------------------------------------------------------------- verbs
 
 
@@ -33,8 +32,10 @@ def cmd_info(args) -> None:
     shape = shape_from_args(args)
     if args.model:
         if shape:
-            raise MiniMindError(f"{describe_shape(shape)}: shape overrides reshape a --preset; "
-                                f"the model in {args.model} keeps its own shape")
+            raise MiniMindError(
+                f"{describe_shape(shape)}: shape overrides reshape a --preset; "
+                f"the model in {args.model} keeps its own shape"
+            )
         cfg, name = ModelConfig.load(Path(args.model) / "config.json"), args.model
     else:
         cfg, name = preset(args.preset, shape=shape), " ".join([args.preset, describe_shape(shape)]).strip()
@@ -58,15 +59,26 @@ def cmd_init(args) -> None:
     model = MiniMindForCausalLM(cfg).init_weights(args.seed)
     save_model_dir(model, out, tokenizer)
     total, active = count_parameters(cfg)
-    print(f"wrote {out}: {' '.join([args.preset, describe_shape(shape)]).strip()}, {total / 1e6:.2f}M parameters"
-          + (f" ({active / 1e6:.2f}M active)" if active != total else "") + f", vocab {cfg.vocab_size}, seed {args.seed}")
+    print(
+        f"wrote {out}: {' '.join([args.preset, describe_shape(shape)]).strip()}, {total / 1e6:.2f}M parameters"
+        + (f" ({active / 1e6:.2f}M active)" if active != total else "")
+        + f", vocab {cfg.vocab_size}, seed {args.seed}"
+    )
 
 
 def cmd_quickstart(args) -> None:
     from .quickstart import quickstart
 
-    quickstart(out=args.out, data=args.data, preset=args.preset, seed=args.seed, device=args.device,
-               pretrain_steps=args.pretrain_steps, sft_steps=args.sft_steps, progress=not args.no_progress)
+    quickstart(
+        out=args.out,
+        data=args.data,
+        preset=args.preset,
+        seed=args.seed,
+        device=args.device,
+        pretrain_steps=args.pretrain_steps,
+        sft_steps=args.sft_steps,
+        progress=not args.no_progress,
+    )
 
 
 def cmd_chat(args) -> None:
@@ -85,11 +97,16 @@ def cmd_tokenizer_train(args) -> None:
     from .tokenizer import train_tokenizer
 
     report = train_tokenizer(args.data, vocab_size=args.vocab_size, out_dir=args.out, max_lines=args.max_lines)
-    print(f"wrote {report['out_dir']}: vocab {report['vocab_size']}, trained on {report['train_docs']} documents, "
-          f"held out {report['heldout_docs']}")
+    print(
+        f"wrote {report['out_dir']}: vocab {report['vocab_size']}, trained on {report['train_docs']} documents, "
+        f"held out {report['heldout_docs']}"
+    )
     line = f"compression on held-out text: {report['chars_per_token']:.2f} characters per token"
-    parts = [f"{lang} {report[key]:.2f}" for lang, key in (("Chinese", "chars_per_token_zh"), ("English", "chars_per_token_en"))
-             if report.get(key)]
+    parts = [
+        f"{lang} {report[key]:.2f}"
+        for lang, key in (("Chinese", "chars_per_token_zh"), ("English", "chars_per_token_en"))
+        if report.get(key)
+    ]
     print(line + (f" ({', '.join(parts)})" if parts else ""))
 
 
@@ -109,17 +126,28 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
 def add_generate_data_parser(verbs) -> None:
     # Here rather than in infer/generate_data.py: importing anything in minimind.infer imports
     # torch (its __init__ loads the engine), and building the parsers must not.
-    p = verbs.add_parser("generate-data", help="answer prompts with a teacher model and write SFT data (black-box distillation)",
-                         description="Answer each prompt with --model and write {conversations} JSONL for `minimind sft`. "
-                                     "Stopped runs continue where they were when run again.")
+    p = verbs.add_parser(
+        "generate-data",
+        help="answer prompts with a teacher model and write SFT data (black-box distillation)",
+        description="Answer each prompt with --model and write {conversations} JSONL for `minimind sft`. "
+        "Stopped runs continue where they were when run again.",
+    )
     p.add_argument("--model", required=True, help="the teacher model directory")
-    p.add_argument("--prompts", required=True, help="a .jsonl of conversations (answered from the last user message) "
-                                                    "or a text file with one prompt per line")
+    p.add_argument(
+        "--prompts",
+        required=True,
+        help="a .jsonl of conversations (answered from the last user message) or a text file with one prompt per line",
+    )
     p.add_argument("--out", required=True, help="the SFT JSONL file to write")
     p.add_argument("--batch-size", type=int, default=16, help="prompts generated together (default 16)")
-    p.add_argument("--think", action="store_true", help="let the teacher reason first (open_thinking); the reasoning "
-                                                        "is stored as reasoning_content")
-    p.add_argument("--keep-truncated", action="store_true", help="keep answers cut by --max-new-tokens (default: drop them)")
+    p.add_argument(
+        "--think",
+        action="store_true",
+        help="let the teacher reason first (open_thinking); the reasoning is stored as reasoning_content",
+    )
+    p.add_argument(
+        "--keep-truncated", action="store_true", help="keep answers cut by --max-new-tokens (default: drop them)"
+    )
     p.add_argument("--limit", type=int, default=None, help="answer only the first N prompts")
     p.add_argument("--force", action="store_true", help="overwrite --out and ignore a stopped run's progress")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default auto)")
@@ -167,7 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("info", help="parameters and memory of a preset or model directory")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--preset", help="a preset name (minimind3, minimind3-moe, minimind2-small, minimind2, minimind2-moe, tiny, nano, tiny-moe)")
+    src.add_argument(
+        "--preset",
+        help="a preset name (minimind3, minimind3-moe, minimind2-small, minimind2, minimind2-moe, "
+        "tiny, nano, tiny-moe)",
+    )
     src.add_argument("--model", help="a model directory")
     p.add_argument("--batch-size", type=int, default=8, help="batch for the memory estimate (default 8)")
     p.add_argument("--seq-len", type=int, default=512, help="tokens per sequence for the memory estimate (default 512)")
@@ -190,7 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="answer this once and exit")
     p.add_argument("--system", help="a system prompt")
     p.add_argument("--think", action="store_true", help="let the model reason in a <think> block first (open_thinking)")
-    p.add_argument("--raw", action="store_true", help="no chat template: continue the text (for pretrained-only models)")
+    p.add_argument(
+        "--raw", action="store_true", help="no chat template: continue the text (for pretrained-only models)"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default auto)")
     p.add_argument("--dtype", default="auto", help="auto, fp32, bf16, fp16 (default: fp32 on CPU, bf16 on GPU)")
     add_sampling_args(p)
@@ -199,7 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("tokenizer", help="train a tokenizer")
     tverbs = p.add_subparsers(dest="tokenizer_verb", metavar="ACTION", required=True)
     t = tverbs.add_parser("train", help="train a byte-level BPE tokenizer with MiniMind's special tokens")
-    t.add_argument("--data", nargs="+", required=True, help=".txt, .jsonl ({text} or {conversations}) or chinese-poetry .json files")
+    t.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        help=".txt, .jsonl ({text} or {conversations}) or chinese-poetry .json files",
+    )
     t.add_argument("--vocab-size", type=int, default=6400, help="vocabulary size (default 6400, MiniMind's)")
     t.add_argument("--out", required=True, help="directory for tokenizer.json and tokenizer_config.json")
     t.add_argument("--max-lines", type=int, default=None, help="read at most this many documents per file")

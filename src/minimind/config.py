@@ -74,8 +74,15 @@ class ModelConfig:
             )
         if self.hidden_act != "silu":
             problems.append(f"hidden_act {self.hidden_act!r} is not supported (only 'silu')")
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "num_key_value_heads", "head_dim"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "head_dim",
+        ):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
         if self.rope_scaling is not None:
@@ -110,8 +117,15 @@ class ModelConfig:
         d = read_json_object(path)
         type_errors = [
             f"{k} should be a number, got {d[k]!r}"
-            for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                      "num_attention_heads", "num_key_value_heads", "head_dim")
+            for k in (
+                "vocab_size",
+                "hidden_size",
+                "intermediate_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "num_key_value_heads",
+                "head_dim",
+            )
             if k in d and (not isinstance(d[k], int) or isinstance(d[k], bool))
         ]
         if type_errors:
@@ -127,9 +141,12 @@ class ModelConfig:
         """A copy with MiniMind's YaRN settings, to run on contexts longer than training."""
         d = self.to_dict()
         d["rope_scaling"] = {
-            "type": "yarn", "factor": factor,
+            "type": "yarn",
+            "factor": factor,
             "original_max_position_embeddings": original_max_position_embeddings,
-            "beta_fast": 32.0, "beta_slow": 1.0, "attention_factor": 1.0,
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+            "attention_factor": 1.0,
         }
         return ModelConfig.from_dict(d)
 
@@ -148,17 +165,32 @@ def _minimind3(hidden=768, layers=8, heads=8, kv_heads=4, ffn_ratio=None, **kw) 
     """The minimind-3 layout. The SwiGLU width follows the hidden size: minimind3_ffn, or
     ffn_ratio * hidden for the small CPU presets."""
     ffn = round(hidden * ffn_ratio) if ffn_ratio else minimind3_ffn(hidden)
-    return ModelConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                       num_key_value_heads=kv_heads, head_dim=hidden // heads,
-                       intermediate_size=ffn, moe_intermediate_size=ffn, **kw)
+    return ModelConfig(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=hidden // heads,
+        intermediate_size=ffn,
+        moe_intermediate_size=ffn,
+        **kw,
+    )
 
 
 def _minimind2(hidden=512, layers=8, heads=8, kv_heads=2, **kw) -> ModelConfig:
     ffn = minimind2_ffn(hidden)
-    return ModelConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                       num_key_value_heads=kv_heads, head_dim=hidden // heads,
-                       intermediate_size=ffn, moe_intermediate_size=ffn,
-                       rms_norm_eps=1e-5, qk_norm=False, **kw)
+    return ModelConfig(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=hidden // heads,
+        intermediate_size=ffn,
+        moe_intermediate_size=ffn,
+        rms_norm_eps=1e-5,
+        qk_norm=False,
+        **kw,
+    )
 
 
 class Preset(NamedTuple):
@@ -173,42 +205,73 @@ class Preset(NamedTuple):
 
 PRESETS = {
     "minimind3": Preset(_minimind3, {}, "minimind-3, 63.91M dense (the current MiniMind)"),
-    "minimind3-moe": Preset(_minimind3, dict(use_moe=True, num_experts=4, num_experts_per_tok=1),
-                            "minimind-3-moe, 198.42M total / 63.94M active, 4 experts top-1"),
+    "minimind3-moe": Preset(
+        _minimind3,
+        dict(use_moe=True, num_experts=4, num_experts_per_tok=1),
+        "minimind-3-moe, 198.42M total / 63.94M active, 4 experts top-1",
+    ),
     "minimind2-small": Preset(_minimind2, dict(hidden=512, layers=8), "MiniMind2-Small, 25.83M dense"),
     "minimind2": Preset(_minimind2, dict(hidden=768, layers=16), "MiniMind2, 104.03M dense"),
-    "minimind2-moe": Preset(_minimind2, dict(hidden=640, layers=8, use_moe=True, num_experts=4, num_experts_per_tok=2,
-                                             n_shared_experts=1, router_aux_loss_coef=0.01),
-                            "MiniMind2-MoE, 145.03M total, 4 routed + 1 shared expert, top-2"),
+    "minimind2-moe": Preset(
+        _minimind2,
+        dict(
+            hidden=640,
+            layers=8,
+            use_moe=True,
+            num_experts=4,
+            num_experts_per_tok=2,
+            n_shared_experts=1,
+            router_aux_loss_coef=0.01,
+        ),
+        "MiniMind2-MoE, 145.03M total, 4 routed + 1 shared expert, top-2",
+    ),
     # Small presets for CPUs, the quickstart and tests (minimind-3 layout, smaller dials).
-    "tiny": Preset(_minimind3, dict(hidden=256, layers=4, heads=8, kv_heads=4, ffn_ratio=3),
-                   "about 5M parameters, for CPU experiments"),
-    "nano": Preset(_minimind3, dict(hidden=128, layers=2, heads=4, kv_heads=2, ffn_ratio=3),
-                   "about 1M parameters, for tests"),
-    "tiny-moe": Preset(_minimind3, dict(hidden=256, layers=4, heads=8, kv_heads=4, ffn_ratio=3, use_moe=True,
-                                        num_experts=4, num_experts_per_tok=1),
-                       "a tiny 4-expert top-1 MoE, for CPU experiments"),
+    "tiny": Preset(
+        _minimind3,
+        dict(hidden=256, layers=4, heads=8, kv_heads=4, ffn_ratio=3),
+        "about 5M parameters, for CPU experiments",
+    ),
+    "nano": Preset(
+        _minimind3, dict(hidden=128, layers=2, heads=4, kv_heads=2, ffn_ratio=3), "about 1M parameters, for tests"
+    ),
+    "tiny-moe": Preset(
+        _minimind3,
+        dict(
+            hidden=256, layers=4, heads=8, kv_heads=4, ffn_ratio=3, use_moe=True, num_experts=4, num_experts_per_tok=1
+        ),
+        "a tiny 4-expert top-1 MoE, for CPU experiments",
+    ),
 }
 
 # The shape overrides `minimind init`, `pretrain` and `info` accept on top of a preset:
 # ModelConfig field -> (flags, help). The first flag is the one error messages name; the
 # others are Hugging Face's (and MiniMind's) spellings of the same setting.
 SHAPE_FLAGS = {
-    "hidden_size": (("--hidden-size",),
-                    "model width (head_dim = hidden size / heads; the FFN width follows the preset's rule)"),
+    "hidden_size": (
+        ("--hidden-size",),
+        "model width (head_dim = hidden size / heads; the FFN width follows the preset's rule)",
+    ),
     "num_hidden_layers": (("--num-layers", "--num-hidden-layers"), "transformer blocks"),
     "num_attention_heads": (("--num-heads", "--num-attention-heads"), "attention heads (must divide the hidden size)"),
-    "num_key_value_heads": (("--num-kv-heads", "--num-key-value-heads"),
-                            "K/V heads for grouped-query attention (must divide the heads)"),
+    "num_key_value_heads": (
+        ("--num-kv-heads", "--num-key-value-heads"),
+        "K/V heads for grouped-query attention (must divide the heads)",
+    ),
     "use_moe": (("--use-moe",), "mixture-of-experts FFN (--no-moe: dense)"),
     "num_experts": (("--num-experts",), "routed experts per MoE layer"),
     "num_experts_per_tok": (("--experts-per-tok", "--num-experts-per-tok"), "experts each token is routed to (top-k)"),
-    "max_position_embeddings": (("--max-position-embeddings", "--context-length"),
-                                "longest sequence the model takes (prompt + reply)"),
+    "max_position_embeddings": (
+        ("--max-position-embeddings", "--context-length"),
+        "longest sequence the model takes (prompt + reply)",
+    ),
 }
 # Which builder dial a shape field sets (the others are ModelConfig fields, passed through).
-_DIALS = {"hidden_size": "hidden", "num_hidden_layers": "layers", "num_attention_heads": "heads",
-          "num_key_value_heads": "kv_heads"}
+_DIALS = {
+    "hidden_size": "hidden",
+    "num_hidden_layers": "layers",
+    "num_attention_heads": "heads",
+    "num_key_value_heads": "kv_heads",
+}
 
 
 def add_shape_args(parser, suppress: bool = False) -> None:
@@ -230,8 +293,10 @@ def shape_from_args(args) -> dict:
 
 def describe_shape(shape: dict) -> str:
     """`--hidden-size 512 --num-layers 6`: the overrides as they would be typed."""
-    return " ".join(SHAPE_FLAGS[k][0][0] if v is True else ("--no-moe" if v is False else f"{SHAPE_FLAGS[k][0][0]} {v}")
-                    for k, v in shape.items())
+    return " ".join(
+        SHAPE_FLAGS[k][0][0] if v is True else ("--no-moe" if v is False else f"{SHAPE_FLAGS[k][0][0]} {v}")
+        for k, v in shape.items()
+    )
 
 
 def check_shape(shape: dict) -> None:
@@ -257,14 +322,20 @@ def _reshape(name: str, p: Preset, shape: dict) -> ModelConfig:
     hidden, heads, kv = value["hidden_size"], value["num_attention_heads"], value["num_key_value_heads"]
     problems = []
     if hidden % heads:
-        problems.append(f"{flag['num_attention_heads']} must divide {flag['hidden_size']}: "
-                        f"{hidden} / {heads} is not a whole head_dim")
+        problems.append(
+            f"{flag['num_attention_heads']} must divide {flag['hidden_size']}: "
+            f"{hidden} / {heads} is not a whole head_dim"
+        )
     elif (hidden // heads) % 2:
-        problems.append(f"head_dim = {hidden} / {heads} = {hidden // heads} must be even (rotary embeddings "
-                        f"rotate pairs of dimensions): change {flag['hidden_size']} or {flag['num_attention_heads']}")
+        problems.append(
+            f"head_dim = {hidden} / {heads} = {hidden // heads} must be even (rotary embeddings "
+            f"rotate pairs of dimensions): change {flag['hidden_size']} or {flag['num_attention_heads']}"
+        )
     if heads % kv:
-        problems.append(f"{flag['num_key_value_heads']} must divide {flag['num_attention_heads']}: "
-                        "query heads share K/V heads in equal groups")
+        problems.append(
+            f"{flag['num_key_value_heads']} must divide {flag['num_attention_heads']}: "
+            "query heads share K/V heads in equal groups"
+        )
     if value["use_moe"]:
         if value["num_experts_per_tok"] > value["num_experts"]:
             problems.append(f"{flag['num_experts_per_tok']} must be at most {flag['num_experts']}")
@@ -291,8 +362,13 @@ def preset(name: str, *, shape: dict | None = None, tokenizer=None, **overrides)
     p = PRESETS[name]
     cfg = _reshape(name, p, shape) if shape else p.build(**p.dials)
     if tokenizer is not None:
-        overrides = {"vocab_size": tokenizer.vocab_size, "bos_token_id": tokenizer.bos_token_id,
-                     "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, **overrides}
+        overrides = {
+            "vocab_size": tokenizer.vocab_size,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+            **overrides,
+        }
     if overrides:
         cfg = ModelConfig.from_dict({**cfg.to_dict(), **overrides})
     return cfg

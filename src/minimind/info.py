@@ -77,8 +77,12 @@ def model_info(cfg: ModelConfig, batch_size: int = 8, seq_len: int = 512) -> dic
     for dtype in ("fp32", "bf16"):
         m = estimate_memory(cfg, dtype, batch_size, seq_len)
         memory[dtype] = {
-            "weights_bytes": m.weights, "kv_cache_bytes": m.kv_cache, "inference_bytes": m.inference,
-            "optimizer_bytes": m.optimizer, "activations_bytes": m.activations, "training_bytes": m.training,
+            "weights_bytes": m.weights,
+            "kv_cache_bytes": m.kv_cache,
+            "inference_bytes": m.inference,
+            "optimizer_bytes": m.optimizer,
+            "activations_bytes": m.activations,
+            "training_bytes": m.training,
         }
     return {
         "params_total": total,
@@ -95,15 +99,28 @@ def format_info(name: str, info: dict) -> str:
     """The human-readable table printed by `minimind info`."""
     c = info["config"]
     total, active = info["params_total"], info["params_active"]
-    lines = [f"{name}: {total / 1e6:.2f}M parameters" + (f" ({active / 1e6:.2f}M active per token)" if active != total else "")]
-    shape = (f"  hidden {c['hidden_size']}, {c['num_hidden_layers']} layers, {c['num_attention_heads']} heads "
-             f"({c['num_key_value_heads']} KV) x {c['head_dim']}, FFN {c['intermediate_size']}, vocab {c['vocab_size']}")
+    lines = [
+        f"{name}: {total / 1e6:.2f}M parameters"
+        + (f" ({active / 1e6:.2f}M active per token)" if active != total else "")
+    ]
+    shape = (
+        f"  hidden {c['hidden_size']}, {c['num_hidden_layers']} layers, {c['num_attention_heads']} heads "
+        f"({c['num_key_value_heads']} KV) x {c['head_dim']}, FFN {c['intermediate_size']}, vocab {c['vocab_size']}"
+    )
     if c["use_moe"]:
-        shape += (f", MoE {c['num_experts']} experts top-{c['num_experts_per_tok']}"
-                  + (f" + {c['n_shared_experts']} shared" if c["n_shared_experts"] else ""))
-    lines += [shape, f"  KV cache: {human(info['kv_cache_bytes_per_token_bf16'])} per token (bf16)",
-              f"  memory at batch {info['batch_size']} x {info['seq_len']} tokens (estimate):",
-              f"    {'':6s} {'weights':>10s} {'inference':>10s} {'training':>10s}   (training = weights + grads + AdamW + activations)"]
+        shape += f", MoE {c['num_experts']} experts top-{c['num_experts_per_tok']}" + (
+            f" + {c['n_shared_experts']} shared" if c["n_shared_experts"] else ""
+        )
+    lines += [
+        shape,
+        f"  KV cache: {human(info['kv_cache_bytes_per_token_bf16'])} per token (bf16)",
+        f"  memory at batch {info['batch_size']} x {info['seq_len']} tokens (estimate):",
+        f"    {'':6s} {'weights':>10s} {'inference':>10s} {'training':>10s}"
+        "   (training = weights + grads + AdamW + activations)",
+    ]
     for dtype, m in info["memory"].items():
-        lines.append(f"    {dtype:6s} {human(m['weights_bytes']):>10s} {human(m['inference_bytes']):>10s} {human(m['training_bytes']):>10s}")
+        lines.append(
+            f"    {dtype:6s} {human(m['weights_bytes']):>10s} {human(m['inference_bytes']):>10s} "
+            f"{human(m['training_bytes']):>10s}"
+        )
     return "\n".join(lines)

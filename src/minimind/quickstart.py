@@ -50,7 +50,7 @@ def answer(model, tok, questions: list[str], max_new_tokens: int, batch_size: in
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
     replies = []
     for i in range(0, len(questions), batch_size):
-        prompts = [chat_prompt(tok, [{"role": "user", "content": q}]) for q in questions[i:i + batch_size]]
+        prompts = [chat_prompt(tok, [{"role": "user", "content": q}]) for q in questions[i : i + batch_size]]
         replies += [c.text for c in generate(model, tok, prompts, params)]
     return replies
 
@@ -70,8 +70,15 @@ SETTINGS_FILE = "quickstart.json"  # in --out: the settings and the stages done 
 
 def command(out, data="demo", preset="tiny", seed=0, pretrain_steps=None, sft_steps=None, device="auto") -> str:
     """The `minimind quickstart` command line of these settings (defaults left out)."""
-    flags = [("--out", out, None), ("--data", data, "demo"), ("--preset", preset, "tiny"), ("--seed", seed, 0),
-             ("--pretrain-steps", pretrain_steps, None), ("--sft-steps", sft_steps, None), ("--device", device, "auto")]
+    flags = [
+        ("--out", out, None),
+        ("--data", data, "demo"),
+        ("--preset", preset, "tiny"),
+        ("--seed", seed, 0),
+        ("--pretrain-steps", pretrain_steps, None),
+        ("--sft-steps", sft_steps, None),
+        ("--device", device, "auto"),
+    ]
     return shlex.join(["minimind", "quickstart"] + [str(x) for f, v, d in flags if v != d for x in (f, v)])
 
 
@@ -89,8 +96,10 @@ class Run:
             old = saved.get("settings", {})
             diff = [f"{k} was {old.get(k)!r}, now {v!r}" for k, v in settings.items() if old.get(k) != v]
             if diff:
-                raise MiniMindError(f"{root} holds a quickstart run with other settings ({'; '.join(diff)}): "
-                                    "run it with its own settings to continue it, or choose another --out")
+                raise MiniMindError(
+                    f"{root} holds a quickstart run with other settings ({'; '.join(diff)}): "
+                    "run it with its own settings to continue it, or choose another --out"
+                )
             self.done = saved.get("done", {})
 
     def stage(self, title: str) -> None:
@@ -109,9 +118,17 @@ class Run:
         atomic_write_text(self.path, json.dumps({"settings": self.settings, "done": self.done}, indent=2) + "\n")
 
 
-def quickstart(out: str = "out/quickstart", data: str = "demo", preset: str = "tiny", seed: int = 0,
-               pretrain_steps: int | None = None, sft_steps: int | None = None, device: str = "auto",
-               cache_dir: str | None = None, progress: bool = True) -> Path:
+def quickstart(
+    out: str = "out/quickstart",
+    data: str = "demo",
+    preset: str = "tiny",
+    seed: int = 0,
+    pretrain_steps: int | None = None,
+    sft_steps: int | None = None,
+    device: str = "auto",
+    cache_dir: str | None = None,
+    progress: bool = True,
+) -> Path:
     """Run every stage into `out`; returns the fine-tuned model directory.
 
     Stopped (Ctrl-C) and run again with the same settings, it continues where it stopped:
@@ -147,8 +164,10 @@ def _pipeline(run: Run, device: str, cache_dir: str | None, progress: bool) -> P
         counts = run.done["corpus"]
         pretrain_files, sft_files = [str(files["pretrain"])], [str(files["sft"])]
         exam = load_exam(files["exam"])
-        print(f"{verb} {counts['pretrain_docs']} pretraining documents, {counts['sft_conversations']} conversations, "
-              f"{counts['exam_questions']} held-out exam questions in {root / 'data'}")
+        print(
+            f"{verb} {counts['pretrain_docs']} pretraining documents, {counts['sft_conversations']} conversations, "
+            f"{counts['exam_questions']} held-out exam questions in {root / 'data'}"
+        )
         vocab_size = 1024  # the generated corpus is small: a small vocabulary trains faster
     else:
         # The full files hold billions of tokens; a CPU quickstart trains on their first lines.
@@ -161,8 +180,9 @@ def _pipeline(run: Run, device: str, cache_dir: str | None, progress: bool) -> P
 
     run.stage("2/5 tokenizer")
     if not run.has("tokenizer", root / "tokenizer" / "tokenizer.json", root / "tokenizer" / "tokenizer_config.json"):
-        report = train_tokenizer(pretrain_files + sft_files, vocab_size=vocab_size, out_dir=str(root / "tokenizer"),
-                                 max_lines=20000)
+        report = train_tokenizer(
+            pretrain_files + sft_files, vocab_size=vocab_size, out_dir=str(root / "tokenizer"), max_lines=20000
+        )
         run.finish("tokenizer", {k: report[k] for k in ("vocab_size", "chars_per_token")})
     else:
         print(f"already trained: {root / 'tokenizer'}")
@@ -171,24 +191,57 @@ def _pipeline(run: Run, device: str, cache_dir: str | None, progress: bool) -> P
 
     # resume=True: a stage stopped before continues from its checkpoint (a new one just starts).
     # A checkpoint every 50 steps: a run killed outright (not stopped) loses little.
-    common = dict(seq_len=256, batch_size=8, grad_accum=1, log_every=10, eval_every=0, save_every=50,
-                  keep_last=1, val_fraction=0.02, seed=seed, device=device, cache_dir=cache_dir, progress=progress,
-                  resume=True)
+    common = dict(
+        seq_len=256,
+        batch_size=8,
+        grad_accum=1,
+        log_every=10,
+        eval_every=0,
+        save_every=50,
+        keep_last=1,
+        val_fraction=0.02,
+        seed=seed,
+        device=device,
+        cache_dir=cache_dir,
+        progress=progress,
+        resume=True,
+    )
     pre, sft = root / "pretrain", root / "sft"
     run.stage("3/5 pretrain")
     if run.has("pretrain", pre / "model.safetensors"):
         print(f"already done: {pre}")
     else:
-        train(TrainConfig(stage="pretrain", data=pretrain_files, out=str(pre), preset=preset,
-                          tokenizer=str(root / "tokenizer"), lr=2e-3, warmup_steps=20,
-                          max_steps=pretrain_steps, epochs=5.0, **common))
+        train(
+            TrainConfig(
+                stage="pretrain",
+                data=pretrain_files,
+                out=str(pre),
+                preset=preset,
+                tokenizer=str(root / "tokenizer"),
+                lr=2e-3,
+                warmup_steps=20,
+                max_steps=pretrain_steps,
+                epochs=5.0,
+                **common,
+            )
+        )
         run.finish("pretrain")
     run.stage("4/5 supervised fine-tuning")
     if run.has("sft", sft / "model.safetensors"):
         print(f"already done: {sft}")
     else:
-        train(TrainConfig(stage="sft", data=sft_files, out=str(sft), init=str(pre), lr=2e-3,
-                          warmup_steps=10, max_steps=sft_steps or 120, **common))
+        train(
+            TrainConfig(
+                stage="sft",
+                data=sft_files,
+                out=str(sft),
+                init=str(pre),
+                lr=2e-3,
+                warmup_steps=10,
+                max_steps=sft_steps or 120,
+                **common,
+            )
+        )
         run.finish("sft")
 
     run.stage("5/5 results")
@@ -206,7 +259,7 @@ def _pipeline(run: Run, device: str, cache_dir: str | None, progress: bool) -> P
         print("  |---------------------|------------|------------|")
         for cat in [c for c in sft_acc if c != "all"] + ["all"]:
             print(f"  | {cat + f' ({counts[cat]})':19s} | {pre_acc[cat] * 100:9.1f}% | {sft_acc[cat] * 100:9.1f}% |")
-        for q, r in list(zip(exam, replies))[::max(1, len(exam) // 4)][:4]:
+        for q, r in list(zip(exam, replies))[:: max(1, len(exam) // 4)][:4]:
             print(f"  e.g. {q.question} -> {r.strip()[:60]!r} ({'right' if q.is_correct(r) else 'wrong'})")
     print(f"\ndone in {run.elapsed():.0f}s. Talk to it: minimind chat --model {sft}")
     return sft

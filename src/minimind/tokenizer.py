@@ -10,9 +10,9 @@ package never needs transformers at run time yet produces byte-identical prompts
 
 from __future__ import annotations
 
-import itertools
 import codecs
 import hashlib
+import itertools
 import json
 import re
 from datetime import datetime
@@ -32,16 +32,42 @@ from .files import atomic_write_text, read_json
 # "special" (dropped by decode(skip_special_tokens=True)); <tool_call>, <think> and the
 # buffers are plain added tokens, so they survive skipping and the user sees them.
 SPECIAL_TOKENS = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>",  # 0 pad/unk, 1 bos, 2 eos
-    "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>",
-    "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
-    "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<|audio_start|>",
-    "<|audio_end|>", "<|audio_pad|>", "<tts_pad>", "<tts_text_bos>", "<tts_text_eod>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",  # 0 pad/unk, 1 bos, 2 eos
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<|audio_start|>",
+    "<|audio_end|>",
+    "<|audio_pad|>",
+    "<tts_pad>",
+    "<tts_text_bos>",
+    "<tts_text_eod>",
     "<tts_text_bos_single>",  # 3..20: reserved for MiniMind-V/O
-    "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>",  # 21..24
-    "<think>", "</think>",  # 25, 26
-    "<|buffer1|>", "<|buffer2|>", "<|buffer3|>", "<|buffer4|>", "<|buffer5|>",
-    "<|buffer6|>", "<|buffer7|>", "<|buffer8|>", "<|buffer9|>",  # 27..35
+    "<tool_call>",
+    "</tool_call>",
+    "<tool_response>",
+    "</tool_response>",  # 21..24
+    "<think>",
+    "</think>",  # 25, 26
+    "<|buffer1|>",
+    "<|buffer2|>",
+    "<|buffer3|>",
+    "<|buffer4|>",
+    "<|buffer5|>",
+    "<|buffer6|>",
+    "<|buffer7|>",
+    "<|buffer8|>",
+    "<|buffer9|>",  # 27..35
 ]
 NUM_SPECIAL_TOKENS = 21  # ids 0..20 are special, 21..35 are plain added tokens
 
@@ -49,6 +75,7 @@ NUM_SPECIAL_TOKENS = 21  # ids 0..20 are special, 21..35 are plain added tokens
 
 
 # --------------------------------------------------------------------------------- files ---
+
 
 def _token_str(value) -> str | None:
     """Config files store a token either as "<x>" or, in older HF files, as {"content": "<x>"}."""
@@ -59,16 +86,17 @@ def _token_str(value) -> str | None:
 
 # ------------------------------------------------------------------------- chat template ---
 
+
 @lru_cache(maxsize=8)
 def _compile_template(source: str):
     """Compile a chat template once, in the same sandboxed environment transformers uses."""
+
     def raise_exception(message):
         raise jinja2.exceptions.TemplateError(message)
 
     def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
         # Jinja's own tojson HTML-escapes and sorts keys; chat templates expect plain json.dumps.
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
-                          sort_keys=sort_keys)
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
     # trim_blocks/lstrip_blocks: template authors indent their {% %} tags, this drops that
     # whitespace. Immutable sandbox: a template can read our messages but never change them.
@@ -139,6 +167,7 @@ _BYTE_OF_CHAR = _byte_level_alphabet()
 
 # ----------------------------------------------------------------------------- tokenizer ---
 
+
 class Tokenizer:
     """A loaded tokenizer directory: encode/decode text and render chats into prompts."""
 
@@ -153,16 +182,20 @@ class Tokenizer:
         self.pad_token_id = pad if pad is not None else self.eos_token_id
         template = config.get("chat_template")
         if isinstance(template, list):  # HF "named templates" form: [{"name", "template"}, ...]
-            template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"),
-                            None)
+            template = next(
+                (t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"), None
+            )
         if template is not None and not isinstance(template, str):
-            raise MiniMindError(f"{source}/tokenizer_config.json: chat_template must be a string (a Jinja template), "
-                                f"got {type(template).__name__}")
+            raise MiniMindError(
+                f"{source}/tokenizer_config.json: chat_template must be a string (a Jinja template), "
+                f"got {type(template).__name__}"
+            )
         self.chat_template = template
         # Everything named "*_token" in the config (bos_token, image_token, ...) is visible to the
         # template, as in transformers' special_tokens_map.
-        self._template_tokens = {k: s for k, v in config.items()
-                                 if k.endswith("_token") and (s := _token_str(v)) is not None}
+        self._template_tokens = {
+            k: s for k, v in config.items() if k.endswith("_token") and (s := _token_str(v)) is not None
+        }
 
     def _named_id(self, key: str) -> int | None:
         token = _token_str(self.config.get(key))
@@ -174,7 +207,7 @@ class Tokenizer:
         return token_id
 
     @classmethod
-    def from_dir(cls, path) -> "Tokenizer":
+    def from_dir(cls, path) -> Tokenizer:
         """Load `path/tokenizer.json` and `path/tokenizer_config.json`."""
         path = Path(path)
         if not path.is_dir():
@@ -232,7 +265,7 @@ class Tokenizer:
     def id_to_token(self, i: int) -> str | None:
         return self._tk.id_to_token(int(i))
 
-    def stream_decoder(self, skip_special_tokens: bool = False) -> "StreamDecoder":
+    def stream_decoder(self, skip_special_tokens: bool = False) -> StreamDecoder:
         """A decoder for generation: push ids one at a time, get printable text back."""
         return StreamDecoder(self, skip_special_tokens)
 
@@ -262,8 +295,9 @@ class Tokenizer:
         return self._special_ids
 
     # --- chats ---
-    def apply_chat_template(self, messages, tools=None, add_generation_prompt=False,
-                            open_thinking=False, **kwargs) -> str:
+    def apply_chat_template(
+        self, messages, tools=None, add_generation_prompt=False, open_thinking=False, **kwargs
+    ) -> str:
         """Render a conversation into the prompt string the model was trained on.
 
         `messages` are {"role", "content", ...} dicts; `tools`/`tool_calls` may be JSON strings
@@ -275,23 +309,25 @@ class Tokenizer:
         try:
             template = _compile_template(self.chat_template)
         except jinja2.TemplateSyntaxError as e:
-            raise MiniMindError(f"{self.source}/tokenizer_config.json: chat_template line {e.lineno}: "
-                                f"{e.message}") from None
+            raise MiniMindError(
+                f"{self.source}/tokenizer_config.json: chat_template line {e.lineno}: {e.message}"
+            ) from None
         open_thinking = bool(open_thinking or kwargs.get("enable_thinking", False))
         messages, tools = _prepare_messages(messages, tools)
         # Special tokens first, then the caller's kwargs (they win, as in transformers).
         variables = {**self._template_tokens, **kwargs, "open_thinking": open_thinking}
         try:
-            return template.render(messages=messages, tools=tools, documents=None,
-                                   add_generation_prompt=add_generation_prompt, **variables)
+            return template.render(
+                messages=messages, tools=tools, documents=None, add_generation_prompt=add_generation_prompt, **variables
+            )
         except jinja2.TemplateError as e:  # raise_exception() inside the template: bad messages
             raise MiniMindError(f"chat template of {self.source}: {e}") from None
 
-    def encode_chat(self, messages, tools=None, add_generation_prompt=False,
-                    open_thinking=False, **kwargs) -> list[int]:
+    def encode_chat(
+        self, messages, tools=None, add_generation_prompt=False, open_thinking=False, **kwargs
+    ) -> list[int]:
         """apply_chat_template, then encode (the template already wrote every special token)."""
-        return self.encode(self.apply_chat_template(messages, tools, add_generation_prompt,
-                                                    open_thinking, **kwargs))
+        return self.encode(self.apply_chat_template(messages, tools, add_generation_prompt, open_thinking, **kwargs))
 
 
 def _id_parts(tok: Tokenizer) -> dict:
@@ -299,16 +335,21 @@ def _id_parts(tok: Tokenizer) -> dict:
     (special) tokens and the bos/eos/pad ids."""
     spec = json.loads(tok._tk.to_str())
     model = spec.get("model") or {}
-    return {"vocabulary": model.get("vocab") or {}, "BPE merges": model.get("merges") or [],
-            "added tokens": [[t["id"], t["content"], bool(t.get("special"))] for t in spec.get("added_tokens") or []],
-            "bos/eos/pad ids": [tok.bos_token_id, tok.eos_token_id, tok.pad_token_id]}
+    return {
+        "vocabulary": model.get("vocab") or {},
+        "BPE merges": model.get("merges") or [],
+        "added tokens": [[t["id"], t["content"], bool(t.get("special"))] for t in spec.get("added_tokens") or []],
+        "bos/eos/pad ids": [tok.bos_token_id, tok.eos_token_id, tok.pad_token_id],
+    }
 
 
 def tokenizer_fingerprint(tok: Tokenizer) -> dict[str, str]:
     """_id_parts hashed one by one (sha256, 16 hex digits): two tokenizers with equal
     fingerprints turn every text into the same ids, and unequal ones say which part differs."""
-    return {k: hashlib.sha256(json.dumps(v, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
-            for k, v in _id_parts(tok).items()}
+    return {
+        k: hashlib.sha256(json.dumps(v, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+        for k, v in _id_parts(tok).items()
+    }
 
 
 def _shown_token(token: str) -> str:
@@ -318,8 +359,9 @@ def _shown_token(token: str) -> str:
     return repr(token)
 
 
-def tokenizer_difference(a: Tokenizer, b: Tokenizer,
-                         names: tuple[str, str] = ("the first", "the second")) -> str | None:
+def tokenizer_difference(
+    a: Tokenizer, b: Tokenizer, names: tuple[str, str] = ("the first", "the second")
+) -> str | None:
     """What differs between two tokenizers in a way that changes token ids (None: nothing), in
     words: the tokens only one of them has, tokens under other ids, other merges, ...
     `names` name the two in the message ("the teacher's", "the student's")."""
@@ -334,19 +376,22 @@ def tokenizer_difference(a: Tokenizer, b: Tokenizer,
         moved = sorted((t for t in va if t in vb and va[t] != vb[t]), key=va.get)
         if moved:
             t = moved[0]
-            parts.append(f"{len(moved)} shared tokens under other ids (e.g. {_shown_token(t)} is {va[t]} in "
-                         f"{names[0]}, {vb[t]} in {names[1]})")
+            parts.append(
+                f"{len(moved)} shared tokens under other ids (e.g. {_shown_token(t)} is {va[t]} in "
+                f"{names[0]}, {vb[t]} in {names[1]})"
+            )
         return "vocabularies differ: " + "; ".join(parts)
     ma, mb = pa["BPE merges"], pb["BPE merges"]
     if ma != mb:
         i = next((i for i, (x, y) in enumerate(zip(ma, mb)) if x != y), min(len(ma), len(mb)))
-        return (f"same vocabulary, but the BPE merges differ ({len(ma)} vs {len(mb)}, first at merge {i + 1}): "
-                "the same text splits into other tokens")
+        return (
+            f"same vocabulary, but the BPE merges differ ({len(ma)} vs {len(mb)}, first at merge {i + 1}): "
+            "the same text splits into other tokens"
+        )
     if pa["added tokens"] != pb["added tokens"]:
         ta, tb = ({t[0]: t[1] for t in p["added tokens"]} for p in (pa, pb))
         i = next(i for i in sorted(set(ta) | set(tb)) if ta.get(i) != tb.get(i))
-        return (f"added/special tokens differ (e.g. id {i} is {ta.get(i)!r} in {names[0]}, "
-                f"{tb.get(i)!r} in {names[1]})")
+        return f"added/special tokens differ (e.g. id {i} is {ta.get(i)!r} in {names[0]}, {tb.get(i)!r} in {names[1]})"
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
         if getattr(a, name) != getattr(b, name):
             return f"{name} differs ({getattr(a, name)} in {names[0]}, {getattr(b, name)} in {names[1]})"
@@ -383,8 +428,8 @@ class StreamDecoder:
         if self.utf8 is not None:
             return "" if token_id in self.skipped else self.utf8.decode(self.tokenizer.token_bytes(token_id))
         self.ids.append(int(token_id))
-        done = self._decode(self.ids[self.prefix:self.read])
-        text = self._decode(self.ids[self.prefix:])
+        done = self._decode(self.ids[self.prefix : self.read])
+        text = self._decode(self.ids[self.prefix :])
         # A UTF-8 character is at most 4 bytes, so after 4 more tokens a trailing '\ufffd' is
         # genuinely invalid bytes rather than an unfinished character: let it through.
         if text.endswith("\ufffd"):
@@ -394,20 +439,20 @@ class StreamDecoder:
             # is at most 4 bytes, so only the last 3 tokens can hold the start of one still
             # being written: hand out everything before them, keep them pending.
             cut = len(self.ids) - 3
-            head = self._decode(self.ids[self.prefix:cut])
+            head = self._decode(self.ids[self.prefix : cut])
             self.prefix = self.read = cut
-            return head[len(done):]
+            return head[len(done) :]
         self.prefix, self.read = self.read, len(self.ids)
-        return text[len(done):]
+        return text[len(done) :]
 
     def flush(self) -> str:
         """Return whatever is still held back (call once, at the end of generation)."""
         if self.utf8 is not None:
             return self.utf8.decode(b"", final=True)
-        done = self._decode(self.ids[self.prefix:self.read])
-        text = self._decode(self.ids[self.prefix:])
+        done = self._decode(self.ids[self.prefix : self.read])
+        text = self._decode(self.ids[self.prefix :])
         self.prefix = self.read = len(self.ids)
-        return text[len(done):]
+        return text[len(done) :]
 
 
 # ------------------------------------------------------------------------------ training ---
@@ -463,10 +508,13 @@ def _documents(path: Path, max_lines: int | None):
                 yield record["text"]
             elif isinstance(record, dict) and isinstance(record.get("conversations"), list):
                 # Like MiniMind's train_tokenizer.py: all message contents joined by newlines.
-                yield "\n".join(m["content"] for m in record["conversations"]
-                                if isinstance(m, dict) and isinstance(m.get("content"), str))
+                yield "\n".join(
+                    m["content"]
+                    for m in record["conversations"]
+                    if isinstance(m, dict) and isinstance(m.get("content"), str)
+                )
             else:
-                raise MiniMindError(f"{path}:{lineno}: expected a \"text\" string or a \"conversations\" list")
+                raise MiniMindError(f'{path}:{lineno}: expected a "text" string or a "conversations" list')
         if paragraph:
             yield "".join(paragraph).rstrip("\n")
 
@@ -475,17 +523,31 @@ def minimind_tokenizer_config(chat_template: str | None = None) -> dict:
     """The tokenizer_config.json MiniMind ships, rebuilt (same keys, same order)."""
     entry = dict(lstrip=False, normalized=False, rstrip=False, single_word=False)
     return {
-        "add_bos_token": False, "add_eos_token": False, "add_prefix_space": False,
-        "added_tokens_decoder": {str(i): {"content": t, **entry, "special": i < NUM_SPECIAL_TOKENS}
-                                 for i, t in enumerate(SPECIAL_TOKENS)},
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "add_prefix_space": False,
+        "added_tokens_decoder": {
+            str(i): {"content": t, **entry, "special": i < NUM_SPECIAL_TOKENS} for i, t in enumerate(SPECIAL_TOKENS)
+        },
         "additional_special_tokens": SPECIAL_TOKENS[1:NUM_SPECIAL_TOKENS],
-        "bos_token": "<|im_start|>", "clean_up_tokenization_spaces": False, "eos_token": "<|im_end|>",
-        "legacy": True, "model_max_length": 131072, "pad_token": "<|endoftext|>", "sp_model_kwargs": {},
-        "spaces_between_special_tokens": False, "unk_token": "<|endoftext|>",
-        "image_token": "<|image_pad|>", "audio_token": "<|audio_pad|>", "video_token": "<|video_pad|>",
-        "vision_bos_token": "<|vision_start|>", "vision_eos_token": "<|vision_end|>",
-        "audio_bos_token": "<|audio_start|>", "audio_eos_token": "<|audio_end|>",
-        "chat_template": chat_template or MINIMIND3_CHAT_TEMPLATE, "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<|im_start|>",
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "<|im_end|>",
+        "legacy": True,
+        "model_max_length": 131072,
+        "pad_token": "<|endoftext|>",
+        "sp_model_kwargs": {},
+        "spaces_between_special_tokens": False,
+        "unk_token": "<|endoftext|>",
+        "image_token": "<|image_pad|>",
+        "audio_token": "<|audio_pad|>",
+        "video_token": "<|video_pad|>",
+        "vision_bos_token": "<|vision_start|>",
+        "vision_eos_token": "<|vision_end|>",
+        "audio_bos_token": "<|audio_start|>",
+        "audio_eos_token": "<|audio_end|>",
+        "chat_template": chat_template or MINIMIND3_CHAT_TEMPLATE,
+        "tokenizer_class": "PreTrainedTokenizerFast",
     }
 
 
@@ -494,8 +556,14 @@ def _chars_per_token(tok: Tokenizer, docs: list[str]) -> float | None:
     return round(sum(map(len, docs)) / n_tokens, 3) if n_tokens else None
 
 
-def train_tokenizer(files: list[str], vocab_size: int = 6400, *, out_dir: str,
-                    holdout_fraction: float = 0.02, max_lines: int | None = None) -> dict:
+def train_tokenizer(
+    files: list[str],
+    vocab_size: int = 6400,
+    *,
+    out_dir: str,
+    holdout_fraction: float = 0.02,
+    max_lines: int | None = None,
+) -> dict:
     """Train a MiniMind-style byte-level BPE tokenizer and save it to `out_dir`.
 
     Input formats, by file extension:
@@ -511,8 +579,10 @@ def train_tokenizer(files: list[str], vocab_size: int = 6400, *, out_dir: str,
     Returns a report dict; prints nothing.
     """
     if vocab_size < 256 + len(SPECIAL_TOKENS):
-        raise MiniMindError(f"vocab_size {vocab_size} is too small: byte-level BPE needs 256 byte tokens "
-                            f"+ {len(SPECIAL_TOKENS)} special tokens = {256 + len(SPECIAL_TOKENS)} at least")
+        raise MiniMindError(
+            f"vocab_size {vocab_size} is too small: byte-level BPE needs 256 byte tokens "
+            f"+ {len(SPECIAL_TOKENS)} special tokens = {256 + len(SPECIAL_TOKENS)} at least"
+        )
     if not 0 <= holdout_fraction <= 0.5:
         raise MiniMindError(f"holdout_fraction {holdout_fraction} must be between 0 and 0.5")
     if not files:
@@ -539,8 +609,12 @@ def train_tokenizer(files: list[str], vocab_size: int = 6400, *, out_dir: str,
 
     backend = tokenizers.Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     backend.train_from_iterator(training_docs(), trainer=trainer)
     if counts["train"] == 0:
         raise MiniMindError(f"no training text found in {', '.join(map(str, files))}")
@@ -554,10 +628,15 @@ def train_tokenizer(files: list[str], vocab_size: int = 6400, *, out_dir: str,
     tok.save(out_dir)
 
     # Without a holdout, measure on the first 1,000 training documents instead.
-    measured = heldout or list(itertools.islice(
-        (d for f in files for d in _documents(Path(f), max_lines) if d.strip()), 1000))
-    report = {"vocab_size": tok.vocab_size, "train_docs": counts["train"], "heldout_docs": len(heldout),
-              "chars_per_token": _chars_per_token(tok, measured)}
+    measured = heldout or list(
+        itertools.islice((d for f in files for d in _documents(Path(f), max_lines) if d.strip()), 1000)
+    )
+    report = {
+        "vocab_size": tok.vocab_size,
+        "train_docs": counts["train"],
+        "heldout_docs": len(heldout),
+        "chars_per_token": _chars_per_token(tok, measured),
+    }
     # A document counts as Chinese or English by which script has more characters in it.
     zh = [d for d in measured if len(_CJK.findall(d)) > len(_LATIN.findall(d))]
     en = [d for d in measured if len(_LATIN.findall(d)) > len(_CJK.findall(d))]

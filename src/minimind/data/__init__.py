@@ -19,12 +19,24 @@ from importlib import import_module
 # Imported on first use (PEP 562): `minimind data download` and the CLI's parsers import
 # submodules of this package and should not pay for torch.
 _WHERE = {
-    "attention_mask_from_segments": ".batches", "batches_per_epoch": ".batches", "epoch_order": ".batches",
-    "iterate_batches": ".batches", "TokenizedFile": ".cache", "default_cache_dir": ".cache",
-    "tokenize_file": ".cache", "build_datasets": ".datasets", "split_documents": ".datasets",
-    "KINDS": ".formats", "BadRecords": ".formats", "Record": ".formats", "read_records": ".formats",
-    "PackedDataset": ".packing", "best_fit_decreasing": ".packing", "AssistantMasker": ".sft",
-    "ChatRenderer": ".sft", "encode_chats": ".sft",
+    "attention_mask_from_segments": ".batches",
+    "batches_per_epoch": ".batches",
+    "epoch_order": ".batches",
+    "iterate_batches": ".batches",
+    "TokenizedFile": ".cache",
+    "default_cache_dir": ".cache",
+    "tokenize_file": ".cache",
+    "build_datasets": ".datasets",
+    "split_documents": ".datasets",
+    "KINDS": ".formats",
+    "BadRecords": ".formats",
+    "Record": ".formats",
+    "read_records": ".formats",
+    "PackedDataset": ".packing",
+    "best_fit_decreasing": ".packing",
+    "AssistantMasker": ".sft",
+    "ChatRenderer": ".sft",
+    "encode_chats": ".sft",
 }
 
 
@@ -35,8 +47,22 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "build_datasets", "iterate_batches", "attention_mask_from_segments", "batches_per_epoch", "epoch_order",
-    "PackedDataset", "TokenizedFile", "tokenize_file", "default_cache_dir", "split_documents",
-    "read_records", "Record", "BadRecords", "KINDS", "encode_chats", "ChatRenderer", "AssistantMasker",
+    "build_datasets",
+    "iterate_batches",
+    "attention_mask_from_segments",
+    "batches_per_epoch",
+    "epoch_order",
+    "PackedDataset",
+    "TokenizedFile",
+    "tokenize_file",
+    "default_cache_dir",
+    "split_documents",
+    "read_records",
+    "Record",
+    "BadRecords",
+    "KINDS",
+    "encode_chats",
+    "ChatRenderer",
+    "AssistantMasker",
     "best_fit_decreasing",
 ]

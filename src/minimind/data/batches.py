@@ -26,8 +26,16 @@ def batches_per_epoch(n_rows: int, batch_size: int, world_size: int = 1, drop_la
     return n_rows // global_batch if drop_last else math.ceil(n_rows / global_batch)
 
 
-def iterate_batches(ds, batch_size: int, seed: int, epoch: int, start: int = 0, rank: int = 0,
-                    world_size: int = 1, drop_last: bool = True):
+def iterate_batches(
+    ds,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    start: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    drop_last: bool = True,
+):
     """Yield the batches of one epoch as dicts of [B, L] LongTensors, from batch `start` on.
 
     Global batch g is the rows order[g * B * W:(g + 1) * B * W] (B = batch_size, W = world_size);
@@ -47,8 +55,10 @@ def iterate_batches(ds, batch_size: int, seed: int, epoch: int, start: int = 0, 
     n = len(ds)
     total = batches_per_epoch(n, batch_size, world_size, drop_last)
     if total == 0:
-        raise MiniMindError(f"the data has {n} packed rows, fewer than one global batch of {batch_size * world_size} "
-                            f"(batch size {batch_size} x {world_size} processes); use a smaller batch or more data")
+        raise MiniMindError(
+            f"the data has {n} packed rows, fewer than one global batch of {batch_size * world_size} "
+            f"(batch size {batch_size} x {world_size} processes); use a smaller batch or more data"
+        )
     if not 0 <= start <= total:
         raise MiniMindError(f"cannot resume at batch {start}: the epoch has {total} batches")
     order = epoch_order(n, seed, epoch)
@@ -57,7 +67,7 @@ def iterate_batches(ds, batch_size: int, seed: int, epoch: int, start: int = 0, 
         order = np.resize(order, total * global_batch)  # wrap around to fill the last batch
     for g in range(start, total):
         first = g * global_batch + rank * batch_size
-        rows = order[first:first + batch_size]
+        rows = order[first : first + batch_size]
         yield ds.get_batch(rows)
 
 

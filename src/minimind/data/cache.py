@@ -62,6 +62,7 @@ def token_dtype(vocab_size: int):
 @dataclass
 class TokenizedFile:
     """A data file's documents as memory-mapped token ids (and loss mask for chat data)."""
+
     path: str
     kind: str
     ids: np.ndarray  # all documents end to end
@@ -99,8 +100,13 @@ def cache_key(path, tokenizer, kind: str, random_system_prompt=False, strip_empt
         options = {"random_system_prompt": bool(random_system_prompt), "strip_empty_think": bool(strip_empty_think)}
         if random_system_prompt or strip_empty_think:
             options["seed"] = seed  # only augmentations draw random numbers
-    key = {"version": FORMAT_VERSION, "kind": kind, "source": _source_id(Path(path)),
-           "tokenizer": tokenizer_fingerprint(tokenizer), "options": options}
+    key = {
+        "version": FORMAT_VERSION,
+        "kind": kind,
+        "source": _source_id(Path(path)),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "options": options,
+    }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -127,9 +133,17 @@ def _load(cache_path: Path, path, kind: str) -> TokenizedFile | None:
     return TokenizedFile(str(path), kind, ids, mask, offsets, lines, doc_loss, meta, cache_path, from_cache=True)
 
 
-def tokenize_file(path, tokenizer, kind: str, *, cache_dir=None, on_bad_record: str = "error",
-                  random_system_prompt: bool = False, strip_empty_think: bool = False,
-                  seed: int = 42) -> TokenizedFile:
+def tokenize_file(
+    path,
+    tokenizer,
+    kind: str,
+    *,
+    cache_dir=None,
+    on_bad_record: str = "error",
+    random_system_prompt: bool = False,
+    strip_empty_think: bool = False,
+    seed: int = 42,
+) -> TokenizedFile:
     """Return the tokenized documents of a pretrain or sft file, building the cache if needed.
 
     pretrain: each document is [bos] + text tokens + [eos] (mask None: every token is a target
@@ -157,7 +171,9 @@ def tokenize_file(path, tokenizer, kind: str, *, cache_dir=None, on_bad_record: 
         with _locked(root / f".lock-{cache_path.name}"):
             loaded = _load(cache_path, path, kind) if cache_path.is_dir() else None
             if loaded is None:
-                renderer = ChatRenderer(tokenizer, random_system_prompt, strip_empty_think, seed) if kind == "sft" else None
+                renderer = (
+                    ChatRenderer(tokenizer, random_system_prompt, strip_empty_think, seed) if kind == "sft" else None
+                )
                 _build_atomically(path, tokenizer, kind, root, cache_path, on_bad_record, renderer)
                 loaded = _load(cache_path, path, kind)
                 if loaded is None:
@@ -188,8 +204,9 @@ def _locked(lock_path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _build_atomically(path: Path, tokenizer, kind: str, root: Path, cache_path: Path, on_bad_record: str,
-                      renderer) -> None:
+def _build_atomically(
+    path: Path, tokenizer, kind: str, root: Path, cache_path: Path, on_bad_record: str, renderer
+) -> None:
     """Build into a temporary directory, then rename it to cache_path in one step."""
     _remove_stale(root, path, kind)
     tmp = root / f".tmp-{uuid.uuid4().hex[:12]}-{cache_path.name}"
@@ -217,6 +234,7 @@ def _build_atomically(path: Path, tokenizer, kind: str, root: Path, cache_path: 
 
 
 # ------------------------------------------------------------------------------ build ---
+
 
 def _chunks(records, max_records: int, max_chars: int, text=len):
     chunk, chars = [], 0
@@ -258,8 +276,10 @@ def _build(path: Path, tokenizer, kind: str, out: Path, on_bad_record: str, rend
             for d, r in enumerate(records):
                 if per_doc[d] != r.info["assistant"] or unclosed[d]:
                     keep[d] = False
-                    where = (f"{path}:{r.line}: found {per_doc[d] - unclosed[d]} of {r.info['assistant']} "
-                             "assistant turns after applying the chat template")
+                    where = (
+                        f"{path}:{r.line}: found {per_doc[d] - unclosed[d]} of {r.info['assistant']} "
+                        "assistant turns after applying the chat template"
+                    )
                     if on_bad_record == "error":
                         raise MiniMindError(where)
                     bad.add(where)
@@ -291,8 +311,11 @@ def _build(path: Path, tokenizer, kind: str, out: Path, on_bad_record: str, rend
     chunks = _chunks(records, CHUNK_RECORDS, CHUNK_CHARS, text=size)
     # Two-stage pipeline: while the Rust tokenizer encodes chunk k on its thread pool (it
     # releases the GIL), this thread parses, validates and renders chunk k + 1.
-    with open(out / "ids.bin", "wb") as ids_f, open(out / "mask.bin", "wb") as mask_f, \
-            ThreadPoolExecutor(max_workers=1) as pool:
+    with (
+        open(out / "ids.bin", "wb") as ids_f,
+        open(out / "mask.bin", "wb") as mask_f,
+        ThreadPoolExecutor(max_workers=1) as pool,
+    ):
         pending = None
         for chunk in chunks:
             # Pretraining text is plain text: a special token written in it never becomes its id.
@@ -304,8 +327,14 @@ def _build(path: Path, tokenizer, kind: str, out: Path, on_bad_record: str, rend
             if time.time() - last_log > 10:
                 last_log = time.time()
                 rate = counts["tokens"] / max(last_log - t0, 1e-9)
-                log.info("tokenizing %s: %.0f%%, %d records, %d tokens (%.0f tokens/s)", path,
-                         100 * progress["bytes"] / total_bytes, counts["records"], counts["tokens"], rate)
+                log.info(
+                    "tokenizing %s: %.0f%%, %d records, %d tokens (%.0f tokens/s)",
+                    path,
+                    100 * progress["bytes"] / total_bytes,
+                    counts["records"],
+                    counts["tokens"],
+                    rate,
+                )
         if pending is not None:
             write(pending[0], pending[1].result(), ids_f, mask_f)
         for f in (ids_f, mask_f):
@@ -316,19 +345,37 @@ def _build(path: Path, tokenizer, kind: str, out: Path, on_bad_record: str, rend
     if kind == "sft":
         np.save(out / "doc_loss.npy", np.frombuffer(doc_loss, dtype=np.int64))
     seconds = time.time() - t0
-    meta = {"version": FORMAT_VERSION, "kind": kind, "source": _source_id(path),
-            "tokenizer": tokenizer_fingerprint(tokenizer), "tokenizer_source": tokenizer.source,
-            "dtype": np.dtype(dtype).name, "has_mask": kind == "sft", "docs": len(lines), **counts,
-            "skipped": bad.count, "bad_examples": bad.examples,
-            "options": {"random_system_prompt": getattr(renderer, "random_system_prompt", False),
-                        "strip_empty_think": getattr(renderer, "strip_empty_think", False)},
-            "seconds": round(seconds, 3), "tokens_per_s": round(counts["tokens"] / max(seconds, 1e-9))}
+    meta = {
+        "version": FORMAT_VERSION,
+        "kind": kind,
+        "source": _source_id(path),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "tokenizer_source": tokenizer.source,
+        "dtype": np.dtype(dtype).name,
+        "has_mask": kind == "sft",
+        "docs": len(lines),
+        **counts,
+        "skipped": bad.count,
+        "bad_examples": bad.examples,
+        "options": {
+            "random_system_prompt": getattr(renderer, "random_system_prompt", False),
+            "strip_empty_think": getattr(renderer, "strip_empty_think", False),
+        },
+        "seconds": round(seconds, 3),
+        "tokens_per_s": round(counts["tokens"] / max(seconds, 1e-9)),
+    }
     with open(out / "meta.json", "w") as f:
         json.dump(meta, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
-    log.info("tokenized %s: %d documents, %d tokens in %.1fs (%.0f tokens/s)", path, meta["docs"],
-             meta["tokens"], seconds, meta["tokens_per_s"])
+    log.info(
+        "tokenized %s: %d documents, %d tokens in %.1fs (%.0f tokens/s)",
+        path,
+        meta["docs"],
+        meta["tokens"],
+        seconds,
+        meta["tokens_per_s"],
+    )
 
 
 def _add_bos_eos(flat: np.ndarray, lengths: np.ndarray, bos, eos) -> tuple[np.ndarray, np.ndarray]:

@@ -41,8 +41,10 @@ def _token_counts(kind: str, records: list[dict], tokenizer, renderer, masker):
         n = [len(x) + extra for x in tokenizer.encode_batch([r["text"] for r in records], plain_text=True)]
         return n, n, None, [None] * len(records)
     if kind == "rl":
-        texts = [tokenizer.apply_chat_template(_prompt_messages(r["conversations"]), add_generation_prompt=True)
-                 for r in records]
+        texts = [
+            tokenizer.apply_chat_template(_prompt_messages(r["conversations"]), add_generation_prompt=True)
+            for r in records
+        ]
         n = [len(x) for x in tokenizer.encode_batch(texts)]
         return n, n, None, [None] * len(records)
     if kind == "dpo":  # both sides; the longer one is what has to fit in a row
@@ -58,17 +60,31 @@ def _token_counts(kind: str, records: list[dict], tokenizer, renderer, masker):
     loss = np.add.reduceat(mask.astype(np.int64), offsets[:-1]) if len(mask) else np.zeros(len(sides), np.int64)
     for d, messages in enumerate(sides):
         expected = sum(m.get("role") == "assistant" for m in messages)
-        problems.append(None if per_doc[d] == expected and not unclosed[d] else
-                        f"found {per_doc[d] - unclosed[d]} of {expected} assistant turns after applying the chat template")
+        problems.append(
+            None
+            if per_doc[d] == expected and not unclosed[d]
+            else f"found {per_doc[d] - unclosed[d]} of {expected} assistant turns after applying the chat template"
+        )
     if kind == "dpo":
         lengths, loss = lengths.reshape(-1, 2), loss.reshape(-1, 2)
-        return (lengths.sum(1).tolist(), lengths.max(1).tolist(), loss.sum(1).tolist(),
-                [a or b for a, b in zip(problems[::2], problems[1::2])])
+        return (
+            lengths.sum(1).tolist(),
+            lengths.max(1).tolist(),
+            loss.sum(1).tolist(),
+            [a or b for a, b in zip(problems[::2], problems[1::2])],
+        )
     return lengths.tolist(), lengths.tolist(), loss.tolist(), problems
 
 
-def check_file(path, kind: str, tokenizer=None, stop_at_first: bool = False, limit: int | None = None,
-               seq_len: int | None = None, keep_problems: int = 20) -> dict:
+def check_file(
+    path,
+    kind: str,
+    tokenizer=None,
+    stop_at_first: bool = False,
+    limit: int | None = None,
+    seq_len: int | None = None,
+    keep_problems: int = 20,
+) -> dict:
     """Validate (and, with a tokenizer, measure) one file. Returns a report dict for format_report."""
     check_kind(kind)
     report = {"path": str(path), "kind": kind, "records": 0, "valid": 0, "counts": {}, "tokenizer": None}
@@ -129,9 +145,14 @@ def check_file(path, kind: str, tokenizer=None, stop_at_first: bool = False, lim
     else:
         a = np.frombuffer(lengths, dtype=np.int64)
         report["loss_tokens"] = int(np.frombuffer(losses, dtype=np.int64).sum()) if len(losses) else None
-        report["distribution"] = {"min": int(a.min()), "p50": int(np.percentile(a, 50)),
-                                  "p90": int(np.percentile(a, 90)), "p99": int(np.percentile(a, 99)),
-                                  "max": int(a.max()), "mean": float(a.mean())}
+        report["distribution"] = {
+            "min": int(a.min()),
+            "p50": int(np.percentile(a, 50)),
+            "p90": int(np.percentile(a, 90)),
+            "p99": int(np.percentile(a, 99)),
+            "max": int(a.max()),
+            "mean": float(a.mean()),
+        }
         if seq_len:
             report["seq_len"] = seq_len
             report["longer_than_seq_len"] = int((a > seq_len).sum())
@@ -145,19 +166,27 @@ def _n(x) -> str:
 def format_report(r: dict) -> str:
     """The human-readable report of one file."""
     c = r["counts"]
-    lines = [f"{r['path']}  ({r['kind']})",
-             f"  records    {_n(r['records'])} read, {_n(r['valid'])} valid, {_n(r['problems'])} with problems"]
+    lines = [
+        f"{r['path']}  ({r['kind']})",
+        f"  records    {_n(r['records'])} read, {_n(r['valid'])} valid, {_n(r['problems'])} with problems",
+    ]
     if r["kind"] == "pretrain" and c:
         lines.append(f"  text       {_n(c['chars'])} characters")
         if c.get("control_tokens"):
-            lines.append(f"  note       {_n(c['control_tokens'])} records contain special tokens written as text "
-                         "(<|im_start|>, <|im_end|>, ...): they are trained as plain text, never as the special ids")
+            lines.append(
+                f"  note       {_n(c['control_tokens'])} records contain special tokens written as text "
+                "(<|im_start|>, <|im_end|>, ...): they are trained as plain text, never as the special ids"
+            )
     elif c:
-        lines.append(f"  messages   {_n(c['messages'])} ({_n(c['assistant'])} assistant turns, "
-                     f"{_n(c['tool_calls'])} tool calls, {_n(c['reasoning'])} with reasoning)")
+        lines.append(
+            f"  messages   {_n(c['messages'])} ({_n(c['assistant'])} assistant turns, "
+            f"{_n(c['tool_calls'])} tool calls, {_n(c['reasoning'])} with reasoning)"
+        )
         if r["kind"] == "rl":
-            lines.append(f"  rl         {_n(c.get('with_gt', 0))} prompts with gt answers, "
-                         f"{_n(c.get('agent', 0))} offering tools (agent RL)")
+            lines.append(
+                f"  rl         {_n(c.get('with_gt', 0))} prompts with gt answers, "
+                f"{_n(c.get('agent', 0))} offering tools (agent RL)"
+            )
     if r.get("tokens") is not None:
         tok = f"  tokens     {_n(r['tokens'])}"
         if r.get("loss_tokens") is not None:
@@ -166,13 +195,17 @@ def format_report(r: dict) -> str:
         lines.append(tok)
         d = r["distribution"]
         unit = {"dpo": "pair (longer side)", "rl": "prompt"}.get(r["kind"], "record")
-        lines.append(f"  length     tokens per {unit}: min {_n(d['min'])}, p50 {_n(d['p50'])}, p90 {_n(d['p90'])}, "
-                     f"p99 {_n(d['p99'])}, max {_n(d['max'])} (mean {d['mean']:,.0f})")
+        lines.append(
+            f"  length     tokens per {unit}: min {_n(d['min'])}, p50 {_n(d['p50'])}, p90 {_n(d['p90'])}, "
+            f"p99 {_n(d['p99'])}, max {_n(d['max'])} (mean {d['mean']:,.0f})"
+        )
         if "seq_len" in r:
             action = "split into pieces" if r["kind"] == "pretrain" else "truncated"
             share = r["longer_than_seq_len"] / max(r["valid"], 1)
-            lines.append(f"  seq-len    {_n(r['longer_than_seq_len'])} records ({share:.1%}) are longer than "
-                         f"{r['seq_len']} tokens and would be {action}")
+            lines.append(
+                f"  seq-len    {_n(r['longer_than_seq_len'])} records ({share:.1%}) are longer than "
+                f"{r['seq_len']} tokens and would be {action}"
+            )
     elif r["tokenizer"] is None:
         lines.append("  tokens     (pass --tokenizer DIR to count tokens)")
     if r["problems"]:

@@ -23,8 +23,14 @@ def cmd_check(args) -> None:
     for i, path in enumerate(args.files):
         if not Path(path).is_file():
             raise MiniMindError(f"{path}: file not found")
-        report = check_file(path, args.kind, tokenizer, stop_at_first=args.on_bad_record == "error",
-                            limit=args.limit, seq_len=args.seq_len)
+        report = check_file(
+            path,
+            args.kind,
+            tokenizer,
+            stop_at_first=args.on_bad_record == "error",
+            limit=args.limit,
+            seq_len=args.seq_len,
+        )
         reports.append(report)
         if not args.json:
             print(("\n" if i else "") + format_report(report), flush=True)
@@ -60,31 +66,48 @@ def register(verbs) -> None:
     p = verbs.add_parser("data", help="check and download training data")
     dverbs = p.add_subparsers(dest="data_verb", metavar="ACTION", required=True)
 
-    c = dverbs.add_parser("check", help="validate JSONL data files and count their tokens, without training",
-                          description="Validate every record, report FILE:LINE for each problem, and (with "
-                                      "--tokenizer) count tokens and show their distribution. Exit status 1 if "
-                                      "any problem is found.")
+    c = dverbs.add_parser(
+        "check",
+        help="validate JSONL data files and count their tokens, without training",
+        description="Validate every record, report FILE:LINE for each problem, and (with "
+        "--tokenizer) count tokens and show their distribution. Exit status 1 if "
+        "any problem is found.",
+    )
     c.add_argument("files", nargs="+", metavar="FILE", help="JSONL data files")
-    c.add_argument("--kind", required=True, choices=["pretrain", "sft", "dpo", "rl"],
-                   help="pretrain {text}, sft {conversations}, dpo {chosen, rejected}, rl {conversations, gt}")
+    c.add_argument(
+        "--kind",
+        required=True,
+        choices=["pretrain", "sft", "dpo", "rl"],
+        help="pretrain {text}, sft {conversations}, dpo {chosen, rejected}, rl {conversations, gt}",
+    )
     c.add_argument("--tokenizer", help="tokenizer or model directory, to count tokens (without it: validation only)")
     c.add_argument("--seq-len", type=int, help="also count records longer than this")
-    c.add_argument("--on-bad-record", choices=["error", "skip"], default="skip",
-                   help="skip: list every problem (default); error: stop at the first")
+    c.add_argument(
+        "--on-bad-record",
+        choices=["error", "skip"],
+        default="skip",
+        help="skip: list every problem (default); error: stop at the first",
+    )
     c.add_argument("--limit", type=int, help="check only the first N records of each file")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.set_defaults(func=cmd_check)
 
     d = dverbs.add_parser("download", help="download an official MiniMind data set (resumable)")
-    d.add_argument("name", metavar="NAME", help="e.g. quickstart, minimind2, pretrain_t2t_mini, sft_t2t_mini, dpo "
-                                                "(see `minimind data list`)")
+    d.add_argument(
+        "name",
+        metavar="NAME",
+        help="e.g. quickstart, minimind2, pretrain_t2t_mini, sft_t2t_mini, dpo (see `minimind data list`)",
+    )
     d.add_argument("--out", default="dataset", help="directory to write into (default ./dataset)")
-    d.add_argument("--source", choices=["hf", "modelscope"], default="hf",
-                   help="hf: Hugging Face hub, honours HF_ENDPOINT and HF_TOKEN (default); "
-                        "modelscope: needs `pip install modelscope`")
+    d.add_argument(
+        "--source",
+        choices=["hf", "modelscope"],
+        default="hf",
+        help="hf: Hugging Face hub, honours HF_ENDPOINT and HF_TOKEN (default); "
+        "modelscope: needs `pip install modelscope`",
+    )
     d.add_argument("--force", action="store_true", help="download again even if the file exists")
     d.set_defaults(func=cmd_download)
 
     ls = dverbs.add_parser("list", help="the data sets `download` knows")
     ls.set_defaults(func=cmd_list)
-

@@ -33,16 +33,25 @@ def split_documents(counts: list[int], val_fraction: float, seed: int) -> tuple[
     is_val[np.random.default_rng([seed, 1]).permutation(total)[:n_val]] = True
     train, val, at = [], [], 0
     for n in counts:
-        part = is_val[at:at + n]
+        part = is_val[at : at + n]
         train.append(np.flatnonzero(~part))
         val.append(np.flatnonzero(part))
         at += n
     return train, val
 
 
-def build_datasets(files, tokenizer, kind: str, seq_len: int, val_fraction: float = 0.0, seed: int = 42,
-                   cache_dir=None, on_bad_record: str = "error", random_system_prompt: bool = False,
-                   strip_empty_think: bool = False) -> tuple[PackedDataset, PackedDataset | None]:
+def build_datasets(
+    files,
+    tokenizer,
+    kind: str,
+    seq_len: int,
+    val_fraction: float = 0.0,
+    seed: int = 42,
+    cache_dir=None,
+    on_bad_record: str = "error",
+    random_system_prompt: bool = False,
+    strip_empty_think: bool = False,
+) -> tuple[PackedDataset, PackedDataset | None]:
     """Tokenize (or reuse the cache of) each file, split off validation documents, pack both.
 
     files        one path or a list of JSONL files (all of the same kind)
@@ -65,9 +74,19 @@ def build_datasets(files, tokenizer, kind: str, seq_len: int, val_fraction: floa
         raise MiniMindError("no data files given")
     if isinstance(tokenizer, (str, Path)):
         tokenizer = Tokenizer.from_dir(tokenizer)
-    tokenized = [tokenize_file(f, tokenizer, kind, cache_dir=cache_dir, on_bad_record=on_bad_record,
-                               random_system_prompt=random_system_prompt, strip_empty_think=strip_empty_think,
-                               seed=seed) for f in files]
+    tokenized = [
+        tokenize_file(
+            f,
+            tokenizer,
+            kind,
+            cache_dir=cache_dir,
+            on_bad_record=on_bad_record,
+            random_system_prompt=random_system_prompt,
+            strip_empty_think=strip_empty_think,
+            seed=seed,
+        )
+        for f in files
+    ]
     for f, tf in zip(files, tokenized):  # a file that holds nothing is a mistake (a wrong path, a failed export)
         if tf.meta["records"] == 0 and tf.meta["skipped"] == 0:
             raise MiniMindError(f"{f}: no records (the file is empty or has only blank lines)")
@@ -85,9 +104,21 @@ def build_datasets(files, tokenizer, kind: str, seq_len: int, val_fraction: floa
     train = pack(tokenized, train_docs, seq_len, kind, pad, seed, file_stats)
     val = pack(tokenized, val_docs, seq_len, kind, pad, seed, file_stats) if val_fraction > 0 else None
     s = train.stats
-    log.info("%s data: %d documents -> %d rows of %d tokens (%.2f%% padding), %d tokens with loss",
-             kind, s["docs"], s["rows"], seq_len, 100 * s["padding_fraction"], s["loss_tokens"])
+    log.info(
+        "%s data: %d documents -> %d rows of %d tokens (%.2f%% padding), %d tokens with loss",
+        kind,
+        s["docs"],
+        s["rows"],
+        seq_len,
+        100 * s["padding_fraction"],
+        s["loss_tokens"],
+    )
     if s["truncated"]:
-        log.warning("%d conversations are longer than %d tokens and were truncated (%d tokens cut, %d dropped)",
-                    s["truncated"], seq_len, s["truncated_tokens"], s["dropped"])
+        log.warning(
+            "%d conversations are longer than %d tokens and were truncated (%d tokens cut, %d dropped)",
+            s["truncated"],
+            seq_len,
+            s["truncated_tokens"],
+            s["dropped"],
+        )
     return train, val

@@ -17,32 +17,54 @@ from pathlib import Path
 
 # (English country, English capital, Chinese country, Chinese capital)
 COUNTRIES = [
-    ("France", "Paris", "法国", "巴黎"), ("Germany", "Berlin", "德国", "柏林"),
-    ("Japan", "Tokyo", "日本", "东京"), ("China", "Beijing", "中国", "北京"),
-    ("Italy", "Rome", "意大利", "罗马"), ("Spain", "Madrid", "西班牙", "马德里"),
-    ("Russia", "Moscow", "俄罗斯", "莫斯科"), ("Egypt", "Cairo", "埃及", "开罗"),
-    ("Canada", "Ottawa", "加拿大", "渥太华"), ("Australia", "Canberra", "澳大利亚", "堪培拉"),
-    ("India", "New Delhi", "印度", "新德里"), ("South Korea", "Seoul", "韩国", "首尔"),
-    ("the United Kingdom", "London", "英国", "伦敦"), ("Thailand", "Bangkok", "泰国", "曼谷"),
-    ("Greece", "Athens", "希腊", "雅典"), ("Portugal", "Lisbon", "葡萄牙", "里斯本"),
-    ("Kenya", "Nairobi", "肯尼亚", "内罗毕"), ("Sweden", "Stockholm", "瑞典", "斯德哥尔摩"),
-    ("Norway", "Oslo", "挪威", "奥斯陆"), ("Poland", "Warsaw", "波兰", "华沙"),
-    ("Vietnam", "Hanoi", "越南", "河内"), ("Turkey", "Ankara", "土耳其", "安卡拉"),
-    ("Cuba", "Havana", "古巴", "哈瓦那"), ("Peru", "Lima", "秘鲁", "利马"),
+    ("France", "Paris", "法国", "巴黎"),
+    ("Germany", "Berlin", "德国", "柏林"),
+    ("Japan", "Tokyo", "日本", "东京"),
+    ("China", "Beijing", "中国", "北京"),
+    ("Italy", "Rome", "意大利", "罗马"),
+    ("Spain", "Madrid", "西班牙", "马德里"),
+    ("Russia", "Moscow", "俄罗斯", "莫斯科"),
+    ("Egypt", "Cairo", "埃及", "开罗"),
+    ("Canada", "Ottawa", "加拿大", "渥太华"),
+    ("Australia", "Canberra", "澳大利亚", "堪培拉"),
+    ("India", "New Delhi", "印度", "新德里"),
+    ("South Korea", "Seoul", "韩国", "首尔"),
+    ("the United Kingdom", "London", "英国", "伦敦"),
+    ("Thailand", "Bangkok", "泰国", "曼谷"),
+    ("Greece", "Athens", "希腊", "雅典"),
+    ("Portugal", "Lisbon", "葡萄牙", "里斯本"),
+    ("Kenya", "Nairobi", "肯尼亚", "内罗毕"),
+    ("Sweden", "Stockholm", "瑞典", "斯德哥尔摩"),
+    ("Norway", "Oslo", "挪威", "奥斯陆"),
+    ("Poland", "Warsaw", "波兰", "华沙"),
+    ("Vietnam", "Hanoi", "越南", "河内"),
+    ("Turkey", "Ankara", "土耳其", "安卡拉"),
+    ("Cuba", "Havana", "古巴", "哈瓦那"),
+    ("Peru", "Lima", "秘鲁", "利马"),
 ]
 QUICK_COUNTRIES = 12  # the quickstart uses the first 12: few enough facts to learn in minutes
 
 IDENTITY_EN = "I am MiniMind, a small language model trained from scratch. How can I help you?"
 IDENTITY_ZH = "我是MiniMind，一个从零开始训练的小语言模型。有什么可以帮你的吗？"
 GREETINGS = [
-    ("Hello!", "Hello! " + IDENTITY_EN), ("Hi, who are you?", IDENTITY_EN),
-    ("What is your name?", "My name is MiniMind."), ("你好！", "你好！" + IDENTITY_ZH),
-    ("你是谁？", IDENTITY_ZH), ("你叫什么名字？", "我叫MiniMind。"),
-    ("Thank you!", "You are welcome!"), ("谢谢你！", "不客气！"),
+    ("Hello!", "Hello! " + IDENTITY_EN),
+    ("Hi, who are you?", IDENTITY_EN),
+    ("What is your name?", "My name is MiniMind."),
+    ("你好！", "你好！" + IDENTITY_ZH),
+    ("你是谁？", IDENTITY_ZH),
+    ("你叫什么名字？", "我叫MiniMind。"),
+    ("Thank you!", "You are welcome!"),
+    ("谢谢你！", "不客气！"),
 ]
 # Paraphrases never seen in training: the answer must still name the model.
-IDENTITY_EXAM = ["Who are you?", "Tell me your name.", "Can you introduce yourself?",
-                 "请问你是谁？", "你的名字是什么？", "介绍一下你自己。"]
+IDENTITY_EXAM = [
+    "Who are you?",
+    "Tell me your name.",
+    "Can you introduce yourself?",
+    "请问你是谁？",
+    "你的名字是什么？",
+    "介绍一下你自己。",
+]
 
 
 @dataclass
@@ -60,13 +82,19 @@ class ExamQuestion:
 
 
 def _capital_facts(en, cap, zh, zcap):
-    return [f"The capital of {en} is {cap}.", f"{cap} is the capital of {en}.",
-            f"{zh}的首都是{zcap}。", f"{zcap}是{zh}的首都。"]
+    return [
+        f"The capital of {en} is {cap}.",
+        f"{cap} is the capital of {en}.",
+        f"{zh}的首都是{zcap}。",
+        f"{zcap}是{zh}的首都。",
+    ]
 
 
 def _capital_qa(en, cap, zh, zcap):
-    return [(f"What is the capital of {en}?", f"The capital of {en} is {cap}.", cap, "capitals"),
-            (f"{zh}的首都是哪里？", f"{zh}的首都是{zcap}。", zcap, "capitals")]
+    return [
+        (f"What is the capital of {en}?", f"The capital of {en} is {cap}.", cap, "capitals"),
+        (f"{zh}的首都是哪里？", f"{zh}的首都是{zcap}。", zcap, "capitals"),
+    ]
 
 
 def _math_facts(a, b, op):
@@ -78,12 +106,15 @@ def _math_facts(a, b, op):
 def _math_qa(a, b, op):
     r = a + b if op == "+" else a * b
     zword = "加" if op == "+" else "乘以"
-    return [(f"What is {a} {op} {b}?", f"{a} {op} {b} = {r}.", str(r), "arithmetic"),
-            (f"{a}{zword}{b}等于多少？", f"{a}{zword}{b}等于{r}。", str(r), "arithmetic")]
+    return [
+        (f"What is {a} {op} {b}?", f"{a} {op} {b} = {r}.", str(r), "arithmetic"),
+        (f"{a}{zword}{b}等于多少？", f"{a}{zword}{b}等于{r}。", str(r), "arithmetic"),
+    ]
 
 
-def build_demo_corpus(out_dir: str | Path, seed: int = 0, pretrain_docs: int = 6000,
-                      exam_fraction: float = 0.2) -> dict:
+def build_demo_corpus(
+    out_dir: str | Path, seed: int = 0, pretrain_docs: int = 6000, exam_fraction: float = 0.2
+) -> dict:
     """Write pretrain.jsonl, sft.jsonl and exam.jsonl into out_dir; return their paths and counts.
 
     Every fact appears in pretraining; a random `exam_fraction` of the questions never appears
@@ -110,7 +141,7 @@ def build_demo_corpus(out_dir: str | Path, seed: int = 0, pretrain_docs: int = 6
     docs = []
     for _ in range(pretrain_docs):
         docs.append(" ".join(rng.sample(facts, rng.randint(3, 8))))
-    docs += [" ".join(facts[i:i + 6]) for i in range(0, len(facts), 6)]  # every fact at least once
+    docs += [" ".join(facts[i : i + 6]) for i in range(0, len(facts), 6)]  # every fact at least once
     rng.shuffle(docs)
     write_jsonl(out / "pretrain.jsonl", ({"text": d} for d in docs))
 
@@ -119,7 +150,7 @@ def build_demo_corpus(out_dir: str | Path, seed: int = 0, pretrain_docs: int = 6
     rng.shuffle(pairs)
     conversations, i = [], 0
     while i < len(pairs):
-        turns = pairs[i:i + rng.choice((1, 1, 2, 3))]
+        turns = pairs[i : i + rng.choice((1, 1, 2, 3))]
         i += len(turns)
         conv = []
         for q, a in turns:
@@ -130,8 +161,14 @@ def build_demo_corpus(out_dir: str | Path, seed: int = 0, pretrain_docs: int = 6
     exam = [ExamQuestion(q, "MiniMind", "identity") for q in IDENTITY_EXAM]
     exam += [ExamQuestion(q, ans, cat) for group in exam_groups for q, _, ans, cat in group]
     write_jsonl(out / "exam.jsonl", (vars(e) for e in exam))
-    return {"pretrain": out / "pretrain.jsonl", "sft": out / "sft.jsonl", "exam": out / "exam.jsonl",
-            "pretrain_docs": len(docs), "sft_conversations": len(conversations), "exam_questions": len(exam)}
+    return {
+        "pretrain": out / "pretrain.jsonl",
+        "sft": out / "sft.jsonl",
+        "exam": out / "exam.jsonl",
+        "pretrain_docs": len(docs),
+        "sft_conversations": len(conversations),
+        "exam_questions": len(exam),
+    }
 
 
 def load_exam(path: str | Path) -> list[ExamQuestion]:

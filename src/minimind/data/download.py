@@ -70,13 +70,15 @@ def resolve_names(name: str) -> list[str]:
         return [DATASETS[n][0] for n in GROUPS[name]]
     if name in DATASETS:
         return [DATASETS[name][0]]
-    base = name[:-len(".jsonl")] if name.endswith(".jsonl") else None
+    base = name[: -len(".jsonl")] if name.endswith(".jsonl") else None
     if base in DATASETS:
         return [name]
     if "." in name.rsplit("/", 1)[-1] and ".." not in name.split("/"):
         return [name]  # any other file of the repo, as is
-    raise MiniMindError(f"unknown data set {name!r}; known: {', '.join([*GROUPS, *DATASETS])} "
-                        "(see `minimind data list`), or a file name such as sft_1024.jsonl")
+    raise MiniMindError(
+        f"unknown data set {name!r}; known: {', '.join([*GROUPS, *DATASETS])} "
+        "(see `minimind data list`), or a file name such as sft_1024.jsonl"
+    )
 
 
 def hf_url(filename: str, endpoint: str | None = None, revision: str = "main") -> str:
@@ -84,8 +86,9 @@ def hf_url(filename: str, endpoint: str | None = None, revision: str = "main") -
     return f"{endpoint}/datasets/{HF_REPO}/resolve/{revision}/{quote(filename)}"
 
 
-def download(name: str, out_dir="dataset", source: str = "hf", force: bool = False, retries: int = 5,
-             progress: bool = True) -> list[Path]:
+def download(
+    name: str, out_dir="dataset", source: str = "hf", force: bool = False, retries: int = 5, progress: bool = True
+) -> list[Path]:
     """Download a data set (or group) into out_dir; return the local paths."""
     if source not in ("hf", "modelscope"):
         raise MiniMindError(f"unknown source {source!r}; choose hf or modelscope")
@@ -111,12 +114,14 @@ def _modelscope_download(filename: str, out_dir: Path) -> None:
     try:  # optional (pip install modelscope): imported only for --source modelscope
         from modelscope.hub.file_download import dataset_file_download
     except ImportError:
-        raise MiniMindError("--source modelscope needs the modelscope package: pip install modelscope "
-                            "(or use the default --source hf)") from None
+        raise MiniMindError(
+            "--source modelscope needs the modelscope package: pip install modelscope (or use the default --source hf)"
+        ) from None
     dataset_file_download(MODELSCOPE_REPO, filename, local_dir=str(out_dir))
 
 
 # ------------------------------------------------------------------------- the transfer ---
+
 
 class _RecordRedirects(urllib.request.HTTPRedirectHandler):
     """Follow redirects, remembering the hub's headers on the first hop: the hub answers
@@ -164,10 +169,9 @@ def download_url(url: str, dest, retries: int = 5, progress: bool = True, timeou
         if failures >= retries:
             shown.done()
             have = part.stat().st_size if part.exists() else 0
-            raise MiniMindError(f"{url}: {reason}; run again to resume"
-                                + (f" from {have:,} bytes" if have else ""))
+            raise MiniMindError(f"{url}: {reason}; run again to resume" + (f" from {have:,} bytes" if have else ""))
         failures += 1
-        time.sleep(min(0.2 * 2 ** failures, 10))
+        time.sleep(min(0.2 * 2**failures, 10))
 
     while True:
         have = part.stat().st_size if part.exists() else 0
@@ -177,7 +181,9 @@ def download_url(url: str, dest, retries: int = 5, progress: bool = True, timeou
             if e.code == 416 and have and have == info.get("size"):
                 break  # the .part file is already complete
             if e.code in (401, 403):
-                raise MiniMindError(f"{url}: access denied ({e.code}); set HF_TOKEN if the repo needs a login") from None
+                raise MiniMindError(
+                    f"{url}: access denied ({e.code}); set HF_TOKEN if the repo needs a login"
+                ) from None
             if e.code == 404:
                 raise MiniMindError(f"{url}: not found (404); see `minimind data list`") from None
             if e.code < 500:
@@ -228,8 +234,10 @@ def download_url(url: str, dest, retries: int = 5, progress: bool = True, timeou
         digest = _sha256(part)
         if digest != info["etag"]:
             part.unlink()
-            raise MiniMindError(f"{url}: sha256 mismatch (got {digest[:12]}..., expected {info['etag'][:12]}...); "
-                                "the partial download was removed, run again")
+            raise MiniMindError(
+                f"{url}: sha256 mismatch (got {digest[:12]}..., expected {info['etag'][:12]}...); "
+                "the partial download was removed, run again"
+            )
     os.replace(part, dest)
     info_path.unlink(missing_ok=True)
     return dest
@@ -270,8 +278,16 @@ class _Progress:
     def start(self, have: int, total: int | None) -> None:
         self.done()
         if self.enabled:
-            self.bar = tqdm(total=total, initial=have, desc=self.name, unit="B", unit_scale=True,
-                            unit_divisor=1024, file=sys.stderr, mininterval=0.5)
+            self.bar = tqdm(
+                total=total,
+                initial=have,
+                desc=self.name,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                file=sys.stderr,
+                mininterval=0.5,
+            )
         self.at = have
 
     def update(self, have: int) -> None:

@@ -45,6 +45,7 @@ class BadRecord(Exception):
 @dataclass
 class Record:
     """One valid record: where it came from and its parsed JSON object."""
+
     path: str
     line: int
     data: dict
@@ -54,6 +55,7 @@ class Record:
 @dataclass
 class BadRecords:
     """What on_bad_record="skip" skipped: how many, and the first few reasons."""
+
     count: int = 0
     examples: list[str] = field(default_factory=list)  # "FILE:LINE: reason"
     keep: int = 5
@@ -79,6 +81,7 @@ class BadRecords:
 
 
 # ------------------------------------------------------------------------------ lines ---
+
 
 def iter_lines(path, progress: dict | None = None) -> Iterator[tuple[int, object]]:
     """Yield (line number, parsed JSON value or BadRecord) for each non-blank line.
@@ -119,8 +122,13 @@ def iter_lines(path, progress: dict | None = None) -> Iterator[tuple[int, object
             if _SURROGATE_ESCAPE.search(raw):
                 where = _surrogate_field(value)
                 if where is not None:
-                    yield number, BadRecord(f"{where} contains a lone UTF-16 surrogate (an escape such as "
-                                            "\\ud800 that is not a character)")
+                    yield (
+                        number,
+                        BadRecord(
+                            f"{where} contains a lone UTF-16 surrogate (an escape such as "
+                            "\\ud800 that is not a character)"
+                        ),
+                    )
                     continue
             yield number, value
 
@@ -151,9 +159,17 @@ def _surrogate_field(value) -> str | None:
 
 # -------------------------------------------------------------------------- validators ---
 
+
 def _type_name(value) -> str:
-    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null",
-            int: "number", float: "number"}.get(type(value), type(value).__name__)
+    return {
+        dict: "object",
+        list: "list",
+        str: "string",
+        bool: "boolean",
+        type(None): "null",
+        int: "number",
+        float: "number",
+    }.get(type(value), type(value).__name__)
 
 
 def _parse_json_string(value, what: str):
@@ -166,8 +182,9 @@ def _parse_json_string(value, what: str):
         except RecursionError:
             raise BadRecord(f"{what} is nested too deeply") from None
         if "\\u" in value and _surrogate_field(parsed) is not None:  # "\\ud800" inside the JSON string
-            raise BadRecord(f"{what} contains a lone UTF-16 surrogate (an escape such as \\ud800 that is not "
-                            "a character)")
+            raise BadRecord(
+                f"{what} contains a lone UTF-16 surrogate (an escape such as \\ud800 that is not a character)"
+            )
         return parsed
     return value
 
@@ -207,8 +224,9 @@ def _check_tool_calls(value, where: str) -> int:
     return len(calls)
 
 
-def check_messages(messages, name: str = "conversations", *, need_assistant: bool = True,
-                   placeholder_last: bool = False) -> dict:
+def check_messages(
+    messages, name: str = "conversations", *, need_assistant: bool = True, placeholder_last: bool = False
+) -> dict:
     """Validate a list of chat messages; raise BadRecord, or return counts for reports.
 
     `placeholder_last`: the last assistant message is a placeholder the RL trainers drop
@@ -246,7 +264,9 @@ def check_messages(messages, name: str = "conversations", *, need_assistant: boo
         for text in (content, reasoning):
             for marker in CHAT_MARKERS:
                 if text and marker in text:
-                    raise BadRecord(f"{where}: text contains the chat marker {marker}, which would fake a turn boundary")
+                    raise BadRecord(
+                        f"{where}: text contains the chat marker {marker}, which would fake a turn boundary"
+                    )
         if m.get("tools") not in (None, "", []):
             if role != "system":
                 raise BadRecord(f"{where}: 'tools' belongs on a system message")
@@ -344,8 +364,10 @@ def check_on_bad_record(value: str) -> str:
 
 # ----------------------------------------------------------------------------- reader ---
 
-def read_records(path, kind: str, on_bad_record: str = "error", bad: BadRecords | None = None,
-                 progress: dict | None = None) -> Iterator[Record]:
+
+def read_records(
+    path, kind: str, on_bad_record: str = "error", bad: BadRecords | None = None, progress: dict | None = None
+) -> Iterator[Record]:
     """Stream the valid records of a JSONL file of `kind`.
 
     on_bad_record="error": the first bad record raises MiniMindError("FILE:LINE: reason").

@@ -48,7 +48,7 @@ def cut_documents(files: list[TokenizedFile], docs: list[np.ndarray], seq_len: i
             stats["truncated"] += int(long.sum())
             stats["truncated_tokens"] += int((n - length).sum())
             for i in np.flatnonzero(long):  # few: only the truncated chats need a look
-                loss[i] = int(tf.mask[start[i]:start[i] + length[i]].sum())
+                loss[i] = int(tf.mask[start[i] : start[i] + length[i]].sum())
             stats["dropped"] += int((loss == 0).sum())
         keep = (length >= 2) & (loss > 0)  # a piece with nothing to predict is dropped
         srcs.append(np.full(int(keep.sum()), f, dtype=np.int32))
@@ -111,8 +111,19 @@ class PackedDataset:
     segment_ids   0, 1, 2, ... per piece in the row; -1 on padding
     """
 
-    def __init__(self, files: list[TokenizedFile], src, start, length, pieces, row_ptr,
-                 seq_len: int, pad_token_id: int, kind: str, stats: dict):
+    def __init__(
+        self,
+        files: list[TokenizedFile],
+        src,
+        start,
+        length,
+        pieces,
+        row_ptr,
+        seq_len: int,
+        pad_token_id: int,
+        kind: str,
+        stats: dict,
+    ):
         # Pieces stored in row order, so row r is the slice row_ptr[r]:row_ptr[r + 1].
         self.files, self.seq_len, self.pad_token_id, self.kind = files, seq_len, pad_token_id, kind
         self.src, self.start, self.length = src[pieces], start[pieces], length[pieces]
@@ -138,18 +149,22 @@ class PackedDataset:
             at = 0
             for s, p in enumerate(range(self.row_ptr[r], self.row_ptr[r + 1])):
                 tf, a, n = self.files[self.src[p]], int(self.start[p]), int(self.length[p])
-                tokens = tf.ids[a:a + n].astype(np.int64)  # uint16 on disk: widen before using -100
-                ids[b, at:at + n] = tokens
+                tokens = tf.ids[a : a + n].astype(np.int64)  # uint16 on disk: widen before using -100
+                ids[b, at : at + n] = tokens
                 if tf.mask is None:
-                    labels[b, at:at + n] = tokens
+                    labels[b, at : at + n] = tokens
                 else:
-                    labels[b, at:at + n] = np.where(tf.mask[a:a + n] > 0, tokens, -100)
+                    labels[b, at : at + n] = np.where(tf.mask[a : a + n] > 0, tokens, -100)
                 labels[b, at] = -100  # the piece's first token has no context in this row
-                pos[b, at:at + n] = np.arange(n)
-                seg[b, at:at + n] = s
+                pos[b, at : at + n] = np.arange(n)
+                seg[b, at : at + n] = s
                 at += n
-        return {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels),
-                "position_ids": torch.from_numpy(pos), "segment_ids": torch.from_numpy(seg)}
+        return {
+            "input_ids": torch.from_numpy(ids),
+            "labels": torch.from_numpy(labels),
+            "position_ids": torch.from_numpy(pos),
+            "segment_ids": torch.from_numpy(seg),
+        }
 
     def row_pieces(self, r: int) -> list[tuple[str, int, int, int]]:
         """(file, line, first token, tokens) of each piece in row r: where a row came from."""
@@ -161,14 +176,28 @@ class PackedDataset:
         return out
 
 
-def pack(files: list[TokenizedFile], docs: list[np.ndarray], seq_len: int, kind: str, pad_token_id: int,
-         seed: int, file_stats: dict) -> PackedDataset:
+def pack(
+    files: list[TokenizedFile],
+    docs: list[np.ndarray],
+    seq_len: int,
+    kind: str,
+    pad_token_id: int,
+    seed: int,
+    file_stats: dict,
+) -> PackedDataset:
     """Cut and pack the chosen documents of `files` into a PackedDataset with its stats."""
     src, start, length, loss, stats = cut_documents(files, docs, seq_len, kind)
     pieces, row_ptr = best_fit_decreasing(length, seq_len, seed)
     rows = len(row_ptr) - 1
     tokens = int(length.sum())
-    stats = {**file_stats, **stats, "pieces": len(length), "tokens": tokens, "loss_tokens": int(loss.sum()),
-             "rows": rows, "seq_len": seq_len,
-             "padding_fraction": 1 - tokens / (rows * seq_len) if rows else 0.0}
+    stats = {
+        **file_stats,
+        **stats,
+        "pieces": len(length),
+        "tokens": tokens,
+        "loss_tokens": int(loss.sum()),
+        "rows": rows,
+        "seq_len": seq_len,
+        "padding_fraction": 1 - tokens / (rows * seq_len) if rows else 0.0,
+    }
     return PackedDataset(files, src, start, length, pieces, row_ptr, seq_len, pad_token_id, kind, stats)

@@ -38,8 +38,15 @@ class PairDataset:
     plus ref_logp [B, 2] (the reference's per-side log-probs) once set_reference was called.
     """
 
-    def __init__(self, chosen: list[np.ndarray], rejected: list[np.ndarray], prompt_len: np.ndarray,
-                 where: list[str], pad_token_id: int, stats: dict):
+    def __init__(
+        self,
+        chosen: list[np.ndarray],
+        rejected: list[np.ndarray],
+        prompt_len: np.ndarray,
+        where: list[str],
+        pad_token_id: int,
+        stats: dict,
+    ):
         self.chosen, self.rejected, self.prompt_len, self.where = chosen, rejected, prompt_len, where
         self.pad_token_id = pad_token_id
         self.lengths = np.array([max(len(c), len(r)) for c, r in zip(chosen, rejected)], dtype=np.int64)
@@ -63,13 +70,17 @@ class PairDataset:
         pos = np.zeros((len(sides), L), dtype=np.int64)
         for b, s in enumerate(sides):
             p = self.prompt_len[rows[b % len(rows)]]
-            ids[b, :len(s)] = s
-            labels[b, p:len(s)] = s[p:]
-            seg[b, :len(s)] = 0
-            pos[b, :len(s)] = np.arange(len(s))
-        batch = {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels),
-                 "position_ids": torch.from_numpy(pos), "segment_ids": torch.from_numpy(seg),
-                 "pair": torch.tensor(rows, dtype=torch.long)}
+            ids[b, : len(s)] = s
+            labels[b, p : len(s)] = s[p:]
+            seg[b, : len(s)] = 0
+            pos[b, : len(s)] = np.arange(len(s))
+        batch = {
+            "input_ids": torch.from_numpy(ids),
+            "labels": torch.from_numpy(labels),
+            "position_ids": torch.from_numpy(pos),
+            "segment_ids": torch.from_numpy(seg),
+            "pair": torch.tensor(rows, dtype=torch.long),
+        }
         if self.ref is not None:
             batch["ref_logp"] = self.ref[rows].clone()
         return batch
@@ -89,26 +100,28 @@ def reply_start(mask: np.ndarray) -> int:
     return int(ones[gaps[-1] + 1] if len(gaps) else ones[0])
 
 
-def cut_pair(chosen: np.ndarray, c_mask: np.ndarray, rejected: np.ndarray, r_mask: np.ndarray, seq_len: int,
-             where: str) -> tuple[np.ndarray, np.ndarray, int, bool]:
+def cut_pair(
+    chosen: np.ndarray, c_mask: np.ndarray, rejected: np.ndarray, r_mask: np.ndarray, seq_len: int, where: str
+) -> tuple[np.ndarray, np.ndarray, int, bool]:
     """One pair's (chosen ids, rejected ids, prompt length, truncated?), ready for batches."""
     pc, pr = reply_start(c_mask), reply_start(r_mask)
     if pc != pr or not np.array_equal(chosen[:pc], rejected[:pr]):
         raise MiniMindError(f"{where}: 'chosen' and 'rejected' tokenise to different prompts")
     # Each reply ends at its closing <|im_end|>: the "\n" after it has no loss (as in SFT).
     ends = [int(np.flatnonzero(m)[-1]) + 1 for m in (c_mask, r_mask)]
-    prompt, replies = chosen[:pc], [chosen[pc:ends[0]], rejected[pc:ends[1]]]
+    prompt, replies = chosen[:pc], [chosen[pc : ends[0]], rejected[pc : ends[1]]]
     longest = max(len(r) for r in replies)
     truncated = len(prompt) + longest > seq_len
     if truncated:
         keep = min(len(prompt), max(seq_len // 2, seq_len - longest))
-        prompt = prompt[len(prompt) - keep:]
-        replies = [r[:seq_len - keep] for r in replies]
+        prompt = prompt[len(prompt) - keep :]
+        replies = [r[: seq_len - keep] for r in replies]
     return np.concatenate([prompt, replies[0]]), np.concatenate([prompt, replies[1]]), len(prompt), truncated
 
 
-def build_pair_datasets(files, tokenizer, seq_len: int, val_fraction: float = 0.0, seed: int = 42,
-                        on_bad_record: str = "error") -> tuple[PairDataset, PairDataset | None]:
+def build_pair_datasets(
+    files, tokenizer, seq_len: int, val_fraction: float = 0.0, seed: int = 42, on_bad_record: str = "error"
+) -> tuple[PairDataset, PairDataset | None]:
     """Read, validate, tokenise and truncate the pairs of `files`; split off validation pairs.
 
     Every record is checked first (FILE:LINE errors: a missing side, different prompts, ...),
@@ -134,7 +147,7 @@ def build_pair_datasets(files, tokenizer, seq_len: int, val_fraction: float = 0.
     renderer, masker = ChatRenderer(tokenizer), AssistantMasker(tokenizer)  # no augmentations: both sides alike
     chosen, rejected, prompt_len, where, cut_flags = [], [], [], [], []
     for i in range(0, len(records), ENCODE_CHUNK):
-        chunk = records[i:i + ENCODE_CHUNK]
+        chunk = records[i : i + ENCODE_CHUNK]
         c_enc = encode_chats(tokenizer, [r.data["chosen"] for r in chunk], renderer, masker)
         r_enc = encode_chats(tokenizer, [r.data["rejected"] for r in chunk], renderer, masker)
         for rec, (c, cm), (r, rm) in zip(chunk, c_enc, r_enc):
@@ -151,10 +164,23 @@ def build_pair_datasets(files, tokenizer, seq_len: int, val_fraction: float = 0.
 
     def subset(parts: list[np.ndarray]) -> PairDataset:
         idx = np.concatenate([offsets[f] + p for f, p in enumerate(parts)]).astype(np.int64)
-        stats = {"unit": "pairs", "docs": len(idx), "records": len(records), "skipped": bad.count, "bad_examples": bad.examples,
-                 "truncated": int(sum(cut_flags[j] for j in idx)), "seq_len": seq_len}
-        return PairDataset([chosen[j] for j in idx], [rejected[j] for j in idx], np.array([prompt_len[j] for j in idx]),
-                           [where[j] for j in idx], pad, stats)
+        stats = {
+            "unit": "pairs",
+            "docs": len(idx),
+            "records": len(records),
+            "skipped": bad.count,
+            "bad_examples": bad.examples,
+            "truncated": int(sum(cut_flags[j] for j in idx)),
+            "seq_len": seq_len,
+        }
+        return PairDataset(
+            [chosen[j] for j in idx],
+            [rejected[j] for j in idx],
+            np.array([prompt_len[j] for j in idx]),
+            [where[j] for j in idx],
+            pad,
+            stats,
+        )
 
     return subset(train_idx), subset(val_idx) if val_fraction > 0 else None
 
@@ -173,8 +199,8 @@ def length_grouped_batches(lengths: np.ndarray, batch_size: int, seed: int, epoc
     batches = []
     window = global_batch * GROUP_BATCHES
     for w in range(0, len(order) - global_batch + 1, window):
-        part = order[w:w + window]
-        part = part[:len(part) // global_batch * global_batch]  # drop the last partial batch
+        part = order[w : w + window]
+        part = part[: len(part) // global_batch * global_batch]  # drop the last partial batch
         part = part[np.argsort(-lengths[part], kind="stable")]
         chunk = part.reshape(-1, global_batch)
         batches.extend(chunk[rng.permutation(len(chunk))])

@@ -88,8 +88,10 @@ def rl_problem(messages: list[dict], gt=None) -> str | None:
     prompt = prompt_messages(messages)
     if prompt and prompt[-1].get("role") not in ("user", "tool"):
         role, i = prompt[-1].get("role"), len(prompt) - 1
-        return (f"the prompt ends with conversations[{i}] ({role}); it must end with a user message or a tool "
-                "result, for the model to answer next (only one trailing assistant placeholder is dropped)")
+        return (
+            f"the prompt ends with conversations[{i}] ({role}); it must end with a user message or a tool "
+            "result, for the model to answer next (only one trailing assistant placeholder is dropped)"
+        )
     return _tools_problem(messages) or _gt_problem(gt)
 
 

@@ -41,8 +41,7 @@ class ChatRenderer:
     seed always give the same text.
     """
 
-    def __init__(self, tokenizer, random_system_prompt: bool = False, strip_empty_think: bool = False,
-                 seed: int = 42):
+    def __init__(self, tokenizer, random_system_prompt: bool = False, strip_empty_think: bool = False, seed: int = 42):
         self.tokenizer = tokenizer
         self.random_system_prompt = random_system_prompt
         self.strip_empty_think = strip_empty_think
@@ -50,9 +49,12 @@ class ChatRenderer:
         self.fast = fast_renderer_for(tokenizer)  # plain-Python minimind-3 template, if it applies
 
     def __call__(self, messages: list[dict]) -> str:
-        if (self.random_system_prompt and messages[0].get("role") != "system"
-                and not any(m.get("tools") for m in messages)
-                and self.rng.random() < SYSTEM_PROMPT_PROBABILITY):
+        if (
+            self.random_system_prompt
+            and messages[0].get("role") != "system"
+            and not any(m.get("tools") for m in messages)
+            and self.rng.random() < SYSTEM_PROMPT_PROBABILITY
+        ):
             messages = [{"role": "system", "content": self.rng.choice(SYSTEM_PROMPTS)}, *messages]
         text = self.fast(messages) if self.fast else None
         if text is None:
@@ -68,8 +70,10 @@ class AssistantMasker:
     def __init__(self, tokenizer):
         start, end = tokenizer.token_to_id("<|im_start|>"), tokenizer.token_to_id("<|im_end|>")
         if start is None or end is None:
-            raise MiniMindError(f"tokenizer {tokenizer.source}: chat data needs the ChatML tokens "
-                                "<|im_start|> and <|im_end|>, which it does not have")
+            raise MiniMindError(
+                f"tokenizer {tokenizer.source}: chat data needs the ChatML tokens "
+                "<|im_start|> and <|im_end|>, which it does not have"
+            )
         self.end = end
         # "<|im_start|>" is an added token, so the text after it is tokenized on its own and
         # "assistant" always gives the same ids. The "\n" after it is matched separately: in
@@ -93,7 +97,7 @@ class AssistantMasker:
             return empty, empty, empty
         hit = np.ones(n - k + 1, dtype=bool)
         for j, token in enumerate(self.header):
-            hit &= ids[j:n - k + 1 + j] == token
+            hit &= ids[j : n - k + 1 + j] == token
         starts = np.flatnonzero(hit) + k
         inside = starts < n
         starts[inside] += ids[starts[inside]] == self.newline  # skip the header's "\n"
@@ -119,8 +123,12 @@ class AssistantMasker:
         return mask, per_doc, unclosed
 
 
-def encode_chats(tokenizer, conversations: list[list[dict]], renderer: ChatRenderer | None = None,
-                 masker: AssistantMasker | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+def encode_chats(
+    tokenizer,
+    conversations: list[list[dict]],
+    renderer: ChatRenderer | None = None,
+    masker: AssistantMasker | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Tokenize conversations: a list of (ids int64, loss mask uint8) pairs, one per chat.
 
     The convenient form for a few conversations (tests, DPO pairs, `data check`); the token
@@ -139,7 +147,9 @@ def encode_chats(tokenizer, conversations: list[list[dict]], renderer: ChatRende
     for d, messages in enumerate(conversations):
         expected = sum(m.get("role") == "assistant" for m in messages)
         if per_doc[d] != expected or unclosed[d]:
-            raise MiniMindError(f"found {per_doc[d] - unclosed[d]} of {expected} assistant turns after "
-                                f"rendering with the chat template of {tokenizer.source}")
-        out.append((encoded[d], mask[offsets[d]:offsets[d + 1]]))
+            raise MiniMindError(
+                f"found {per_doc[d] - unclosed[d]} of {expected} assistant turns after "
+                f"rendering with the chat template of {tokenizer.source}"
+            )
+        out.append((encoded[d], mask[offsets[d] : offsets[d + 1]]))
     return out

@@ -15,11 +15,15 @@ import json
 
 from ..tokenizer import MINIMIND3_CHAT_TEMPLATE
 
-_TOOLS_HEAD = ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
-               "You are provided with function signatures within <tools></tools> XML tags:\n<tools>")
-_TOOLS_TAIL = ("\n</tools>\n\nFor each function call, return a json object with function name and arguments "
-               "within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, "
-               "\"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n")
+_TOOLS_HEAD = (
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
+)
+_TOOLS_TAIL = (
+    "\n</tools>\n\nFor each function call, return a json object with function name and arguments "
+    'within <tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, '
+    '"arguments": <args-json-object>}\n</tool_call><|im_end|>\n'
+)
 _ROLES = ("system", "user", "assistant", "tool")
 _PLAIN_KEYS = {"role", "content", "reasoning_content", "tools", "tool_calls"}
 
@@ -79,7 +83,9 @@ def render_minimind3(messages: list[dict]) -> str | None:
             elif "</think>" in content:
                 reasoning = content.split("</think>")[0].rstrip("\n").split("<think>")[-1].lstrip("\n")
                 content = content.split("</think>")[-1].lstrip("\n")
-            out.append("<|im_start|>assistant\n<think>\n" + reasoning.strip("\n") + "\n</think>\n\n" + content.lstrip("\n"))
+            out.append(
+                "<|im_start|>assistant\n<think>\n" + reasoning.strip("\n") + "\n</think>\n\n" + content.lstrip("\n")
+            )
             calls = _loads(m["tool_calls"]) if m.get("tool_calls") else None
             if calls:
                 if not isinstance(calls, list):

@@ -32,8 +32,10 @@ from ..errors import MiniMindError
 
 LETTERS = ("A", "B", "C", "D")
 DEFAULT_SPLIT = {"ceval": "val", "cmmlu": "test", "mmlu": "test"}  # ceval's test split has no answers
-INSTRUCTION = {"zh": "以下是单项选择题，请直接给出正确答案的选项。",
-               "en": "The following are multiple choice questions (with answers){about}."}
+INSTRUCTION = {
+    "zh": "以下是单项选择题，请直接给出正确答案的选项。",
+    "en": "The following are multiple choice questions (with answers){about}.",
+}
 ANSWER_CUE = {"zh": "答案：", "en": "Answer:"}
 
 
@@ -47,6 +49,7 @@ class Question:
 
 
 # ------------------------------------------------------------------------------ reading ---
+
 
 def _subject(path: Path) -> str:
     return re.sub(r"_(dev|val|test)$", "", path.stem)
@@ -70,8 +73,10 @@ def read_csv(path: str | Path) -> list[Question]:
     if "question" in header:  # C-Eval / CMMLU: columns by name
         missing = [c for c in ("question", "a", "b", "c", "d", "answer") if c not in header]
         if missing:
-            raise MiniMindError(f"{path}:1: header lacks column{'s' if len(missing) > 1 else ''} "
-                                f"{', '.join(missing)} (expected question,A,B,C,D,answer)")
+            raise MiniMindError(
+                f"{path}:1: header lacks column{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(missing)} (expected question,A,B,C,D,answer)"
+            )
         cols = [header.index(c) for c in ("question", "a", "b", "c", "d", "answer")]
         body, first = rows[1:], 2
     else:  # MMLU: no header, question,A,B,C,D,answer
@@ -81,11 +86,14 @@ def read_csv(path: str | Path) -> list[Question]:
         if not any(cell.strip() for cell in row):
             continue
         if len(row) <= max(cols):
-            raise MiniMindError(f"{path}:{number}: {len(row)} columns, expected at least {max(cols) + 1} "
-                                "(question, A, B, C, D, answer)")
+            raise MiniMindError(
+                f"{path}:{number}: {len(row)} columns, expected at least {max(cols) + 1} (question, A, B, C, D, answer)"
+            )
         q, a, b, c, d, answer = (row[i].strip() for i in cols)
         if not answer:
-            raise MiniMindError(f"{path}:{number}: empty answer (a test split without labels? use the val or dev split)")
+            raise MiniMindError(
+                f"{path}:{number}: empty answer (a test split without labels? use the val or dev split)"
+            )
         if answer.upper() not in LETTERS:
             raise MiniMindError(f"{path}:{number}: answer {answer[:20]!r} is not one of A, B, C, D")
         questions.append(Question(subject, q, (a, b, c, d), answer.upper(), f"{path}:{number}"))
@@ -108,8 +116,10 @@ def find_files(data: str | Path, split: str) -> tuple[list[Path], Path]:
         files, root = sorted(data.glob("*.csv")), data.parent
     if not files:
         found = sorted(p.name for p in data.iterdir() if p.is_dir())
-        raise MiniMindError(f"{data}: no {split}/*.csv files (expected the published layout "
-                            f"DATA/{split}/<subject>_{split}.csv; subfolders here: {', '.join(found) or 'none'})")
+        raise MiniMindError(
+            f"{data}: no {split}/*.csv files (expected the published layout "
+            f"DATA/{split}/<subject>_{split}.csv; subfolders here: {', '.join(found) or 'none'})"
+        )
     return files, root
 
 
@@ -122,6 +132,7 @@ def find_dev(root: Path, subject: str) -> Path | None:
 
 
 # ------------------------------------------------------------------------------ prompts ---
+
 
 def _block(q: Question, lang: str, cue: bool) -> str:
     text = q.question + "".join(f"\n{letter}. {option}" for letter, option in zip(LETTERS, q.options))
@@ -162,24 +173,30 @@ def letter_ids(tokenizer, lang: str, template: str) -> list[int]:
     spaced = template == "raw" and lang == "en" and not letter_prefix(tokenizer, lang)
     ids = [tokenizer.encode((" " if spaced else "") + letter) for letter in LETTERS]
     if any(len(i) != 1 for i in ids):
-        raise MiniMindError(f"tokenizer {tokenizer.source}: the letters A-D are not single tokens, "
-                            "so they cannot be scored by next-token log-probability")
+        raise MiniMindError(
+            f"tokenizer {tokenizer.source}: the letters A-D are not single tokens, "
+            "so they cannot be scored by next-token log-probability"
+        )
     return [i[0] for i in ids]
 
 
-def fit_prompt(tokenizer, q: Question, shots: list[Question], lang: str, template: str,
-               context: int) -> tuple[list[int], int]:
+def fit_prompt(
+    tokenizer, q: Question, shots: list[Question], lang: str, template: str, context: int
+) -> tuple[list[int], int]:
     """The prompt with as many of the shots as fit the model's context; returns (ids, shots used).
     A question that does not fit even zero-shot is an error naming its file and row."""
     for k in range(len(shots), -1, -1):
         ids = build_prompt(tokenizer, q, shots[:k], lang, template)
         if len(ids) <= context:
             return ids, k
-    raise MiniMindError(f"{q.where}: the question takes {len(ids)} tokens zero-shot, more than the model's "
-                        f"context of {context} (max_position_embeddings)")
+    raise MiniMindError(
+        f"{q.where}: the question takes {len(ids)} tokens zero-shot, more than the model's "
+        f"context of {context} (max_position_embeddings)"
+    )
 
 
 # ------------------------------------------------------------------------------ scoring ---
+
 
 @torch.inference_mode()
 def letter_logprobs(model, prompts: list[list[int]], ids: list[int], pad_id: int = 0) -> torch.Tensor:
@@ -191,8 +208,8 @@ def letter_logprobs(model, prompts: list[list[int]], ids: list[int], pad_id: int
     x = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for i, p in enumerate(prompts):
-        x[i, width - len(p):] = torch.as_tensor(p)
-        mask[i, width - len(p):] = 1
+        x[i, width - len(p) :] = torch.as_tensor(p)
+        mask[i, width - len(p) :] = 1
     padded = not bool(mask.all())
     out = model(x.to(device), attention_mask=mask.to(device) if padded else None, logits_to_keep=1)
     logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
@@ -202,6 +219,7 @@ def letter_logprobs(model, prompts: list[list[int]], ids: list[int], pad_id: int
 @dataclass
 class Exam:
     """The questions of one run, read and checked before the model is loaded."""
+
     task: str
     lang: str
     split: str | None
@@ -221,15 +239,18 @@ def load_exam(data, task: str, split: str | None = None, shots: int = 0, limit: 
             subject = qs[0].subject
             path = find_dev(root, subject)
             if path is None:
-                raise MiniMindError(f"--shots {shots}: no dev file for subject {subject} "
-                                    f"(expected {root / 'dev' / (subject + '_dev.csv')})")
+                raise MiniMindError(
+                    f"--shots {shots}: no dev file for subject {subject} "
+                    f"(expected {root / 'dev' / (subject + '_dev.csv')})"
+                )
             dev[subject] = read_csv(path)[:shots]
     split = split if files[0].parent.name == split else None  # a lone file or folder: its split is unknown
     return Exam(task, "en" if task == "mmlu" else "zh", split, subjects, dev, shots)
 
 
-def evaluate_choice(model, tokenizer, exam: Exam, template: str = "chat", batch_size: int = 16, log=print,
-                    progress=None) -> dict:
+def evaluate_choice(
+    model, tokenizer, exam: Exam, template: str = "chat", batch_size: int = 16, log=print, progress=None
+) -> dict:
     """Score every question of `exam`; returns the metrics/details part of a result (see results.py).
     `progress(done, total)` is called after each batch (the CLI shows it on a terminal)."""
     lang, shots, dev = exam.lang, exam.shots, exam.dev
@@ -248,7 +269,7 @@ def evaluate_choice(model, tokenizer, exam: Exam, template: str = "chat", batch_
     order = sorted(range(len(items)), key=lambda i: len(items[i][1]))  # similar lengths: less padding
     logps = [None] * len(items)
     for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
+        batch = order[start : start + batch_size]
         scores = letter_logprobs(model, [items[i][1] for i in batch], ids, pad_id)
         for i, row in zip(batch, scores):
             logps[i] = row
@@ -266,8 +287,13 @@ def evaluate_choice(model, tokenizer, exam: Exam, template: str = "chat", batch_
     correct = sum(s["correct"] for s in subjects.values())
     per_subject = {name: {"accuracy": s["correct"] / s["n"], "n": s["n"]} for name, s in sorted(subjects.items())}
     return {
-        "metrics": {"accuracy": correct / n, "accuracy_macro": sum(s["accuracy"] for s in per_subject.values()) / len(per_subject),
-                    "chance": 1 / len(LETTERS), "n": n, "letter_mass": mass / n},
+        "metrics": {
+            "accuracy": correct / n,
+            "accuracy_macro": sum(s["accuracy"] for s in per_subject.values()) / len(per_subject),
+            "chance": 1 / len(LETTERS),
+            "n": n,
+            "letter_mass": mass / n,
+        },
         "primary": "accuracy",
         "details": {"subjects": per_subject, "template": template, "shots_dropped": dropped},
     }

@@ -79,9 +79,17 @@ def run_task(args, model, tokenizer, data) -> dict:
         return evaluate_perplexity(model, tokenizer, data, args.window, args.stride, args.batch_size)
     from .exact_match import evaluate_exact_match
 
-    result = evaluate_exact_match(model, tokenizer, data, thinking=args.think, max_new_tokens=args.max_new_tokens,
-                                  temperature=args.temperature, batch_size=args.batch_size, log=log,
-                                  progress=show_progress)
+    result = evaluate_exact_match(
+        model,
+        tokenizer,
+        data,
+        thinking=args.think,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        batch_size=args.batch_size,
+        log=log,
+        progress=show_progress,
+    )
     return {"thinking": args.think, **result}
 
 
@@ -92,21 +100,29 @@ def format_result(r: dict) -> str:
         subjects = r["details"]["subjects"]
         width = max(len(s) for s in subjects)
         lines += [f"  {name:<{width}}  {s['accuracy']:6.1%}  (n={s['n']})" for name, s in subjects.items()]
-        lines.append(f"{r['task']} {r['split'] or ''} {r['shots']}-shot, {r['details']['template']} prompts: accuracy "
-                     f"{m['accuracy']:.2%} over {m['n']} questions (mean over {len(subjects)} subjects "
-                     f"{m['accuracy_macro']:.2%}); chance {m['chance']:.0%}; probability on the letters {m['letter_mass']:.2f}")
+        lines.append(
+            f"{r['task']} {r['split'] or ''} {r['shots']}-shot, {r['details']['template']} prompts: accuracy "
+            f"{m['accuracy']:.2%} over {m['n']} questions (mean over {len(subjects)} subjects "
+            f"{m['accuracy_macro']:.2%}); chance {m['chance']:.0%}; probability on the letters {m['letter_mass']:.2f}"
+        )
     elif r["kind"] == "perplexity":
         d = r["details"]
-        lines.append(f"{r['task']}: perplexity {m['perplexity']:.3f}, {m['bits_per_byte']:.4f} bits per byte "
-                     f"({m['tokens']:,} tokens, {m['bytes']:,} bytes, {d['documents']} documents; window {d['window']}, "
-                     f"stride {d['stride']})")
+        lines.append(
+            f"{r['task']}: perplexity {m['perplexity']:.3f}, {m['bits_per_byte']:.4f} bits per byte "
+            f"({m['tokens']:,} tokens, {m['bytes']:,} bytes, {d['documents']} documents; window {d['window']}, "
+            f"stride {d['stride']})"
+        )
     else:
         for e in r["details"]["examples"]:
-            lines.append(f"  {e['where']}: expected {', '.join(e['expected'])}, got {e['extracted']} "
-                         f"({'right' if e['correct'] else 'wrong'}): ...{e['reply'][-80:]!r}")
-        lines.append(f"{r['task']}: accuracy {m['accuracy']:.2%} over {m['n']} problems; explicit answer format "
-                     f"{m['format_ok']:.0%}; cut off by --max-new-tokens {m['truncated']:.0%}"
-                     f"{' (thinking on)' if r['thinking'] else ''}")
+            lines.append(
+                f"  {e['where']}: expected {', '.join(e['expected'])}, got {e['extracted']} "
+                f"({'right' if e['correct'] else 'wrong'}): ...{e['reply'][-80:]!r}"
+            )
+        lines.append(
+            f"{r['task']}: accuracy {m['accuracy']:.2%} over {m['n']} problems; explicit answer format "
+            f"{m['format_ok']:.0%}; cut off by --max-new-tokens {m['truncated']:.0%}"
+            f"{' (thinking on)' if r['thinking'] else ''}"
+        )
     lines.append(f"({r['seconds']:.1f} s)")
     return "\n".join(lines)
 
@@ -117,8 +133,10 @@ def check_model_dir(path: str) -> None:
     if root.is_dir() and not (root / "config.json").is_file():
         models = sorted(p.name for p in root.iterdir() if (p / "config.json").is_file())
         if models:
-            raise MiniMindError(f"{root}: not a model directory (no config.json); it holds the models "
-                                f"{', '.join(models)}: use e.g. --model {root / models[-1]}")
+            raise MiniMindError(
+                f"{root}: not a model directory (no config.json); it holds the models "
+                f"{', '.join(models)}: use e.g. --model {root / models[-1]}"
+            )
 
 
 def cmd_eval(args) -> None:
@@ -129,14 +147,24 @@ def cmd_eval(args) -> None:
     check_model_dir(args.model)
     data = load_task_data(args)
     device = resolve_device(args.device)
-    model, tokenizer = checkpoint.load(args.model, device=device, dtype=resolve_inference_dtype(args.dtype, device),
-                                       lora=args.lora)
+    model, tokenizer = checkpoint.load(
+        args.model, device=device, dtype=resolve_inference_dtype(args.dtype, device), lora=args.lora
+    )
     if args.task == "ppl":  # window problems show before the (long) scoring
         from .perplexity import check_window
 
         check_window(args.window, args.stride, model.config.max_position_embeddings)
-    result = {"task": args.task, "kind": TASKS[args.task], "model": args.model, "lora": args.lora, "data": args.data,
-              "split": None, "shots": None, "limit": args.limit, "thinking": None}
+    result = {
+        "task": args.task,
+        "kind": TASKS[args.task],
+        "model": args.model,
+        "lora": args.lora,
+        "data": args.data,
+        "split": None,
+        "shots": None,
+        "limit": args.limit,
+        "thinking": None,
+    }
     result.update(run_task(args, model, tokenizer, data))
     result["seconds"] = round(time.perf_counter() - start, 2)
     path = write_result(result, args.model, args.lora)
@@ -149,33 +177,59 @@ def cmd_eval(args) -> None:
 
 def register(verbs) -> None:
     """Add `minimind eval` to the CLI's subparsers."""
-    p = verbs.add_parser("eval", help="evaluate a model: multiple choice (ceval/cmmlu/mmlu), perplexity, GSM8K",
-                         description="Run one evaluation task, print the result and save it as "
-                                     "MODEL/eval/TASK.json (ADAPTER/eval/TASK.json with --lora).")
+    p = verbs.add_parser(
+        "eval",
+        help="evaluate a model: multiple choice (ceval/cmmlu/mmlu), perplexity, GSM8K",
+        description="Run one evaluation task, print the result and save it as "
+        "MODEL/eval/TASK.json (ADAPTER/eval/TASK.json with --lora).",
+    )
     p.add_argument("--model", required=True, help="a model directory")
     p.add_argument("--lora", help="a LoRA adapter directory trained on --model")
-    p.add_argument("--task", required=True, choices=list(TASKS),
-                   help="ceval, cmmlu, mmlu: multiple choice by letter log-probability; ppl: perplexity and bits "
-                        "per byte; gsm8k: math answers by exact match of the final number")
-    p.add_argument("--data", required=True, help="choice: the data set directory (with dev/ and val/ or test/) or "
-                                                 "one CSV; ppl: a .txt or {text} .jsonl file; gsm8k: a .jsonl file")
+    p.add_argument(
+        "--task",
+        required=True,
+        choices=list(TASKS),
+        help="ceval, cmmlu, mmlu: multiple choice by letter log-probability; ppl: perplexity and bits "
+        "per byte; gsm8k: math answers by exact match of the final number",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        help="choice: the data set directory (with dev/ and val/ or test/) or "
+        "one CSV; ppl: a .txt or {text} .jsonl file; gsm8k: a .jsonl file",
+    )
     p.add_argument("--limit", type=int, help="only the first N questions (per subject for choice tasks) / documents")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--batch-size", type=int, default=16, help="questions / windows / prompts per forward pass (default 16)")
+    p.add_argument(
+        "--batch-size", type=int, default=16, help="questions / windows / prompts per forward pass (default 16)"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default auto)")
     p.add_argument("--dtype", default="auto", help="auto, fp32, bf16, fp16 (default: fp32 on CPU, bf16 on GPU)")
     g = p.add_argument_group("multiple choice (ceval, cmmlu, mmlu)")
     g.add_argument("--split", help="which split to score (default: val for ceval, test for cmmlu and mmlu)")
-    g.add_argument("--shots", type=int, default=0, help="solved examples from the dev split before each question "
-                                                         "(default 0; dropped where they do not fit the context)")
-    g.add_argument("--template", choices=["auto", "chat", "raw"], default="auto",
-                   help="chat: the question as a user turn, the letter scored after the assistant prefix (for "
-                        "SFT models); raw: plain text ending in '答案：' (pretrained models; how MiniMind's "
-                        "published numbers were taken); auto (default): chat when the tokenizer has a chat template")
+    g.add_argument(
+        "--shots",
+        type=int,
+        default=0,
+        help="solved examples from the dev split before each question "
+        "(default 0; dropped where they do not fit the context)",
+    )
+    g.add_argument(
+        "--template",
+        choices=["auto", "chat", "raw"],
+        default="auto",
+        help="chat: the question as a user turn, the letter scored after the assistant prefix (for "
+        "SFT models); raw: plain text ending in '答案：' (pretrained models; how MiniMind's "
+        "published numbers were taken); auto (default): chat when the tokenizer has a chat template",
+    )
     g = p.add_argument_group("perplexity (ppl)")
     g.add_argument("--window", type=int, default=512, help="tokens per forward pass (default 512)")
-    g.add_argument("--stride", type=int, help="tokens the window moves; each scored token sees at least "
-                                              "window - stride tokens of context (default window / 2)")
+    g.add_argument(
+        "--stride",
+        type=int,
+        help="tokens the window moves; each scored token sees at least "
+        "window - stride tokens of context (default window / 2)",
+    )
     g = p.add_argument_group("exact match (gsm8k)")
     g.add_argument("--think", action="store_true", help="let the model reason in a <think> block first")
     g.add_argument("--max-new-tokens", type=int, default=512, help="most tokens per answer (default 512)")

@@ -70,7 +70,9 @@ def read_problems(path: str | Path, limit: int | None = None) -> list[Problem]:
         except BadRecord as e:
             raise MiniMindError(f"{where}: {e}") from None
         if problem.messages[-1].get("role") != "user":
-            raise MiniMindError(f"{where}: the prompt must end with a user turn, got {problem.messages[-1].get('role')!r}")
+            raise MiniMindError(
+                f"{where}: the prompt must end with a user turn, got {problem.messages[-1].get('role')!r}"
+            )
         problems.append(problem)
     if not problems:
         raise MiniMindError(f"{path}: no problems")
@@ -83,9 +85,18 @@ def is_correct(reply: str, answers: list[str]) -> tuple[bool, str | None, bool]:
     return got is not None and any(same_number(got, a) for a in answers), got, explicit
 
 
-def evaluate_exact_match(model, tokenizer, problems: list[Problem], thinking: bool = False,
-                         max_new_tokens: int = 512, temperature: float = 0.0, batch_size: int = 16,
-                         examples: int = 3, log=print, progress=None) -> dict:
+def evaluate_exact_match(
+    model,
+    tokenizer,
+    problems: list[Problem],
+    thinking: bool = False,
+    max_new_tokens: int = 512,
+    temperature: float = 0.0,
+    batch_size: int = 16,
+    examples: int = 3,
+    log=print,
+    progress=None,
+) -> dict:
     """Generate a reply to every problem and score it; the metrics/details part of a result.
     `progress(done, total)` is called after each batch (the CLI shows it on a terminal)."""
     for p in problems:
@@ -101,7 +112,7 @@ def evaluate_exact_match(model, tokenizer, problems: list[Problem], thinking: bo
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     replies = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
+        batch = order[start : start + batch_size]
         for i, c in zip(batch, generate(model, tokenizer, [prompts[i] for i in batch], params)):
             replies[i] = c
         if progress:
@@ -112,7 +123,9 @@ def evaluate_exact_match(model, tokenizer, problems: list[Problem], thinking: bo
         ok, got, marked = is_correct(c.text, p.answers)
         correct, explicit, truncated = correct + ok, explicit + marked, truncated + (c.finish_reason == "length")
         if len(shown) < examples:
-            shown.append({"where": p.where, "expected": p.answers, "extracted": got, "correct": ok, "reply": c.text[-300:]})
+            shown.append(
+                {"where": p.where, "expected": p.answers, "extracted": got, "correct": ok, "reply": c.text[-300:]}
+            )
     n = len(problems)
     return {
         "metrics": {"accuracy": correct / n, "n": n, "format_ok": explicit / n, "truncated": truncated / n},

@@ -49,16 +49,25 @@ class MiniMindLM(TemplateLM):
     max_position_embeddings), add_bos_token (default True).
     """
 
-    def __init__(self, path: str | None = None, lora: str | None = None, device: str | None = "auto",
-                 dtype: str = "auto", batch_size: int | str = DEFAULT_BATCH_SIZE, max_length: int | None = None,
-                 add_bos_token: bool = True, max_batch_size: int | None = None):
+    def __init__(
+        self,
+        path: str | None = None,
+        lora: str | None = None,
+        device: str | None = "auto",
+        dtype: str = "auto",
+        batch_size: int | str = DEFAULT_BATCH_SIZE,
+        max_length: int | None = None,
+        add_bos_token: bool = True,
+        max_batch_size: int | None = None,
+    ):
         super().__init__()  # max_batch_size: the harness always passes it; we do not search batch sizes
         if not path:
             raise MiniMindError("lm-eval: say which model to evaluate: --model_args path=MODEL_DIR")
         self.path, self.lora = str(path), str(lora) if lora else None
         self._device = resolve_device(device or "auto")
-        self.model, self.tokenizer = load(self.path, self._device, resolve_inference_dtype(dtype, self._device),
-                                          lora=self.lora)
+        self.model, self.tokenizer = load(
+            self.path, self._device, resolve_inference_dtype(dtype, self._device), lora=self.lora
+        )
         self.batch_size = _batch_size(batch_size)
         self.max_length = int(max_length or self.model.config.max_position_embeddings)
         self.add_bos_token = add_bos_token
@@ -102,23 +111,25 @@ class MiniMindLM(TemplateLM):
         pad = self.tokenizer.pad_token_id or 0
         with torch.inference_mode(), tqdm(total=len(requests), disable=disable_tqdm, desc="loglikelihood") as bar:
             for start in range(0, len(order), self.batch_size):
-                batch = order[start:start + self.batch_size]
+                batch = order[start : start + self.batch_size]
                 rows = []
                 for i in batch:
                     (_, _), context, continuation = requests[i]
                     if len(continuation) > self.max_length:
-                        raise MiniMindError(f"lm-eval: a continuation of {len(continuation)} tokens is longer than "
-                                            f"max_length {self.max_length}")
+                        raise MiniMindError(
+                            f"lm-eval: a continuation of {len(continuation)} tokens is longer than "
+                            f"max_length {self.max_length}"
+                        )
                     # The last max_length+1 tokens; the final one is only ever a target.
-                    rows.append(((context + continuation)[-(self.max_length + 1):][:-1], continuation))
+                    rows.append(((context + continuation)[-(self.max_length + 1) :][:-1], continuation))
                 ids = torch.full((len(rows), max(len(r) for r, _ in rows)), pad, dtype=torch.long)
                 for r, (inp, _) in enumerate(rows):
-                    ids[r, :len(inp)] = torch.tensor(inp)
+                    ids[r, : len(inp)] = torch.tensor(inp)
                 # logits_to_keep=1: we need the hidden states, not logits for every position.
                 hidden = self.model(ids.to(self._device), logits_to_keep=1).hidden_states
                 for r, (i, (inp, continuation)) in enumerate(zip(batch, rows)):
                     n = len(continuation)
-                    logprobs = self.model.lm_head(hidden[r, len(inp) - n:len(inp)]).float().log_softmax(-1)
+                    logprobs = self.model.lm_head(hidden[r, len(inp) - n : len(inp)]).float().log_softmax(-1)
                     target = torch.tensor(continuation, device=logprobs.device)
                     score = logprobs.gather(-1, target[:, None]).sum().item()
                     greedy = bool((logprobs.argmax(-1) == target).all())
@@ -135,8 +146,10 @@ class MiniMindLM(TemplateLM):
         for k, request in enumerate(requests):
             (text,) = request.args
             tokens = self.tok_encode(text, add_special_tokens=False)
-            for context, target in map(make_disjoint_window, get_rolling_token_windows(
-                    tokens, self.prefix_token_id, self.max_length, context_len=1)):
+            for context, target in map(
+                make_disjoint_window,
+                get_rolling_token_windows(tokens, self.prefix_token_id, self.max_length, context_len=1),
+            ):
                 windows.append(((None, None), context, target))
                 owner.append(k)
         scores = self._loglikelihood_tokens(windows, disable_tqdm=disable_tqdm)
@@ -160,16 +173,21 @@ class MiniMindLM(TemplateLM):
             until = kwargs.pop("until") or []
             max_new = kwargs.pop("max_gen_toks")
             if max_new >= self.max_length:
-                raise MiniMindError(f"lm-eval: max_gen_toks {max_new} leaves no room for the prompt "
-                                    f"(max_length {self.max_length})")
+                raise MiniMindError(
+                    f"lm-eval: max_gen_toks {max_new} leaves no room for the prompt (max_length {self.max_length})"
+                )
             sample = kwargs.get("do_sample") and kwargs.get("temperature", 0) > 0
-            params = SamplingParams(max_new_tokens=max_new, temperature=float(kwargs["temperature"]) if sample else 0.0,
-                                    top_p=float(kwargs.get("top_p", 1.0)) if sample else 1.0,
-                                    stop_strings=tuple(s for s in until if s), seed=kwargs.get("seed"))
-            prompts = {i: self.tok_encode(requests[i].args[0])[-(self.max_length - max_new):] for i in members}
+            params = SamplingParams(
+                max_new_tokens=max_new,
+                temperature=float(kwargs["temperature"]) if sample else 0.0,
+                top_p=float(kwargs.get("top_p", 1.0)) if sample else 1.0,
+                stop_strings=tuple(s for s in until if s),
+                seed=kwargs.get("seed"),
+            )
+            prompts = {i: self.tok_encode(requests[i].args[0])[-(self.max_length - max_new) :] for i in members}
             members = sorted(members, key=lambda i: -len(prompts[i]))  # similar lengths: less padding
             for start in range(0, len(members), self.batch_size):
-                batch = members[start:start + self.batch_size]
+                batch = members[start : start + self.batch_size]
                 for i, done in zip(batch, generate(self.model, self.tokenizer, [prompts[i] for i in batch], params)):
                     out[i] = done.text
                     self.cache_hook.add_partial("generate_until", requests[i].args, done.text)
@@ -188,4 +206,3 @@ def _batch_size(value) -> int:
     if size < 1:
         raise MiniMindError(f"lm-eval: batch_size must be a positive integer or auto, got {value!r}")
     return size
-

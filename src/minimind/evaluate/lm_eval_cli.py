@@ -50,18 +50,27 @@ def save_results(results: dict, model_dir, lora=None, limit=None, seconds: float
         config = results.get("configs", {}).get(name, {})
         listed = [m.get("metric") for m in config.get("metric_list", []) if isinstance(m, dict)]
         primary = next((m for m in listed if m in metrics), None) or next(
-            (m for m in metrics if not m.endswith("_stderr")), next(iter(metrics)))
+            (m for m in metrics if not m.endswith("_stderr")), next(iter(metrics))
+        )
         samples = results.get("n-samples", {})
         subtasks = groups.get(name) or [name]
         if all(s in samples for s in subtasks):
             metrics.setdefault("n", sum(samples[s]["effective"] for s in subtasks))
-        result = {"task": "lm_eval." + re.sub(r"[^A-Za-z0-9_.\-]", "_", name), "kind": "lm_eval",
-                  "model": str(model_dir), "lora": lora, "data": config.get("dataset_path"),
-                  "split": config.get("test_split") or config.get("validation_split"),
-                  "shots": results.get("n-shot", {}).get(name), "limit": limit, "thinking": None,
-                  "metrics": metrics, "primary": primary,
-                  "details": {"subtasks": {s: _metrics(reported[s]) for s in groups.get(name, []) if s in reported}},
-                  "seconds": seconds}
+        result = {
+            "task": "lm_eval." + re.sub(r"[^A-Za-z0-9_.\-]", "_", name),
+            "kind": "lm_eval",
+            "model": str(model_dir),
+            "lora": lora,
+            "data": config.get("dataset_path"),
+            "split": config.get("test_split") or config.get("validation_split"),
+            "shots": results.get("n-shot", {}).get(name),
+            "limit": limit,
+            "thinking": None,
+            "metrics": metrics,
+            "primary": primary,
+            "details": {"subtasks": {s: _metrics(reported[s]) for s in groups.get(name, []) if s in reported}},
+            "seconds": seconds,
+        }
         paths.append(write_result(result, model_dir, lora))
     return paths
 
@@ -108,8 +117,13 @@ def run_cli(argv: list[str]) -> None:
         if isinstance(model_args, str):
             model_args = simple_parse_args_string(model_args)
         if results is not None and kwargs.get("model") == "minimind" and model_args.get("path"):
-            for path in save_results(results, model_args["path"], model_args.get("lora"), kwargs.get("limit"),
-                                     round(time.perf_counter() - started, 1)):
+            for path in save_results(
+                results,
+                model_args["path"],
+                model_args.get("lora"),
+                kwargs.get("limit"),
+                round(time.perf_counter() - started, 1),
+            ):
                 print(f"wrote {path}")
         return results
 
@@ -123,8 +137,11 @@ def run_cli(argv: list[str]) -> None:
 
 def register(verbs) -> None:
     """Add `minimind lm-eval`: every argument after it goes to the harness untouched."""
-    p = verbs.add_parser("lm-eval", add_help=False, prefix_chars="\0",  # no option of ours: all pass through
-                         help="run lm-evaluation-harness tasks on a model directory "
-                              "(lm_eval's arguments; --model_args path=DIR)")
+    p = verbs.add_parser(
+        "lm-eval",
+        add_help=False,
+        prefix_chars="\0",  # no option of ours: all pass through
+        help="run lm-evaluation-harness tasks on a model directory (lm_eval's arguments; --model_args path=DIR)",
+    )
     p.add_argument("args", nargs=argparse.REMAINDER)
     p.set_defaults(func=lambda args: run_cli(args.args))

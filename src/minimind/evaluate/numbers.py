@@ -20,9 +20,13 @@ from fractions import Fraction
 
 # A number: optional sign, optional $, digits with thousands commas or plain, decimals, a /fraction,
 # an optional %. Commas only count in groups of three, so "1,234" is one number and "3,4" two.
-NUMBER = re.compile(r"(?<![\w.])([-−]?)\$?\s?((?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:\s?/\s?(\d+(?:\.\d+)?))?\s?%?")
+NUMBER = re.compile(
+    r"(?<![\w.])([-−]?)\$?\s?((?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:\s?/\s?(\d+(?:\.\d+)?))?\s?%?"
+)
 LATEX_FRAC = re.compile(r"\\d?t?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
-CUES = re.compile(r"(?:answer\s*(?:is|:|=)|答案\s*(?:/\s*answer\s*)?(?:是|为|:|：)|最终答案|final answer)", re.IGNORECASE)
+CUES = re.compile(
+    r"(?:answer\s*(?:is|:|=)|答案\s*(?:/\s*answer\s*)?(?:是|为|:|：)|最终答案|final answer)", re.IGNORECASE
+)
 
 
 def _boxed(text: str) -> str | None:
@@ -37,8 +41,8 @@ def _boxed(text: str) -> str | None:
     for j in range(i, len(text)):
         depth += {"{": 1, "}": -1}.get(text[j], 0)
         if depth == 0:
-            return text[i + 1:j]
-    return text[i + 1:]
+            return text[i + 1 : j]
+    return text[i + 1 :]
 
 
 def _first_number(text: str) -> str | None:
@@ -56,8 +60,8 @@ def _normalize(m: re.Match) -> str:
 def strip_thinking(text: str) -> str:
     """The reply after its <think> block, when something follows the block; else the whole reply."""
     end = text.rfind("</think>")
-    if end >= 0 and re.search(r"\d", text[end + len("</think>"):]):
-        return text[end + len("</think>"):]
+    if end >= 0 and re.search(r"\d", text[end + len("</think>") :]):
+        return text[end + len("</think>") :]
     return text
 
 
@@ -68,10 +72,10 @@ def extract_answer(text: str) -> tuple[str | None, bool]:
     if boxed is not None and (n := _first_number(boxed)) is not None:
         return n, True
     hashes = text.rfind("####")
-    if hashes >= 0 and (n := _first_number(text[hashes + 4:])) is not None:
+    if hashes >= 0 and (n := _first_number(text[hashes + 4 :])) is not None:
         return n, True
     cues = list(CUES.finditer(text))
-    if cues and (n := _first_number(text[cues[-1].end():])) is not None:
+    if cues and (n := _first_number(text[cues[-1].end() :])) is not None:
         return n, True
     numbers = list(NUMBER.finditer(LATEX_FRAC.sub(r"\1/\2", text)))
     return (_normalize(numbers[-1]), False) if numbers else (None, False)

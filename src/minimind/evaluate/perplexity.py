@@ -10,7 +10,8 @@ pretraining), and every text token is scored exactly once:
   next window starts S tokens later, ends S tokens later, and scores only the tokens no earlier
   window scored (its last S). So every token after the first window sees at least W - S tokens of
   context. S = W - 1 gives chunks that overlap by one token, the context of each chunk's first scored
-  token (fastest, least context); S = 1 gives every token the full window (one forward per token). A document shorter than W is one forward pass.
+  token (fastest, least context); S = 1 gives every token the full window (one forward per token).
+  A document shorter than W is one forward pass.
 
   perplexity    = exp(total nats / scored tokens)
   bits per byte = total nats / ln 2 / UTF-8 bytes of the scored text
@@ -76,8 +77,8 @@ def _nats(model, batch: list[tuple[list[int], int]], pad_id: int) -> float:
     x = torch.full((len(batch), width), pad_id, dtype=torch.long)
     target = torch.full((len(batch), width), -100, dtype=torch.long)  # -100 = not scored
     for i, (ids, first) in enumerate(batch):
-        x[i, :len(ids)] = torch.as_tensor(ids)
-        target[i, first - 1:len(ids) - 1] = torch.as_tensor(ids[first:])  # logits at t-1 predict t
+        x[i, : len(ids)] = torch.as_tensor(ids)
+        target[i, first - 1 : len(ids) - 1] = torch.as_tensor(ids[first:])  # logits at t-1 predict t
     logits = model(x.to(device)).logits.float()
     return float(F.cross_entropy(logits.flatten(0, 1), target.to(device).flatten(), ignore_index=-100, reduction="sum"))
 
@@ -92,8 +93,9 @@ def check_window(window: int, stride: int | None, context: int) -> int:
     return stride
 
 
-def evaluate_perplexity(model, tokenizer, docs: list[str], window: int = 512, stride: int | None = None,
-                        batch_size: int = 8) -> dict:
+def evaluate_perplexity(
+    model, tokenizer, docs: list[str], window: int = 512, stride: int | None = None, batch_size: int = 8
+) -> dict:
     """Perplexity and bits per byte of the documents (see the module docstring); the metrics part of a result."""
     stride = check_window(window, stride, model.config.max_position_embeddings)
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
@@ -105,15 +107,26 @@ def evaluate_perplexity(model, tokenizer, docs: list[str], window: int = 512, st
         ids = [start] + ids
         rows += [(ids[b:e], first - b) for b, e, first in windows(len(ids), window, stride)]
     rows.sort(key=lambda r: len(r[0]))  # similar lengths: less padding
-    nats = sum(_nats(model, rows[i:i + batch_size], tokenizer.pad_token_id or 0) for i in range(0, len(rows), batch_size))
+    nats = sum(
+        _nats(model, rows[i : i + batch_size], tokenizer.pad_token_id or 0) for i in range(0, len(rows), batch_size)
+    )
     tokens = sum(len(ids) for ids in encoded)
     nbytes = sum(len(d.encode("utf-8")) for d in docs)
     if tokens == 0:
         raise MiniMindError("the text encodes to no tokens")
     return {
-        "metrics": {"perplexity": math.exp(nats / tokens), "bits_per_byte": nats / math.log(2) / nbytes,
-                    "tokens": tokens, "bytes": nbytes},
+        "metrics": {
+            "perplexity": math.exp(nats / tokens),
+            "bits_per_byte": nats / math.log(2) / nbytes,
+            "tokens": tokens,
+            "bytes": nbytes,
+        },
         "primary": "bits_per_byte",
-        "details": {"documents": len(docs), "window": window, "stride": stride, "forward_rows": len(rows),
-                    "nats": nats},
+        "details": {
+            "documents": len(docs),
+            "window": window,
+            "stride": stride,
+            "forward_rows": len(rows),
+            "nats": nats,
+        },
     }

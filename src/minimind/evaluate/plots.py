@@ -58,18 +58,28 @@ def plot_runs(runs, folder: Path, prefix: str = "report") -> list[tuple[str, Pat
         steps = [r["step"] for r in run.train]
         by_step.plot(steps, [r["loss"] for r in run.train], color=c, lw=1.5, label=f"{run.name} train")
         if run.val:
-            by_step.plot([r["step"] for r in run.val], [r["val_loss"] for r in run.val], "o--", color=c, ms=5,
-                         lw=1, label=f"{run.name} val")
+            by_step.plot(
+                [r["step"] for r in run.val],
+                [r["val_loss"] for r in run.val],
+                "o--",
+                color=c,
+                ms=5,
+                lw=1,
+                label=f"{run.name} val",
+            )
         tokens = [run.tokens_at(r) for r in run.train]
         if None not in tokens:
             by_tokens.plot(tokens, [r["loss"] for r in run.train], color=c, lw=1.5, label=f"{run.name} train")
             val_tokens = [run.tokens_at(r) for r in run.val]
             if run.val and None not in val_tokens:
-                by_tokens.plot(val_tokens, [r["val_loss"] for r in run.val], "o--", color=c, ms=5, lw=1,
-                               label=f"{run.name} val")
+                by_tokens.plot(
+                    val_tokens, [r["val_loss"] for r in run.val], "o--", color=c, ms=5, lw=1, label=f"{run.name} val"
+                )
     by_step.set(title="Loss by optimizer step", xlabel="step", ylabel="loss (nats per token)")
     estimated = any(run.tokens_estimated for run in runs)
-    by_tokens.set(title="Loss by tokens trained", xlabel="tokens" + (" (≈ estimated for some runs)" if estimated else ""))
+    by_tokens.set(
+        title="Loss by tokens trained", xlabel="tokens" + (" (≈ estimated for some runs)" if estimated else "")
+    )
     _token_axis(by_tokens)
     _loss_scale(by_step, runs)
     for ax in (by_step, by_tokens):
@@ -80,10 +90,20 @@ def plot_runs(runs, folder: Path, prefix: str = "report") -> list[tuple[str, Pat
     fig, (lr, speed) = plt.subplots(1, 2, figsize=(11, 3.6))
     for i, run in enumerate(runs):
         c = colors[i % len(colors)]
-        lr.plot([r["step"] for r in run.train if "lr" in r], [r["lr"] for r in run.train if "lr" in r],
-                color=c, lw=1.5, label=run.name)
-        speed.plot([r["step"] for r in run.train if "tokens_per_s" in r],
-                   [r["tokens_per_s"] for r in run.train if "tokens_per_s" in r], color=c, lw=1.5, label=run.name)
+        lr.plot(
+            [r["step"] for r in run.train if "lr" in r],
+            [r["lr"] for r in run.train if "lr" in r],
+            color=c,
+            lw=1.5,
+            label=run.name,
+        )
+        speed.plot(
+            [r["step"] for r in run.train if "tokens_per_s" in r],
+            [r["tokens_per_s"] for r in run.train if "tokens_per_s" in r],
+            color=c,
+            lw=1.5,
+            label=run.name,
+        )
     lr.set(title="Learning rate", xlabel="step", ylabel="learning rate")
     lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     speed.set(title="Throughput", xlabel="step", ylabel="tokens / s")

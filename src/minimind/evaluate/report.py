@@ -68,7 +68,7 @@ def read_metrics(path: Path) -> list[dict]:
             except json.JSONDecodeError as e:
                 raise MiniMindError(f"{path}:{number}: invalid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-                raise MiniMindError(f"{path}:{number}: expected a JSON object with an integer \"step\"")
+                raise MiniMindError(f'{path}:{number}: expected a JSON object with an integer "step"')
             records.append(record)
     return records
 
@@ -84,8 +84,10 @@ def load_run(path: str | Path) -> Run:
     if not run.path.is_dir():
         raise MiniMindError(f"{run.path}: directory not found")
     if not metrics.is_file():
-        raise MiniMindError(f"{run.path}: no metrics.jsonl here; give the --out directory of a training run "
-                            "(minimind pretrain, sft, ...)")
+        raise MiniMindError(
+            f"{run.path}: no metrics.jsonl here; give the --out directory of a training run "
+            "(minimind pretrain, sft, ...)"
+        )
     for record in read_metrics(metrics):
         if "loss" in record:
             run.train.append(record)
@@ -94,15 +96,16 @@ def load_run(path: str | Path) -> Run:
         elif "sample" in record:
             run.samples.append(record)
     if not run.train:
-        raise MiniMindError(f"{metrics}: no training steps logged yet (the file is empty or holds no \"loss\" records)")
+        raise MiniMindError(f'{metrics}: no training steps logged yet (the file is empty or holds no "loss" records)')
 
     checkpoints = list_checkpoints(run.path)
     if checkpoints:
         settings = json.loads((checkpoints[-1] / STATE / "state.json").read_text()).get("run", {})
         run.stage = settings.get("stage", "—")
         if all(isinstance(settings.get(k), int) for k in ("batch_size", "grad_accum", "world_size", "seq_len")):
-            run.tokens_per_step = (settings["batch_size"] * settings["grad_accum"] * settings["world_size"]
-                                   * settings["seq_len"])
+            run.tokens_per_step = (
+                settings["batch_size"] * settings["grad_accum"] * settings["world_size"] * settings["seq_len"]
+            )
     config = next((d / "config.json" for d in [run.path, *checkpoints[::-1]] if (d / "config.json").is_file()), None)
     if config is not None:
         run.params = count_parameters(ModelConfig.load(config))[0]
@@ -149,21 +152,37 @@ def _cell(text: str) -> str:
 
 
 def runs_table(runs: list[Run]) -> list[str]:
-    lines = ["| run | stage | parameters | steps | epochs | tokens seen | final train loss | final val loss | tokens/s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| run | stage | parameters | steps | epochs | tokens seen | final train loss | final val loss | tokens/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for run in runs:
         last = run.train[-1]
         tokens = run.tokens_at(last)
         speeds = [r["tokens_per_s"] for r in run.train[1:] or run.train if "tokens_per_s" in r]  # 1st: warm-up
         speed = sorted(speeds)[len(speeds) // 2] if speeds else None  # the median resists stalls
-        lines.append("| " + " | ".join([
-            f"`{_cell(run.name)}`", _cell(run.stage), _count(run.params), f"{last['step']:,}",
-            f"{last['epoch']:.2f}" if isinstance(last.get("epoch"), (int, float)) else "—",
-            ("≈" if run.tokens_estimated and tokens is not None else "") + _count(tokens),
-            _number(last["loss"]), _number(run.val[-1]["val_loss"]) if run.val else "—",
-            f"{speed:,.0f}" if speed is not None else "—"]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    f"`{_cell(run.name)}`",
+                    _cell(run.stage),
+                    _count(run.params),
+                    f"{last['step']:,}",
+                    f"{last['epoch']:.2f}" if isinstance(last.get("epoch"), (int, float)) else "—",
+                    ("≈" if run.tokens_estimated and tokens is not None else "") + _count(tokens),
+                    _number(last["loss"]),
+                    _number(run.val[-1]["val_loss"]) if run.val else "—",
+                    f"{speed:,.0f}" if speed is not None else "—",
+                ]
+            )
+            + " |"
+        )
     if any(r.tokens_estimated for r in runs):
-        lines += ["", "≈: the run logged no token counts; estimated as steps x rows x sequence length (padding included)."]
+        lines += [
+            "",
+            "≈: the run logged no token counts; estimated as steps x rows x sequence length (padding included).",
+        ]
     return lines
 
 
@@ -174,10 +193,16 @@ def evals_table(runs: list[Run]) -> list[str]:
         for result in run.evals:
             tasks.setdefault(result["task"], result)
     if not tasks:
-        return [("No evaluation results in these directories yet: `minimind eval` (or `minimind lm-eval`) "
-                 "writes them to MODEL_DIR/eval/.")]
-    lines = ["| task | kind | metric | " + " | ".join(f"{_cell(r.name)} ({_cell(r.stage)})" for r in runs) + " |",
-             "|---|---|---|" + "---:|" * len(runs)]
+        return [
+            (
+                "No evaluation results in these directories yet: `minimind eval` (or `minimind lm-eval`) "
+                "writes them to MODEL_DIR/eval/."
+            )
+        ]
+    lines = [
+        "| task | kind | metric | " + " | ".join(f"{_cell(r.name)} ({_cell(r.stage)})" for r in runs) + " |",
+        "|---|---|---|" + "---:|" * len(runs),
+    ]
     for task, first in sorted(tasks.items()):
         metric = first["primary"]
         cells = []
@@ -226,10 +251,22 @@ def write_report(run_dirs: list[str], out: str | Path = "report.md") -> tuple[Pa
     plots = plot_runs(runs, out.parent, prefix=out.stem)
 
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = ["# Training report", "",
-             f"{len(runs)} run{'s' * (len(runs) > 1)}: " + ", ".join(f"`{r.name}` ({r.path})" for r in runs)
-             + f". Written {now} by `minimind report`.", "", "## Runs", "", *runs_table(runs), "",
-             "## Evaluations", "", *evals_table(runs), ""]
+    lines = [
+        "# Training report",
+        "",
+        f"{len(runs)} run{'s' * (len(runs) > 1)}: "
+        + ", ".join(f"`{r.name}` ({r.path})" for r in runs)
+        + f". Written {now} by `minimind report`.",
+        "",
+        "## Runs",
+        "",
+        *runs_table(runs),
+        "",
+        "## Evaluations",
+        "",
+        *evals_table(runs),
+        "",
+    ]
     samples = samples_section(runs)
     if samples:
         lines += ["## Samples (greedy, last logged step)", "", *samples]
@@ -249,6 +286,10 @@ def cmd_report(args) -> None:
 
 def register(verbs) -> None:
     p = verbs.add_parser("report", help="a Markdown report with plots of training runs and their evaluations")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="training output directories (--out of pretrain, sft, ...)")
-    p.add_argument("--out", default="report.md", help="the Markdown file; the PNG plots go next to it (default report.md)")
+    p.add_argument(
+        "runs", nargs="+", metavar="RUN_DIR", help="training output directories (--out of pretrain, sft, ...)"
+    )
+    p.add_argument(
+        "--out", default="report.md", help="the Markdown file; the PNG plots go next to it (default report.md)"
+    )
     p.set_defaults(func=cmd_report)

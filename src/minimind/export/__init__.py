@@ -11,8 +11,13 @@ the tensor or field) for anything it cannot convert exactly. GGUF and Ollama exp
 from importlib import import_module
 
 # Imported on first use (PEP 562), so building the CLI's parsers does not import torch.
-_WHERE = {"export_gguf": ".gguf", "export_hf": ".hf_export", "import_hf": ".hf_import",
-          "import_minimind_pth": ".minimind_pth", "export_ollama": ".ollama"}
+_WHERE = {
+    "export_gguf": ".gguf",
+    "export_hf": ".hf_export",
+    "import_hf": ".hf_import",
+    "import_minimind_pth": ".minimind_pth",
+    "export_ollama": ".ollama",
+}
 
 
 def __getattr__(name: str):

@@ -21,22 +21,34 @@ def cmd_import_pth(args) -> None:
     from .minimind_pth import import_minimind_pth
 
     out, config = import_minimind_pth(
-        args.file, args.out, tokenizer=args.tokenizer, preset_name=args.preset, dtype=args.dtype, force=args.force,
-        num_attention_heads=args.num_attention_heads, num_experts_per_tok=args.num_experts_per_tok,
-        rms_norm_eps=args.rms_norm_eps, rope_theta=args.rope_theta,
-        max_position_embeddings=args.max_position_embeddings)
+        args.file,
+        args.out,
+        tokenizer=args.tokenizer,
+        preset_name=args.preset,
+        dtype=args.dtype,
+        force=args.force,
+        num_attention_heads=args.num_attention_heads,
+        num_experts_per_tok=args.num_experts_per_tok,
+        rms_norm_eps=args.rms_norm_eps,
+        rope_theta=args.rope_theta,
+        max_position_embeddings=args.max_position_embeddings,
+    )
     print(f"wrote {out}: {describe(config)}")
     if args.tokenizer is None:
-        print(f"note: no --tokenizer given; copy tokenizer.json and tokenizer_config.json into {out} "
-              "before chatting (MiniMind's are in its model/ folder)")
+        print(
+            f"note: no --tokenizer given; copy tokenizer.json and tokenizer_config.json into {out} "
+            "before chatting (MiniMind's are in its model/ folder)"
+        )
 
 
 def cmd_import_lora(args) -> None:
     from .minimind_lora import import_minimind_lora
 
     r = import_minimind_lora(args.file, args.base, args.out, force=args.force)
-    print(f"wrote {r['out']}: LoRA rank {r['rank']} on {r['layers']} layers ({', '.join(r['targets'])}), "
-          f"stored as {r['dtype']}, scale 1 (alpha = rank, as MiniMind)")
+    print(
+        f"wrote {r['out']}: LoRA rank {r['rank']} on {r['layers']} layers ({', '.join(r['targets'])}), "
+        f"stored as {r['dtype']}, scale 1 (alpha = rank, as MiniMind)"
+    )
     print(f"use it with: minimind chat --model {args.base} --lora {r['out']}")
 
 
@@ -65,16 +77,25 @@ def cmd_export_gguf(args) -> None:
     from .gguf import export_gguf
 
     r = export_gguf(args.model, args.out, dtype=args.dtype, force=args.force, name=args.name)
-    print(f"wrote {r['out']}: llama.cpp architecture {r['architecture']}, {r['dtype']}, {r['tensors']} tensors, "
-          f"pre-tokenizer {r['pre_tokenizer']}")
+    print(
+        f"wrote {r['out']}: llama.cpp architecture {r['architecture']}, {r['dtype']}, {r['tensors']} tensors, "
+        f"pre-tokenizer {r['pre_tokenizer']}"
+    )
     print(f"run it with: llama-cli -m {r['out']} -cnv")
 
 
 def cmd_export_ollama(args) -> None:
     from .ollama import export_ollama
 
-    r = export_ollama(args.model, args.out, name=args.name, dtype=args.dtype, system=args.system,
-                      template_file=args.template, force=args.force)
+    r = export_ollama(
+        args.model,
+        args.out,
+        name=args.name,
+        dtype=args.dtype,
+        system=args.system,
+        template_file=args.template,
+        force=args.force,
+    )
     print(f"wrote {r['out']} ({r['architecture']}, {r['dtype']}) and {r['modelfile']}")
     print(f"then run: {r['command']}")
 
@@ -101,7 +122,9 @@ def register(verbs) -> None:
 
     a = actions.add_parser("minimind-lora", help="a LoRA adapter .pth saved by the original MiniMind (train_lora.py)")
     a.add_argument("file", help="the adapter .pth file, e.g. out/lora_identity_768.pth")
-    a.add_argument("--base", required=True, help="the model directory the adapter was trained on (e.g. imported full_sft)")
+    a.add_argument(
+        "--base", required=True, help="the model directory the adapter was trained on (e.g. imported full_sft)"
+    )
     a.add_argument("--out", required=True, help="the adapter directory to create")
     a.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
     a.set_defaults(func=cmd_import_lora)

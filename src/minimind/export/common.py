@@ -144,7 +144,9 @@ def describe(config: ModelConfig) -> str:
         kind = f"MoE {config.num_experts} experts top-{config.num_experts_per_tok}"
         if config.n_shared_experts:
             kind += f" + {config.n_shared_experts} shared"
-    return (f"{total / 1e6:.2f}M parameters, {kind}, hidden {config.hidden_size}, "
-            f"{config.num_hidden_layers} layers, {config.num_attention_heads} heads / "
-            f"{config.num_key_value_heads} KV heads, head_dim {config.head_dim}, "
-            f"q/k norm {'on' if config.qk_norm else 'off'}, vocab {config.vocab_size}")
+    return (
+        f"{total / 1e6:.2f}M parameters, {kind}, hidden {config.hidden_size}, "
+        f"{config.num_hidden_layers} layers, {config.num_attention_heads} heads / "
+        f"{config.num_key_value_heads} KV heads, head_dim {config.head_dim}, "
+        f"q/k norm {'on' if config.qk_norm else 'off'}, vocab {config.vocab_size}"
+    )

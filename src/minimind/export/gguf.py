@@ -39,21 +39,28 @@ def gguf_architecture(config: ModelConfig, source: str = "model") -> str:
     if config.attention_bias:
         raise MiniMindError(f"{source}: attention biases are not supported by the GGUF export")
     if config.rope_scaling:
-        raise MiniMindError(f"{source}: rope_scaling (YaRN) is not exported to GGUF; export the model without it "
-                            "and pass llama.cpp's --rope-scaling yarn options at run time")
+        raise MiniMindError(
+            f"{source}: rope_scaling (YaRN) is not exported to GGUF; export the model without it "
+            "and pass llama.cpp's --rope-scaling yarn options at run time"
+        )
     if not config.use_moe:
         return "qwen3" if config.qk_norm else "llama"
     if config.n_shared_experts > 1:
-        raise MiniMindError(f"{source}: {config.n_shared_experts} shared experts: no llama.cpp architecture has "
-                            "more than one (MiniMind2-MoE has one)")
+        raise MiniMindError(
+            f"{source}: {config.n_shared_experts} shared experts: no llama.cpp architecture has "
+            "more than one (MiniMind2-MoE has one)"
+        )
     if config.n_shared_experts == 1:
         if config.qk_norm:
-            raise MiniMindError(f"{source}: q/k norm with a shared expert: no llama.cpp architecture computes "
-                                "this MoE layout exactly")
+            raise MiniMindError(
+                f"{source}: q/k norm with a shared expert: no llama.cpp architecture computes this MoE layout exactly"
+            )
         return "bailingmoe"
     if not config.norm_topk_prob:
-        raise MiniMindError(f"{source}: norm_topk_prob is false, but llama.cpp's qwen3moe and llama MoE always "
-                            "renormalise the top-k router weights")
+        raise MiniMindError(
+            f"{source}: norm_topk_prob is false, but llama.cpp's qwen3moe and llama MoE always "
+            "renormalise the top-k router weights"
+        )
     return "qwen3moe" if config.qk_norm else "llama"
 
 
@@ -74,8 +81,10 @@ def pre_tokenizer_name(spec: dict, source: str) -> str:
         known = {head + r"\p{N}" + tail: "qwen2", head + r"\p{N}{1,3}" + tail: "llama-bpe"}
         if regex in known:
             return known[regex]
-    raise MiniMindError(f"{source}: pre-tokenizer {json.dumps(pre)[:120]} has no llama.cpp equivalent we know; "
-                        "llama.cpp would split text differently")
+    raise MiniMindError(
+        f"{source}: pre-tokenizer {json.dumps(pre)[:120]} has no llama.cpp equivalent we know; "
+        "llama.cpp would split text differently"
+    )
 
 
 def tokenizer_metadata(model_dir: Path, vocab_size: int) -> dict:
@@ -83,8 +92,10 @@ def tokenizer_metadata(model_dir: Path, vocab_size: int) -> dict:
     gguf = _gguf()
     path = model_dir / "tokenizer.json"
     if not path.is_file():
-        raise MiniMindError(f"{path}: file not found (GGUF needs the tokenizer; copy tokenizer.json and "
-                            "tokenizer_config.json into the model directory)")
+        raise MiniMindError(
+            f"{path}: file not found (GGUF needs the tokenizer; copy tokenizer.json and "
+            "tokenizer_config.json into the model directory)"
+        )
     spec = json.loads(path.read_text(encoding="utf-8"))
     cfg_path = model_dir / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
@@ -116,10 +127,17 @@ def tokenizer_metadata(model_dir: Path, vocab_size: int) -> dict:
     if isinstance(template, list):
         template = next((t.get("template") for t in template if t.get("name") == "default"), None)
     return {
-        "tokens": token_list, "types": type_list, "merges": merges, "pre": pre_tokenizer_name(spec, str(path)),
-        "bos": token_id("bos_token"), "eos": token_id("eos_token"), "pad": token_id("pad_token"),
-        "unk": token_id("unk_token"), "add_bos": bool(cfg.get("add_bos_token", False)),
-        "add_eos": bool(cfg.get("add_eos_token", False)), "chat_template": template,
+        "tokens": token_list,
+        "types": type_list,
+        "merges": merges,
+        "pre": pre_tokenizer_name(spec, str(path)),
+        "bos": token_id("bos_token"),
+        "eos": token_id("eos_token"),
+        "pad": token_id("pad_token"),
+        "unk": token_id("unk_token"),
+        "add_bos": bool(cfg.get("add_bos_token", False)),
+        "add_eos": bool(cfg.get("add_eos_token", False)),
+        "chat_template": template,
     }
 
 
@@ -176,8 +194,9 @@ def _encode(gguf, name: str, t: torch.Tensor, dtype: str):
     return a.astype(np.float16), Q.F16
 
 
-def export_gguf(model_dir: str | Path, out: str | Path, dtype: str = "f16", force: bool = False,
-                name: str | None = None) -> dict:
+def export_gguf(
+    model_dir: str | Path, out: str | Path, dtype: str = "f16", force: bool = False, name: str | None = None
+) -> dict:
     """Write `model_dir` as a GGUF file. Returns a summary (architecture, dtype, tensors, out)."""
     gguf = _gguf()
     if dtype not in GGUF_DTYPES:
@@ -193,8 +212,14 @@ def export_gguf(model_dir: str | Path, out: str | Path, dtype: str = "f16", forc
     tmp = out.with_name(f".{out.name}.tmp")
     w = gguf.GGUFWriter(str(tmp), arch)
     w.add_name(name or model_dir.resolve().name)
-    w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                     "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype])
+    w.add_file_type(
+        {
+            "f32": gguf.LlamaFileType.ALL_F32,
+            "f16": gguf.LlamaFileType.MOSTLY_F16,
+            "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+            "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+        }[dtype]
+    )
     w.add_context_length(c.max_position_embeddings)
     w.add_embedding_length(c.hidden_size)
     w.add_block_count(c.num_hidden_layers)
@@ -222,8 +247,12 @@ def export_gguf(model_dir: str | Path, out: str | Path, dtype: str = "f16", forc
     w.add_token_list(tok["tokens"])
     w.add_token_types(tok["types"])
     w.add_token_merges(tok["merges"])
-    for key, add in (("bos", w.add_bos_token_id), ("eos", w.add_eos_token_id), ("pad", w.add_pad_token_id),
-                     ("unk", w.add_unk_token_id)):
+    for key, add in (
+        ("bos", w.add_bos_token_id),
+        ("eos", w.add_eos_token_id),
+        ("pad", w.add_pad_token_id),
+        ("unk", w.add_unk_token_id),
+    ):
         if tok[key] is not None:
             add(tok[key])
     w.add_add_bos_token(tok["add_bos"])
@@ -243,5 +272,4 @@ def export_gguf(model_dir: str | Path, out: str | Path, dtype: str = "f16", forc
     finally:
         if tmp.exists():
             tmp.unlink()
-    return {"architecture": arch, "dtype": dtype, "tensors": len(tensors), "out": str(out),
-            "pre_tokenizer": tok["pre"]}
+    return {"architecture": arch, "dtype": dtype, "tensors": len(tensors), "out": str(out), "pre_tokenizer": tok["pre"]}

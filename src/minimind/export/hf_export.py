@@ -40,9 +40,11 @@ def hf_architecture(config: ModelConfig, source: str = "model") -> str:
         why = "no q/k norm and no shared expert"
     else:
         why = f"no q/k norm with {config.n_shared_experts} shared experts"
-    raise MiniMindError(f"{source}: no standard transformers class computes this MoE layout exactly ({why}); "
-                        "supported MoE layouts are minimind-3-moe (Qwen3MoeForCausalLM) and MiniMind2-MoE "
-                        "with one shared expert (Qwen2MoeForCausalLM)")
+    raise MiniMindError(
+        f"{source}: no standard transformers class computes this MoE layout exactly ({why}); "
+        "supported MoE layouts are minimind-3-moe (Qwen3MoeForCausalLM) and MiniMind2-MoE "
+        "with one shared expert (Qwen2MoeForCausalLM)"
+    )
 
 
 def hf_config(config: ModelConfig, arch: str, dtype: torch.dtype) -> dict:
@@ -51,26 +53,49 @@ def hf_config(config: ModelConfig, arch: str, dtype: torch.dtype) -> dict:
     c = config
     d = {
         "architectures": [arch],
-        "model_type": {"Qwen3ForCausalLM": "qwen3", "Qwen3MoeForCausalLM": "qwen3_moe",
-                       "LlamaForCausalLM": "llama", "Qwen2MoeForCausalLM": "qwen2_moe"}[arch],
-        "vocab_size": c.vocab_size, "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
-        "num_hidden_layers": c.num_hidden_layers, "num_attention_heads": c.num_attention_heads,
-        "num_key_value_heads": c.num_key_value_heads, "head_dim": c.head_dim, "hidden_act": c.hidden_act,
-        "max_position_embeddings": c.max_position_embeddings, "rms_norm_eps": c.rms_norm_eps,
-        "rope_theta": c.rope_theta, "rope_scaling": _rope_scaling(c), "tie_word_embeddings": c.tie_word_embeddings,
-        "attention_bias": c.attention_bias, "attention_dropout": 0.0, "initializer_range": 0.02,
-        "bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id, "pad_token_id": c.pad_token_id,
-        "use_cache": True, "torch_dtype": DTYPE_NAMES[dtype],
+        "model_type": {
+            "Qwen3ForCausalLM": "qwen3",
+            "Qwen3MoeForCausalLM": "qwen3_moe",
+            "LlamaForCausalLM": "llama",
+            "Qwen2MoeForCausalLM": "qwen2_moe",
+        }[arch],
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "num_hidden_layers": c.num_hidden_layers,
+        "num_attention_heads": c.num_attention_heads,
+        "num_key_value_heads": c.num_key_value_heads,
+        "head_dim": c.head_dim,
+        "hidden_act": c.hidden_act,
+        "max_position_embeddings": c.max_position_embeddings,
+        "rms_norm_eps": c.rms_norm_eps,
+        "rope_theta": c.rope_theta,
+        "rope_scaling": _rope_scaling(c),
+        "tie_word_embeddings": c.tie_word_embeddings,
+        "attention_bias": c.attention_bias,
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+        "bos_token_id": c.bos_token_id,
+        "eos_token_id": c.eos_token_id,
+        "pad_token_id": c.pad_token_id,
+        "use_cache": True,
+        "torch_dtype": DTYPE_NAMES[dtype],
     }
     if arch == "LlamaForCausalLM":
         d.update(mlp_bias=False, pretraining_tp=1)
     else:  # the Qwen families: full attention in every layer
         d.update(use_sliding_window=False, sliding_window=None, max_window_layers=c.num_hidden_layers)
     if c.use_moe:
-        d.update(num_experts=c.num_experts, num_experts_per_tok=c.num_experts_per_tok,
-                 moe_intermediate_size=c.moe_intermediate_size, norm_topk_prob=c.norm_topk_prob,
-                 decoder_sparse_step=1, mlp_only_layers=[], output_router_logits=False,
-                 router_aux_loss_coef=c.router_aux_loss_coef)
+        d.update(
+            num_experts=c.num_experts,
+            num_experts_per_tok=c.num_experts_per_tok,
+            moe_intermediate_size=c.moe_intermediate_size,
+            norm_topk_prob=c.norm_topk_prob,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
+            output_router_logits=False,
+            router_aux_loss_coef=c.router_aux_loss_coef,
+        )
     if arch == "Qwen2MoeForCausalLM":
         d.update(shared_expert_intermediate_size=c.moe_intermediate_size, qkv_bias=True)
     return d
@@ -106,16 +131,25 @@ def hf_state_dict(model, arch: str) -> dict[str, torch.Tensor]:
         p = f"model.layers.{i}"
         ref = sd[f"{p}.mlp.gate.weight"]
         out[f"{p}.mlp.shared_expert_gate.weight"] = torch.zeros(1, c.hidden_size, dtype=ref.dtype)
-        for name, rows in (("q_proj", c.num_attention_heads), ("k_proj", c.num_key_value_heads),
-                           ("v_proj", c.num_key_value_heads)):
+        for name, rows in (
+            ("q_proj", c.num_attention_heads),
+            ("k_proj", c.num_key_value_heads),
+            ("v_proj", c.num_key_value_heads),
+        ):
             out[f"{p}.self_attn.{name}.bias"] = torch.zeros(rows * c.head_dim, dtype=ref.dtype)
     return out
 
 
 def generation_config(config: ModelConfig) -> dict:
     """Sampling defaults for transformers' generate(), as `minimind chat` uses them."""
-    return {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
-            "pad_token_id": config.pad_token_id, "do_sample": True, "temperature": 0.85, "top_p": 0.95}
+    return {
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": config.eos_token_id,
+        "pad_token_id": config.pad_token_id,
+        "do_sample": True,
+        "temperature": 0.85,
+        "top_p": 0.95,
+    }
 
 
 def write_tokenizer(model_dir: Path, out: Path) -> bool:
@@ -133,8 +167,9 @@ def write_tokenizer(model_dir: Path, out: Path) -> bool:
 
 
 def _write_json(path: Path, obj) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n",
-                                                        encoding="utf-8"))
+    atomic_write(
+        path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    )
 
 
 def export_hf(model_dir: str | Path, out: str | Path, dtype: str | None = None, force: bool = False) -> dict:

@@ -63,8 +63,10 @@ def config_from_hf(d: dict, where: str) -> tuple[str, ModelConfig]:
     """(architecture, our ModelConfig) for a transformers config.json dict, or a clear error."""
     arch = (d.get("architectures") or [None])[0]
     if arch not in SUPPORTED:
-        raise MiniMindError(f"{where}: architecture {arch or d.get('model_type')!r} is not supported "
-                            f"(supported: {', '.join(sorted(SUPPORTED))})")
+        raise MiniMindError(
+            f"{where}: architecture {arch or d.get('model_type')!r} is not supported "
+            f"(supported: {', '.join(sorted(SUPPORTED))})"
+        )
     if d.get("hidden_act", "silu") != "silu":
         raise MiniMindError(f"{where}: hidden_act {d['hidden_act']!r} is not supported (only silu)")
     if d.get("use_sliding_window") or (arch == "LlamaForCausalLM" and d.get("sliding_window")):
@@ -86,15 +88,21 @@ def config_from_hf(d: dict, where: str) -> tuple[str, ModelConfig]:
     heads = need("num_attention_heads")
     eos = d.get("eos_token_id")
     fields = dict(
-        vocab_size=need("vocab_size"), hidden_size=need("hidden_size"), intermediate_size=need("intermediate_size"),
-        num_hidden_layers=need("num_hidden_layers"), num_attention_heads=heads,
+        vocab_size=need("vocab_size"),
+        hidden_size=need("hidden_size"),
+        intermediate_size=need("intermediate_size"),
+        num_hidden_layers=need("num_hidden_layers"),
+        num_attention_heads=heads,
         num_key_value_heads=d.get("num_key_value_heads") or heads,
         head_dim=d.get("head_dim") or need("hidden_size") // heads,
         max_position_embeddings=d.get("max_position_embeddings", 2048 if arch == "LlamaForCausalLM" else 32768),
-        rope_theta=theta, rope_scaling=scaling,
-        rms_norm_eps=d.get("rms_norm_eps", 1e-6), tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+        rope_theta=theta,
+        rope_scaling=scaling,
+        rms_norm_eps=d.get("rms_norm_eps", 1e-6),
+        tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
         attention_bias=bool(d.get("attention_bias", False)) and arch != "Qwen2MoeForCausalLM",
-        qk_norm=arch.startswith("Qwen3"), moe_intermediate_size=d.get("moe_intermediate_size", d["intermediate_size"]),
+        qk_norm=arch.startswith("Qwen3"),
+        moe_intermediate_size=d.get("moe_intermediate_size", d["intermediate_size"]),
     )
     for key, name in (("bos_token_id", "bos_token_id"), ("pad_token_id", "pad_token_id")):
         if isinstance(d.get(key), int):
@@ -104,15 +112,20 @@ def config_from_hf(d: dict, where: str) -> tuple[str, ModelConfig]:
     if isinstance(eos, int):
         fields["eos_token_id"] = eos
     if arch.endswith("MoeForCausalLM"):
-        fields.update(use_moe=True, num_experts=need("num_experts", "num_local_experts"),
-                      num_experts_per_tok=need("num_experts_per_tok"),
-                      norm_topk_prob=bool(d.get("norm_topk_prob", False)),  # transformers' default
-                      router_aux_loss_coef=d.get("router_aux_loss_coef", 0.001),
-                      n_shared_experts=1 if arch == "Qwen2MoeForCausalLM" else 0)
+        fields.update(
+            use_moe=True,
+            num_experts=need("num_experts", "num_local_experts"),
+            num_experts_per_tok=need("num_experts_per_tok"),
+            norm_topk_prob=bool(d.get("norm_topk_prob", False)),  # transformers' default
+            router_aux_loss_coef=d.get("router_aux_loss_coef", 0.001),
+            n_shared_experts=1 if arch == "Qwen2MoeForCausalLM" else 0,
+        )
         shared = d.get("shared_expert_intermediate_size")
         if arch == "Qwen2MoeForCausalLM" and shared != fields["moe_intermediate_size"]:
-            raise MiniMindError(f"{where}: shared_expert_intermediate_size {shared} differs from "
-                                f"moe_intermediate_size {fields['moe_intermediate_size']}; not supported")
+            raise MiniMindError(
+                f"{where}: shared_expert_intermediate_size {shared} differs from "
+                f"moe_intermediate_size {fields['moe_intermediate_size']}; not supported"
+            )
     try:
         return arch, ModelConfig(**fields)
     except MiniMindError as e:
@@ -130,8 +143,10 @@ def read_safetensors(model_dir: Path) -> dict[str, torch.Tensor]:
     elif (model_dir / "model.safetensors").is_file():
         files = ["model.safetensors"]
     elif any(model_dir.glob("*.bin")):
-        raise MiniMindError(f"{model_dir}: only PyTorch .bin weights found; save them as safetensors first "
-                            "(model.save_pretrained(dir, safe_serialization=True))")
+        raise MiniMindError(
+            f"{model_dir}: only PyTorch .bin weights found; save them as safetensors first "
+            "(model.save_pretrained(dir, safe_serialization=True))"
+        )
     else:
         raise MiniMindError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
     sd = {}
@@ -163,8 +178,10 @@ def to_our_names(sd: dict[str, torch.Tensor], arch: str, config: ModelConfig, wh
         if arch == "Qwen2MoeForCausalLM":
             if k.endswith(".mlp.shared_expert_gate.weight") or re.search(r"\.self_attn\.[qkv]_proj\.bias$", k):
                 if torch.count_nonzero(v):
-                    raise MiniMindError(f"{where}: {k} is not zero; Qwen2-MoE's gated shared expert and "
-                                        "q/k/v biases are not supported (only MiniMind2-MoE exports)")
+                    raise MiniMindError(
+                        f"{where}: {k} is not zero; Qwen2-MoE's gated shared expert and "
+                        "q/k/v biases are not supported (only MiniMind2-MoE exports)"
+                    )
                 continue
             if ".mlp.shared_expert." in k:
                 k = k.replace(".mlp.shared_expert.", ".mlp.shared_experts.0.")
@@ -173,8 +190,9 @@ def to_our_names(sd: dict[str, torch.Tensor], arch: str, config: ModelConfig, wh
         out[k] = v
     if config.tie_word_embeddings and "lm_head.weight" in out:
         if not torch.equal(out["lm_head.weight"], out.get("model.embed_tokens.weight", out["lm_head.weight"])):
-            raise MiniMindError(f"{where}: tie_word_embeddings is true but lm_head.weight differs from "
-                                "model.embed_tokens.weight")
+            raise MiniMindError(
+                f"{where}: tie_word_embeddings is true but lm_head.weight differs from model.embed_tokens.weight"
+            )
         out.pop("lm_head.weight")
     return out
 

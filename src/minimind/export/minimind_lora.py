@@ -62,20 +62,28 @@ def import_minimind_lora(path: str | Path, base_dir: str | Path, out_dir: str | 
     for module, parts in sorted(pairs.items()):
         layer = layers.get(module)
         if type(layer) is not nn.Linear:
-            raise MiniMindError(f"{source}: {module} is not a linear layer of {base_dir} (an adapter for another model?)")
+            raise MiniMindError(
+                f"{source}: {module} is not a linear layer of {base_dir} (an adapter for another model?)"
+            )
         a, b = parts["A"], parts["B"]
         rank = a.shape[0]
         if a.dim() != 2 or b.dim() != 2 or a.shape[1] != layer.in_features or b.shape != (layer.out_features, rank):
-            raise MiniMindError(f"{source}: {module}: A {tuple(a.shape)} and B {tuple(b.shape)} do not fit a "
-                                f"{layer.in_features} -> {layer.out_features} layer with rank {rank} "
-                                f"(an adapter for another model size?)")
+            raise MiniMindError(
+                f"{source}: {module}: A {tuple(a.shape)} and B {tuple(b.shape)} do not fit a "
+                f"{layer.in_features} -> {layer.out_features} layer with rank {rank} "
+                f"(an adapter for another model size?)"
+            )
         ranks.add(rank)
     if len(ranks) > 1:
         raise MiniMindError(f"{source}: layers have different ranks {sorted(ranks)}; one rank per adapter is supported")
     rank = ranks.pop()
     modules = [name for name in layers if name in pairs]  # model order
-    config = LoRAConfig(rank=rank, alpha=float(rank), dropout=0.0,  # alpha = r: MiniMind adds B A x unscaled
-                        targets=sorted({m.rsplit(".", 1)[-1] for m in modules}))
+    config = LoRAConfig(
+        rank=rank,
+        alpha=float(rank),
+        dropout=0.0,  # alpha = r: MiniMind adds B A x unscaled
+        targets=sorted({m.rsplit(".", 1)[-1] for m in modules}),
+    )
     add_lora(model, config, base_dir=base_dir, modules=modules)
     with torch.no_grad():
         for name, layer in lora_layers(model).items():
@@ -83,5 +91,10 @@ def import_minimind_lora(path: str | Path, base_dir: str | Path, out_dir: str | 
             layer.lora.B.weight.copy_(pairs[name]["B"].float())
     out = prepare_out_dir(out_dir, force)
     save_adapter(model, out)
-    return {"out": out, "rank": rank, "layers": len(modules), "targets": config.targets,
-            "dtype": str(next(iter(pairs.values()))["A"].dtype).replace("torch.", "")}
+    return {
+        "out": out,
+        "rank": rank,
+        "layers": len(modules),
+        "targets": config.targets,
+        "dtype": str(next(iter(pairs.values()))["A"].dtype).replace("torch.", ""),
+    }

@@ -75,8 +75,10 @@ def load_pth(path: str | Path) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL (\S+)", str(e))
         what = f" (found {found.group(1)})" if found else ""
-        raise MiniMindError(f"{path}: refused to load: it holds Python objects besides tensors{what}; only "
-                            "plain state dicts are read (weights_only=True), since a pickle can run code") from None
+        raise MiniMindError(
+            f"{path}: refused to load: it holds Python objects besides tensors{what}; only "
+            "plain state dicts are read (weights_only=True), since a pickle can run code"
+        ) from None
     except Exception as e:  # a damaged archive (zip/pickle errors differ by torch version)
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise MiniMindError(f"{path}: not a readable PyTorch state dict ({type(e).__name__}: {first})") from None
@@ -166,12 +168,18 @@ def infer_config(sd: dict[str, torch.Tensor], source: str, preset_name: str | No
     if preset_name is not None:
         base = preset(preset_name)
         if base.qk_norm != qk_norm:
-            raise MiniMindError(f"{source}: preset {preset_name} {'has' if base.qk_norm else 'has no'} q/k norm but "
-                                f"the state dict {'has' if qk_norm else 'has no'} {attn}.q_norm.weight")
-        known.update(num_attention_heads=base.num_attention_heads, num_experts_per_tok=base.num_experts_per_tok,
-                     rms_norm_eps=base.rms_norm_eps, rope_theta=base.rope_theta,
-                     max_position_embeddings=base.max_position_embeddings,
-                     router_aux_loss_coef=base.router_aux_loss_coef)
+            raise MiniMindError(
+                f"{source}: preset {preset_name} {'has' if base.qk_norm else 'has no'} q/k norm but "
+                f"the state dict {'has' if qk_norm else 'has no'} {attn}.q_norm.weight"
+            )
+        known.update(
+            num_attention_heads=base.num_attention_heads,
+            num_experts_per_tok=base.num_experts_per_tok,
+            rms_norm_eps=base.rms_norm_eps,
+            rope_theta=base.rope_theta,
+            max_position_embeddings=base.max_position_embeddings,
+            router_aux_loss_coef=base.router_aux_loss_coef,
+        )
     known.update(flags)
 
     q_rows = _shape(sd, f"{attn}.q_proj.weight", source, 2)[0]
@@ -180,19 +188,25 @@ def infer_config(sd: dict[str, torch.Tensor], source: str, preset_name: str | No
         head_dim = _shape(sd, f"{attn}.q_norm.weight", source, 1)[0]
         if "num_attention_heads" in flags or preset_name:
             if known["num_attention_heads"] * head_dim != q_rows:
-                raise MiniMindError(f"{source}: {known['num_attention_heads']} attention heads x head_dim {head_dim} "
-                                    f"(from {attn}.q_norm.weight) != {q_rows} rows of {attn}.q_proj.weight")
+                raise MiniMindError(
+                    f"{source}: {known['num_attention_heads']} attention heads x head_dim {head_dim} "
+                    f"(from {attn}.q_norm.weight) != {q_rows} rows of {attn}.q_proj.weight"
+                )
         known["num_attention_heads"] = q_rows // head_dim
     else:  # MiniMind2: head_dim = hidden / heads, heads from a flag or the default 8
         heads = known["num_attention_heads"]
         if hidden % heads:
-            raise MiniMindError(f"{source}: hidden size {hidden} is not divisible by {heads} attention heads "
-                                f"(set --num-attention-heads)")
+            raise MiniMindError(
+                f"{source}: hidden size {hidden} is not divisible by {heads} attention heads "
+                f"(set --num-attention-heads)"
+            )
         head_dim = hidden // heads
     if q_rows % head_dim or k_rows % head_dim or q_rows // head_dim != known["num_attention_heads"]:
-        raise MiniMindError(f"{source}: {attn}.q_proj.weight has {q_rows} rows and {attn}.k_proj.weight {k_rows}, "
-                            f"not multiples of head_dim {head_dim} x {known['num_attention_heads']} heads "
-                            f"(set --num-attention-heads)")
+        raise MiniMindError(
+            f"{source}: {attn}.q_proj.weight has {q_rows} rows and {attn}.k_proj.weight {k_rows}, "
+            f"not multiples of head_dim {head_dim} x {known['num_attention_heads']} heads "
+            f"(set --num-attention-heads)"
+        )
     kv_heads = k_rows // head_dim
 
     mlp = "model.layers.0.mlp"
@@ -203,22 +217,37 @@ def infer_config(sd: dict[str, torch.Tensor], source: str, preset_name: str | No
         shared = len({m.group(1) for k in sd if (m := re.match(rf"{re.escape(mlp)}\.shared_experts\.(\d+)\.", k))})
         k = known["num_experts_per_tok"]
         if not 1 <= k <= num_experts:
-            raise MiniMindError(f"{source}: top-k {k} is not between 1 and the {num_experts} experts "
-                                f"of {mlp}.gate.weight")
+            raise MiniMindError(
+                f"{source}: top-k {k} is not between 1 and the {num_experts} experts of {mlp}.gate.weight"
+            )
         # MiniMind2's MoEGate renormalises the k weights only when k > 1; minimind-3 always does.
         norm = True if qk_norm else k > 1
-        moe = dict(use_moe=True, num_experts=num_experts, num_experts_per_tok=k, n_shared_experts=shared,
-                   moe_intermediate_size=ffn, intermediate_size=ffn, norm_topk_prob=norm)
+        moe = dict(
+            use_moe=True,
+            num_experts=num_experts,
+            num_experts_per_tok=k,
+            n_shared_experts=shared,
+            moe_intermediate_size=ffn,
+            intermediate_size=ffn,
+            norm_topk_prob=norm,
+        )
     else:
         ffn = _shape(sd, f"{mlp}.gate_proj.weight", source, 2)[0]
         moe = dict(intermediate_size=ffn, moe_intermediate_size=ffn)
 
     tied = "lm_head.weight" not in sd or torch.equal(sd["lm_head.weight"], sd["model.embed_tokens.weight"])
     fields = dict(
-        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, head_dim=head_dim,
-        num_attention_heads=known["num_attention_heads"], num_key_value_heads=kv_heads, qk_norm=qk_norm,
-        rms_norm_eps=known["rms_norm_eps"], router_aux_loss_coef=known["router_aux_loss_coef"],
-        tie_word_embeddings=tied, **moe,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        head_dim=head_dim,
+        num_attention_heads=known["num_attention_heads"],
+        num_key_value_heads=kv_heads,
+        qk_norm=qk_norm,
+        rms_norm_eps=known["rms_norm_eps"],
+        router_aux_loss_coef=known["router_aux_loss_coef"],
+        tie_word_embeddings=tied,
+        **moe,
     )
     for name in ("rope_theta", "max_position_embeddings"):
         if name in known:
@@ -232,12 +261,15 @@ def infer_config(sd: dict[str, torch.Tensor], source: str, preset_name: str | No
 
 
 _REVEALED_BY = {  # which tensor shows each field, for "preset X disagrees with tensor Y"
-    "vocab_size": "model.embed_tokens.weight", "hidden_size": "model.embed_tokens.weight",
-    "num_hidden_layers": "model.layers.*", "head_dim": "model.layers.0.self_attn.q_norm.weight",
+    "vocab_size": "model.embed_tokens.weight",
+    "hidden_size": "model.embed_tokens.weight",
+    "num_hidden_layers": "model.layers.*",
+    "head_dim": "model.layers.0.self_attn.q_norm.weight",
     "num_key_value_heads": "model.layers.0.self_attn.k_proj.weight",
     "intermediate_size": "model.layers.0.mlp.gate_proj.weight",
     "moe_intermediate_size": "model.layers.0.mlp.experts.0.gate_proj.weight",
-    "num_experts": "model.layers.0.mlp.gate.weight", "n_shared_experts": "model.layers.0.mlp.shared_experts.*",
+    "num_experts": "model.layers.0.mlp.gate.weight",
+    "n_shared_experts": "model.layers.0.mlp.shared_experts.*",
     "use_moe": "model.layers.0.mlp.gate.weight",
 }
 
@@ -249,13 +281,20 @@ def _check_against_preset(base: ModelConfig, fields: dict, name: str, source: st
         if field in ("moe_intermediate_size", "num_experts", "n_shared_experts") and not fields.get("use_moe"):
             continue
         if getattr(base, field) != fields[field]:
-            raise MiniMindError(f"{source}: preset {name} has {field} {getattr(base, field)} but {tensor} "
-                                f"says {fields[field]}")
+            raise MiniMindError(
+                f"{source}: preset {name} has {field} {getattr(base, field)} but {tensor} says {fields[field]}"
+            )
 
 
-def import_minimind_pth(path: str | Path, out: str | Path, tokenizer: str | Path | None = None,
-                        preset_name: str | None = None, dtype: str | None = None, force: bool = False,
-                        **flags) -> tuple[Path, ModelConfig]:
+def import_minimind_pth(
+    path: str | Path,
+    out: str | Path,
+    tokenizer: str | Path | None = None,
+    preset_name: str | None = None,
+    dtype: str | None = None,
+    force: bool = False,
+    **flags,
+) -> tuple[Path, ModelConfig]:
     """Convert a MiniMind `.pth` into a model directory (config.json, model.safetensors and,
     with `tokenizer`, the tokenizer files). Returns (directory, config)."""
     source = str(path)
@@ -272,10 +311,13 @@ def import_minimind_pth(path: str | Path, out: str | Path, tokenizer: str | Path
         sd = reorder_legacy_rope(sd, config)
     if tok is not None:
         if tok.vocab_size > config.vocab_size:
-            raise MiniMindError(f"{tokenizer}: tokenizer has {tok.vocab_size} tokens but {source} has only "
-                                f"{config.vocab_size} embeddings")
-        config = replace(config, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id)
+            raise MiniMindError(
+                f"{tokenizer}: tokenizer has {tok.vocab_size} tokens but {source} has only "
+                f"{config.vocab_size} embeddings"
+            )
+        config = replace(
+            config, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+        )
     if config.tie_word_embeddings:
         sd.pop("lm_head.weight", None)
     model = build_model(config, sd, source)
@@ -283,4 +325,3 @@ def import_minimind_pth(path: str | Path, out: str | Path, tokenizer: str | Path
     out_dir = prepare_out_dir(out, force)
     save_model_dir(model, out_dir, tok, dtype=keep)
     return out_dir, config
-

@@ -47,8 +47,19 @@ def _header(default_system: str | None) -> str:
     """With tools: one system turn holding the system prompt (if any) and the tool list.
     Without: the first system message as is (MiniMind2 falls back to a default one)."""
     first = "{{ (index .Messages 0).Content }}"
-    text = ("{{ if .Tools }}<|im_start|>system\n{{ if " + _FIRST_IS_SYSTEM + " }}" + first + "\n\n{{ end }}"
-            + _TOOLS_HEADER + "{{ else if " + _FIRST_IS_SYSTEM + " }}<|im_start|>system\n" + first + "<|im_end|>\n")
+    text = (
+        "{{ if .Tools }}<|im_start|>system\n{{ if "
+        + _FIRST_IS_SYSTEM
+        + " }}"
+        + first
+        + "\n\n{{ end }}"
+        + _TOOLS_HEADER
+        + "{{ else if "
+        + _FIRST_IS_SYSTEM
+        + " }}<|im_start|>system\n"
+        + first
+        + "<|im_end|>\n"
+    )
     if default_system is not None:
         text += "{{ else }}<|im_start|>system\n" + default_system + "<|im_end|>\n"
     return text + "{{ end }}"
@@ -65,7 +76,8 @@ def _turns(think_blocks: bool) -> str:
         '{{ $prev := "" }}'
         "{{ range $i, $m := .Messages }}"
         '{{ if and (eq $i 0) (eq $m.Role "system") }}'  # already written by the header
-        '{{ else if or (eq $m.Role "user") (eq $m.Role "system") }}' + close_tools
+        '{{ else if or (eq $m.Role "user") (eq $m.Role "system") }}'
+        + close_tools
         + "<|im_start|>{{ $m.Role }}\n{{ $m.Content }}<|im_end|>\n"
         '{{ else if eq $m.Role "assistant" }}' + close_tools + assistant + "{{ $m.Content }}"
         "{{ range $j, $tc := $m.ToolCalls }}{{ if or $j $m.Content }}\n{{ end }}"
@@ -82,20 +94,32 @@ def _turns(think_blocks: bool) -> str:
 def go_template(chat_template: str) -> str:
     """The Ollama TEMPLATE for one of MiniMind's chat templates (recognised by content)."""
     if "open_thinking" in chat_template and "reasoning_content" in chat_template:  # minimind-3
-        prompt = ('{{ if ne $prev "assistant" }}<|im_start|>assistant\n'
-                  "{{ if $.Think }}<think>\n{{ else }}<think>\n\n</think>\n\n{{ end }}{{ end }}")
+        prompt = (
+            '{{ if ne $prev "assistant" }}<|im_start|>assistant\n'
+            "{{ if $.Think }}<think>\n{{ else }}<think>\n\n</think>\n\n{{ end }}{{ end }}"
+        )
         return _header(None) + _turns(think_blocks=True) + prompt
     if "You are a helpful assistant" in chat_template and "enable_thinking" in chat_template:  # MiniMind2
         # MiniMind2 adds the empty think block only when thinking was explicitly turned off.
-        prompt = ('{{ if ne $prev "assistant" }}<|im_start|>assistant\n'
-                  "{{ if and $.IsThinkSet (not $.Think) }}<think>\n\n</think>\n\n{{ end }}{{ end }}")
+        prompt = (
+            '{{ if ne $prev "assistant" }}<|im_start|>assistant\n'
+            "{{ if and $.IsThinkSet (not $.Think) }}<think>\n\n</think>\n\n{{ end }}{{ end }}"
+        )
         return _header("You are a helpful assistant") + _turns(think_blocks=False) + prompt
-    raise MiniMindError("the model's chat template is not one of MiniMind's (minimind-3 or MiniMind2); "
-                        "write an Ollama Go template for it and pass it with --template FILE")
+    raise MiniMindError(
+        "the model's chat template is not one of MiniMind's (minimind-3 or MiniMind2); "
+        "write an Ollama Go template for it and pass it with --template FILE"
+    )
 
 
-def modelfile(gguf_name: str, template: str, num_ctx: int, system: str | None = None,
-              temperature: float = 0.85, top_p: float = 0.95) -> str:
+def modelfile(
+    gguf_name: str,
+    template: str,
+    num_ctx: int,
+    system: str | None = None,
+    temperature: float = 0.85,
+    top_p: float = 0.95,
+) -> str:
     """The Modelfile text: FROM, TEMPLATE, stop tokens and sampling defaults."""
     if '"""' in template:
         raise MiniMindError('the Go template contains """, which a Modelfile cannot quote')
@@ -114,9 +138,15 @@ def modelfile(gguf_name: str, template: str, num_ctx: int, system: str | None = 
     return "\n".join(lines) + "\n"
 
 
-def export_ollama(model_dir: str | Path, out: str | Path, name: str = "minimind", dtype: str = "q8_0",
-                  system: str | None = None, template_file: str | Path | None = None,
-                  force: bool = False) -> dict:
+def export_ollama(
+    model_dir: str | Path,
+    out: str | Path,
+    name: str = "minimind",
+    dtype: str = "q8_0",
+    system: str | None = None,
+    template_file: str | Path | None = None,
+    force: bool = False,
+) -> dict:
     """Write OUT/model.gguf and OUT/Modelfile. Returns a summary with the `ollama create`
     command to run."""
     model_dir = Path(model_dir)
@@ -134,6 +164,7 @@ def export_ollama(model_dir: str | Path, out: str | Path, name: str = "minimind"
     num_ctx = min(ModelConfig.load(model_dir / "config.json").max_position_embeddings, 8192)
     text = modelfile("model.gguf", template, num_ctx, system)
     (out / "Modelfile").write_text(text, encoding="utf-8")
-    summary.update(modelfile=str(out / "Modelfile"),
-                   command=f"ollama create {name} -f {out / 'Modelfile'} && ollama run {name}")
+    summary.update(
+        modelfile=str(out / "Modelfile"), command=f"ollama create {name} -f {out / 'Modelfile'} && ollama run {name}"
+    )
     return summary

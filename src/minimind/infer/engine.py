@@ -63,8 +63,8 @@ class Engine:
         ids = torch.zeros(len(sequences), width, dtype=torch.long)
         mask = torch.ones(len(sequences), width, dtype=torch.long)
         for i, s in enumerate(sequences):
-            ids[i, width - len(s.prompt):] = torch.as_tensor(s.prompt)
-            mask[i, :width - len(s.prompt)] = 0
+            ids[i, width - len(s.prompt) :] = torch.as_tensor(s.prompt)
+            mask[i, : width - len(s.prompt)] = 0
         ids, mask = ids.to(self.device), mask.to(self.device)
         cache = self.model.new_cache(len(sequences), width + room)
         cache.set_padding(mask)
@@ -133,8 +133,9 @@ class Engine:
         if not self.sequences:
             return []
         if self._sampling is None:
-            self._sampling = BatchSampling([s.params for s in self.sequences],
-                                           [s.generator for s in self.sequences], self.device)
+            self._sampling = BatchSampling(
+                [s.params for s in self.sequences], [s.generator for s in self.sequences], self.device
+            )
         tokens = self._sampling.choose(self.logits, self.seen, self.counts)
         chosen = tokens.tolist()
         self._record_logprobs(tokens, chosen)
@@ -149,16 +150,23 @@ class Engine:
         for i, (s, token) in enumerate(zip(stepped, chosen)):
             if token < 0:
                 p = s.params
-                s.fail(f"sampling failed: the probabilities are not finite (temperature {p.temperature}, "
-                       f"repetition_penalty {p.repetition_penalty})")
+                s.fail(
+                    f"sampling failed: the probabilities are not finite (temperature {p.temperature}, "
+                    f"repetition_penalty {p.repetition_penalty})"
+                )
             elif not s.push(token):
                 keep.append(i)
         self._keep(keep)
         if keep:
-            next_ids = (tokens if len(keep) == len(stepped) else tokens[torch.tensor(keep, device=self.device)])
+            next_ids = tokens if len(keep) == len(stepped) else tokens[torch.tensor(keep, device=self.device)]
             self.cache.reserve(1)
-            out = self.model(next_ids[:, None], attention_mask=self.cache.attention_mask(1),
-                             position_ids=self.positions, cache=self.cache, logits_to_keep=1)
+            out = self.model(
+                next_ids[:, None],
+                attention_mask=self.cache.attention_mask(1),
+                position_ids=self.positions,
+                cache=self.cache,
+                logits_to_keep=1,
+            )
             self.logits, self.positions = out.logits[:, -1], self.positions + 1
         return stepped
 

@@ -126,8 +126,14 @@ def chat_prompt(tokenizer, messages: list[dict], open_thinking: bool = False, to
     return tokenizer.encode_chat(messages, tools=tools, add_generation_prompt=True, open_thinking=open_thinking)
 
 
-def chat(model, tokenizer, messages: list[dict], params: SamplingParams | None = None,
-         open_thinking: bool = False, tools=None) -> Completion:
+def chat(
+    model,
+    tokenizer,
+    messages: list[dict],
+    params: SamplingParams | None = None,
+    open_thinking: bool = False,
+    tools=None,
+) -> Completion:
     """Answer a conversation ([{"role": "user", "content": "..."}, ...]) with one Completion.
 
     open_thinking=True lets the model write a <think> block first; tools is a list of
@@ -136,7 +142,13 @@ def chat(model, tokenizer, messages: list[dict], params: SamplingParams | None =
     return generate(model, tokenizer, [chat_prompt(tokenizer, messages, open_thinking, tools)], params)[0]
 
 
-def stream_chat(model, tokenizer, messages: list[dict], params: SamplingParams | None = None,
-                open_thinking: bool = False, tools=None) -> Stream:
+def stream_chat(
+    model,
+    tokenizer,
+    messages: list[dict],
+    params: SamplingParams | None = None,
+    open_thinking: bool = False,
+    tools=None,
+) -> Stream:
     """chat(), streamed: returns a Stream of text pieces (see stream())."""
     return stream(model, tokenizer, chat_prompt(tokenizer, messages, open_thinking, tools), params)

@@ -44,7 +44,7 @@ def read_prompts(path) -> list[tuple[str, list[dict]]]:
         for r in read_records(path, "rl"):
             messages = r.data["conversations"]
             last_user = max(i for i, m in enumerate(messages) if m.get("role") == "user")
-            prompts.append((f"{path}:{r.line}", messages[:last_user + 1]))
+            prompts.append((f"{path}:{r.line}", messages[: last_user + 1]))
     else:
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
@@ -103,9 +103,21 @@ def _drop_reason(message: dict, finish_reason: str, keep_truncated: bool) -> str
     return None
 
 
-def generate_data(model_dir, prompts_path, out, *, params, batch_size: int = 16, think: bool = False,
-                  keep_truncated: bool = False, limit: int | None = None, force: bool = False,
-                  device: str = "auto", dtype: str = "auto", say=print) -> dict:
+def generate_data(
+    model_dir,
+    prompts_path,
+    out,
+    *,
+    params,
+    batch_size: int = 16,
+    think: bool = False,
+    keep_truncated: bool = False,
+    limit: int | None = None,
+    force: bool = False,
+    device: str = "auto",
+    dtype: str = "auto",
+    say=print,
+) -> dict:
     """Answer every prompt with the teacher and write SFT JSONL to `out` (resumable, see the
     module docstring). `params` is the SamplingParams; its seed is the base seed. Returns the
     summary (also printed through `say`)."""
@@ -120,15 +132,23 @@ def generate_data(model_dir, prompts_path, out, *, params, batch_size: int = 16,
     model, tokenizer = load(model_dir, device=dev, dtype=resolve_inference_dtype(dtype, dev))
     ids = encode_prompts(prompts, tokenizer, model.config.max_position_embeddings, think)
 
-    settings = {"model": str(Path(model_dir).resolve()), "prompts": str(Path(prompts_path).resolve()),
-                "n_prompts": len(prompts), "batch_size": batch_size, "think": think,
-                "keep_truncated": keep_truncated, "sampling": asdict(params)}
+    settings = {
+        "model": str(Path(model_dir).resolve()),
+        "prompts": str(Path(prompts_path).resolve()),
+        "n_prompts": len(prompts),
+        "batch_size": batch_size,
+        "think": think,
+        "keep_truncated": keep_truncated,
+        "sampling": asdict(params),
+    }
     state = {"done": 0, "bytes": 0, "written": 0, "tokens": 0, "finish": {}, "dropped": {}}
     if partial.exists() and progress_file.exists() and not force:
         saved = read_json(progress_file)
         if saved.get("settings") != json.loads(json.dumps(settings)):
-            raise MiniMindError(f"{partial}: left by a run with other settings; run it with the same ones to "
-                                "continue, or pass --force to start again")
+            raise MiniMindError(
+                f"{partial}: left by a run with other settings; run it with the same ones to "
+                "continue, or pass --force to start again"
+            )
         state = saved["state"]
         say(f"resuming: {state['done']}/{len(prompts)} prompts already answered")
     with open(partial, "r+b" if state["done"] else "wb") as f:
@@ -137,9 +157,9 @@ def generate_data(model_dir, prompts_path, out, *, params, batch_size: int = 16,
     started = time.perf_counter()
     for first in range(state["done"], len(prompts), batch_size):
         batch_params = replace(params, seed=None if params.seed is None else params.seed + first // batch_size)
-        done = generate(model, tokenizer, ids[first:first + batch_size], batch_params)
+        done = generate(model, tokenizer, ids[first : first + batch_size], batch_params)
         lines = []
-        for (_, messages), c in zip(prompts[first:first + batch_size], done):
+        for (_, messages), c in zip(prompts[first : first + batch_size], done):
             finish[c.finish_reason] += 1
             state["tokens"] += c.completion_tokens
             message = answer_message(c.text, think)
@@ -153,26 +173,56 @@ def generate_data(model_dir, prompts_path, out, *, params, batch_size: int = 16,
             f.flush()
             os.fsync(f.fileno())
             state["bytes"] = f.tell()
-        state.update(done=min(first + batch_size, len(prompts)), written=state["written"] + len(lines),
-                     finish=dict(finish), dropped=dict(dropped))
+        state.update(
+            done=min(first + batch_size, len(prompts)),
+            written=state["written"] + len(lines),
+            finish=dict(finish),
+            dropped=dict(dropped),
+        )
         atomic_write_text(progress_file, json.dumps({"settings": settings, "state": state}, indent=1))
         rate = state["tokens"] / max(time.perf_counter() - started, 1e-9)
-        say(f"{state['done']}/{len(prompts)} prompts, {state['written']} written, {state['tokens']:,} tokens "
-            f"({rate:,.0f} tokens/s this run)")
+        say(
+            f"{state['done']}/{len(prompts)} prompts, {state['written']} written, {state['tokens']:,} tokens "
+            f"({rate:,.0f} tokens/s this run)"
+        )
     os.replace(partial, out)
     progress_file.unlink(missing_ok=True)
-    summary = {"out": str(out), "prompts": len(prompts), "written": state["written"], "tokens": state["tokens"],
-               "finish_reasons": dict(finish), "dropped": dict(dropped)}
+    summary = {
+        "out": str(out),
+        "prompts": len(prompts),
+        "written": state["written"],
+        "tokens": state["tokens"],
+        "finish_reasons": dict(finish),
+        "dropped": dict(dropped),
+    }
     drops = ", ".join(f"{n} {why}" for why, n in sorted(dropped.items())) or "none"
-    say(f"wrote {out}: {state['written']} conversations from {len(prompts)} prompts, {state['tokens']:,} tokens "
-        f"generated; finish reasons {dict(finish)}; dropped: {drops}")
+    say(
+        f"wrote {out}: {state['written']} conversations from {len(prompts)} prompts, {state['tokens']:,} tokens "
+        f"generated; finish reasons {dict(finish)}; dropped: {drops}"
+    )
     return summary
 
 
 def generate_data_main(args) -> None:
     """`minimind generate-data` (its flags are defined in cli.py)."""
-    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                            top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed)
-    generate_data(args.model, args.prompts, args.out, params=params, batch_size=args.batch_size, think=args.think,
-                  keep_truncated=args.keep_truncated, limit=args.limit, force=args.force, device=args.device,
-                  dtype=args.dtype)
+    params = SamplingParams(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+    )
+    generate_data(
+        args.model,
+        args.prompts,
+        args.out,
+        params=params,
+        batch_size=args.batch_size,
+        think=args.think,
+        keep_truncated=args.keep_truncated,
+        limit=args.limit,
+        force=args.force,
+        device=args.device,
+        dtype=args.dtype,
+    )

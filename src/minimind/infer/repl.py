@@ -23,8 +23,17 @@ HELP = """commands:
 class ChatSession:
     """One conversation: its history and settings; `reply()` streams an answer to `out`."""
 
-    def __init__(self, model, tokenizer, params: SamplingParams, system: str | None = None,
-                 think: bool = False, raw: bool = False, out=sys.stdout, status=sys.stderr):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        params: SamplingParams,
+        system: str | None = None,
+        think: bool = False,
+        raw: bool = False,
+        out=sys.stdout,
+        status=sys.stderr,
+    ):
         self.model, self.tokenizer, self.params = model, tokenizer, params
         self.system, self.think, self.raw = system, think, raw
         self.out, self.status = out, status
@@ -116,10 +125,17 @@ def repl(session: ChatSession, read=input) -> None:
 def chat_main(args) -> None:
     """Entry point of `minimind chat` (arguments from cli.py)."""
     device = resolve_device(args.device)
-    model, tokenizer = load(args.model, device=device, dtype=resolve_inference_dtype(args.dtype, device),
-                            lora=args.lora)
-    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                            top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed)
+    model, tokenizer = load(
+        args.model, device=device, dtype=resolve_inference_dtype(args.dtype, device), lora=args.lora
+    )
+    params = SamplingParams(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+    )
     session = ChatSession(model, tokenizer, params, system=args.system, think=args.think, raw=args.raw)
     if args.prompt is not None:
         session.reply(args.prompt)

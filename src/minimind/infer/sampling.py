@@ -108,8 +108,10 @@ class BatchSampling:
             if not greedy[i]:
                 groups.setdefault(id(g), []).append(i)
         n = len(params)
-        self.groups = [(generators[rows[0]], None if len(rows) == n else torch.tensor(rows, device=device))
-                       for rows in groups.values()]
+        self.groups = [
+            (generators[rows[0]], None if len(rows) == n else torch.tensor(rows, device=device))
+            for rows in groups.values()
+        ]
 
     def penalise(self, logits: torch.Tensor, seen: torch.Tensor | None, counts: torch.Tensor | None) -> torch.Tensor:
         """The logits after the penalties (float32): OpenAI's frequency/presence penalties on
@@ -121,8 +123,9 @@ class BatchSampling:
             logits = apply_repetition_penalty(logits, seen, self.repetition)
         return logits
 
-    def choose(self, logits: torch.Tensor, seen: torch.Tensor | None = None,
-               counts: torch.Tensor | None = None) -> torch.Tensor:
+    def choose(
+        self, logits: torch.Tensor, seen: torch.Tensor | None = None, counts: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """[B, vocab] logits -> [B] next token ids; -1 for a row whose distribution is broken
         (not finite, e.g. from an extreme temperature), so that row alone can be failed.
 

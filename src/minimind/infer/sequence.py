@@ -54,8 +54,9 @@ class SamplingParams:
         # Below MIN_TEMPERATURE sampling is greedy in all but name, and near 1e-38 the scaled
         # logits overflow float32 (NaN probabilities): ask for 0 instead.
         if not (self.temperature == 0 or MIN_TEMPERATURE <= self.temperature < float("inf")):  # NaN too
-            problems.append(f"temperature must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE:g}, "
-                            f"got {self.temperature!r}")
+            problems.append(
+                f"temperature must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE:g}, got {self.temperature!r}"
+            )
         if not isinstance(self.top_k, int) or not 0 <= self.top_k < 2**63:
             problems.append(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
         if not 0 < self.top_p <= 1:
@@ -127,8 +128,15 @@ class Sequence:
     Raises MiniMindError for a prompt the model cannot take (empty, too long, bad ids).
     """
 
-    def __init__(self, model, tokenizer, prompt: list[int], params: SamplingParams | None = None,
-                 generator: torch.Generator | None = None, track_text: bool = True):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        prompt: list[int],
+        params: SamplingParams | None = None,
+        generator: torch.Generator | None = None,
+        track_text: bool = True,
+    ):
         params = params if params is not None else SamplingParams()
         if not isinstance(params, SamplingParams):
             raise MiniMindError(f"params must be a SamplingParams, got {type(params).__name__}")
@@ -207,7 +215,7 @@ class Sequence:
             end = self.stop_at if self.stop_at is not None else len(self.text)
         else:
             end = len(self.text) - _stop_prefix_len(self.text, self.stops, self.longest_stop)
-        piece, self.shown = self.text[self.shown:end], max(self.shown, end)
+        piece, self.shown = self.text[self.shown : end], max(self.shown, end)
         return piece
 
     def new_logprobs(self) -> list[TokenLogprob]:
@@ -216,18 +224,23 @@ class Sequence:
         if self.logprobs is None:
             return []
         end = len(self.token_ids)
-        entries, self.logprobs_shown = self.logprobs[self.logprobs_shown:end], max(self.logprobs_shown, end)
+        entries, self.logprobs_shown = self.logprobs[self.logprobs_shown : end], max(self.logprobs_shown, end)
         return entries
 
     def completion(self) -> Completion:
         if self.decoder is not None:
-            text = self.text[:self.stop_at]
+            text = self.text[: self.stop_at]
         else:
             text = self.tokenizer.decode(self.token_ids, skip_special_tokens=self.skip)
-        return Completion(token_ids=self.token_ids, text=text, finish_reason=self.finish_reason,
-                          prompt_tokens=len(self.prompt),
-                          completion_tokens=len(self.token_ids) + self.ended_by_token,
-                          logprobs=self.logprobs, error=self.error)
+        return Completion(
+            token_ids=self.token_ids,
+            text=text,
+            finish_reason=self.finish_reason,
+            prompt_tokens=len(self.prompt),
+            completion_tokens=len(self.token_ids) + self.ended_by_token,
+            logprobs=self.logprobs,
+            error=self.error,
+        )
 
 
 def _checked_prompt(model, prompt) -> list[int]:
@@ -240,8 +253,10 @@ def _checked_prompt(model, prompt) -> list[int]:
     if bad:
         raise MiniMindError(f"the prompt has token ids outside the vocabulary [0, {vocab}): {bad[:5]}")
     if len(prompt) >= max_pos:
-        raise MiniMindError(f"the prompt has {len(prompt)} tokens; the model's context is "
-                            f"{max_pos} (max_position_embeddings), leaving no room to generate")
+        raise MiniMindError(
+            f"the prompt has {len(prompt)} tokens; the model's context is "
+            f"{max_pos} (max_position_embeddings), leaving no room to generate"
+        )
     return prompt
 
 

@@ -47,10 +47,10 @@ def check_thinking(text: str, opened: bool = False, finished: bool = True) -> Th
     if not body.startswith(THINK):
         return ThinkCheck("malformed", problem=f"text before {THINK}" if opens else f"{END_THINK} without {THINK}")
     if closes == 0:
-        return ThinkCheck("malformed", reasoning=body[len(THINK):].strip(), problem=f"{THINK} is never closed")
+        return ThinkCheck("malformed", reasoning=body[len(THINK) :].strip(), problem=f"{THINK} is never closed")
     if opens != 1 or closes != 1:
         return ThinkCheck("malformed", problem=f"{opens} {THINK} and {closes} {END_THINK} tags, expected one each")
-    reasoning, answer = (part.strip() for part in body[len(THINK):].split(END_THINK))
+    reasoning, answer = (part.strip() for part in body[len(THINK) :].split(END_THINK))
     if not reasoning:
         return ThinkCheck("malformed", reasoning, answer, "empty reasoning")
     if not answer:

@@ -50,8 +50,11 @@ def parse_tool_call(body: str) -> dict | None:
     args = call.get("arguments", {})
     if not isinstance(args, str):
         args = json.dumps(args, ensure_ascii=False)
-    return {"id": f"call_{secrets.token_hex(12)}", "type": "function",
-            "function": {"name": call["name"], "arguments": args}}
+    return {
+        "id": f"call_{secrets.token_hex(12)}",
+        "type": "function",
+        "function": {"name": call["name"], "arguments": args},
+    }
 
 
 class OutputParser:
@@ -112,7 +115,7 @@ class OutputParser:
         found = [(i, tag) for tag in tags if (i := self.buffer.find(tag)) >= 0]
         if found:
             i, tag = min(found)
-            before, self.buffer = self.buffer[:i], self.buffer[i + len(tag):]
+            before, self.buffer = self.buffer[:i], self.buffer[i + len(tag) :]
             if tag == THINK_OPEN and before.strip():  # "<think>" after answer text is just text
                 self._emit(events, before + tag)
                 return True
@@ -125,8 +128,8 @@ class OutputParser:
             return False
         keep = 0 if final else _held_back(self.buffer, tags) if tags else 0
         if self.mode == "reasoning" and not final:  # the newline before </think> is not reasoning
-            keep = max(keep, len(self.buffer) - len(self.buffer[:len(self.buffer) - keep].rstrip("\n")))
-        out, self.buffer = self.buffer[:len(self.buffer) - keep], self.buffer[len(self.buffer) - keep:]
+            keep = max(keep, len(self.buffer) - len(self.buffer[: len(self.buffer) - keep].rstrip("\n")))
+        out, self.buffer = self.buffer[: len(self.buffer) - keep], self.buffer[len(self.buffer) - keep :]
         if self.mode == "reasoning" and final:
             out = out.rstrip("\n")
         self._emit(events, out)

@@ -24,8 +24,9 @@ class KVCache:
     """Preallocated keys and values; rows can be dropped (`keep_rows`) or appended (`extend`),
     and the buffers grow on demand (`reserve`)."""
 
-    def __init__(self, num_layers: int, batch_size: int, kv_heads: int, head_dim: int, capacity: int,
-                 device=None, dtype=None):
+    def __init__(
+        self, num_layers: int, batch_size: int, kv_heads: int, head_dim: int, capacity: int, device=None, dtype=None
+    ):
         shape = (batch_size, kv_heads, capacity, head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
@@ -50,24 +51,26 @@ class KVCache:
         new = k.shape[2]
         end = self.start + self.length + new
         if end > self.capacity:
-            raise ValueError(f"KV cache is full: {self.length + new} positions needed, "
-                             f"{self.capacity - self.start} allocated (call reserve first)")
-        self.k[layer][:, :, end - new:end] = k
-        self.v[layer][:, :, end - new:end] = v
-        return self.k[layer][:, :, self.start:end], self.v[layer][:, :, self.start:end]
+            raise ValueError(
+                f"KV cache is full: {self.length + new} positions needed, "
+                f"{self.capacity - self.start} allocated (call reserve first)"
+            )
+        self.k[layer][:, :, end - new : end] = k
+        self.v[layer][:, :, end - new : end] = v
+        return self.k[layer][:, :, self.start : end], self.v[layer][:, :, self.start : end]
 
     def set_padding(self, mask: torch.Tensor) -> None:
         """Mark the first mask.shape[1] columns with a prompt's padding mask (1 = real token);
         call before the prefill."""
-        self.mask[:, self.start:self.start + mask.shape[1]] = mask
+        self.mask[:, self.start : self.start + mask.shape[1]] = mask
         self._padded = None
 
     def attention_mask(self, new: int) -> torch.Tensor | None:
         """The [B, length + new] padding mask for a forward pass that adds `new` tokens, or None
         when none of those columns is padding (the model then needs no mask: faster)."""
         if self._padded is None:  # known again after each change of rows: no check (and GPU sync) per step
-            self._padded = not bool(self.mask[:, self.start:].all())
-        return self.mask[:, self.start:self.start + self.length + new] if self._padded else None
+            self._padded = not bool(self.mask[:, self.start :].all())
+        return self.mask[:, self.start : self.start + self.length + new] if self._padded else None
 
     def reserve(self, new: int, headroom: int = 64) -> None:
         """Make room for `new` more columns. When the buffers are full, the live part moves to
@@ -89,7 +92,7 @@ class KVCache:
 
         self.k, self.v = [moved(t) for t in self.k], [moved(t) for t in self.v]
         mask = self.mask.new_ones(self.batch_size, capacity)
-        mask[:, :width - self.length] = 0
+        mask[:, : width - self.length] = 0
         mask[:, dest] = self.mask[:, live]
         self.mask, self.start, self.length = mask, 0, width
         self._padded = None
@@ -100,7 +103,7 @@ class KVCache:
         self.k = [k[rows] for k in self.k]
         self.v = [v[rows] for v in self.v]
         self.mask = self.mask[rows]
-        live = self.mask[:, self.start:self.start + self.length]
+        live = self.mask[:, self.start : self.start + self.length]
         first_real = int(live.any(0).int().argmax()) if live.numel() else 0
         self.start, self.length = self.start + first_real, self.length - first_real
         self._padded = None

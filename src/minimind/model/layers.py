@@ -153,8 +153,13 @@ class Attention(nn.Module):
             k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
             v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal,
-            dropout_p=self.dropout if self.training else 0.0, **({"enable_gqa": gqa} if SDPA_HAS_GQA else {}),
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0,
+            **({"enable_gqa": gqa} if SDPA_HAS_GQA else {}),
         )
         return self.o_proj(out.transpose(1, 2).reshape(B, L, -1))
 

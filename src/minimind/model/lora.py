@@ -68,8 +68,9 @@ class LoRAConfig:
 class LoRA(nn.Module):
     """The low-rank update of one linear layer: x -> (alpha / r) * B(A(dropout(x)))."""
 
-    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float, dropout: float,
-                 device=None, dtype=None):
+    def __init__(
+        self, in_features: int, out_features: int, rank: int, alpha: float, dropout: float, device=None, dtype=None
+    ):
         super().__init__()
         self.A = nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype)
         self.B = nn.Linear(rank, out_features, bias=False, device=device, dtype=dtype)
@@ -112,21 +113,29 @@ def find_targets(model: nn.Module, patterns: list[str]) -> list[str]:
     """Names of the linear layers of the decoder matched by any pattern. A pattern matches a
     layer's last name part (`q_proj`) or its full name as a glob (`model.layers.1.*_proj`).
     A pattern that matches no linear layer is an error: it is almost always a typo."""
-    linears = [name for name, m in model.named_modules()
-               if isinstance(m, nn.Linear) and name.startswith("model.")]  # not lm_head: it is the (tied) embedding
+    linears = [
+        name for name, m in model.named_modules() if isinstance(m, nn.Linear) and name.startswith("model.")
+    ]  # not lm_head: it is the (tied) embedding
     chosen = []
     for pattern in patterns:
         hits = [n for n in linears if n.rsplit(".", 1)[-1] == pattern or fnmatch(n, pattern)]
         if not hits:
             leaves = sorted({n.rsplit(".", 1)[-1] for n in linears})
-            raise MiniMindError(f"LoRA target {pattern!r} matches no linear layer of the model; "
-                                f"layer names end in {', '.join(leaves)} (e.g. {linears[0]})")
+            raise MiniMindError(
+                f"LoRA target {pattern!r} matches no linear layer of the model; "
+                f"layer names end in {', '.join(leaves)} (e.g. {linears[0]})"
+            )
         chosen += [n for n in hits if n not in chosen]
     return [n for n in linears if n in chosen]  # model order, so the init is deterministic
 
 
-def add_lora(model: nn.Module, config: LoRAConfig, seed: int = 0, base_dir: str | Path | None = None,
-             modules: list[str] | None = None) -> nn.Module:
+def add_lora(
+    model: nn.Module,
+    config: LoRAConfig,
+    seed: int = 0,
+    base_dir: str | Path | None = None,
+    modules: list[str] | None = None,
+) -> nn.Module:
     """Freeze `model` and attach a fresh (zero-update) LoRA to each targeted layer, in place.
     `modules` gives the exact layers (when loading a saved adapter) instead of `targets`.
     `base_dir` (the model directory the model came from) is recorded so the adapter can
@@ -162,8 +171,10 @@ def trainable_summary(model: nn.Module) -> str:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     cfg = model.lora_config
-    return (f"LoRA r={cfg.rank} alpha={cfg.alpha:g} on {len(cfg.modules)} layers: {trainable:,} trainable parameters "
-            f"({100 * trainable / max(total - trainable, 1):.2f}% of the frozen base)")
+    return (
+        f"LoRA r={cfg.rank} alpha={cfg.alpha:g} on {len(cfg.modules)} layers: {trainable:,} trainable parameters "
+        f"({100 * trainable / max(total - trainable, 1):.2f}% of the frozen base)"
+    )
 
 
 @torch.no_grad()
@@ -209,14 +220,18 @@ def check_base(saved: dict, model: nn.Module, base_dir: str | Path | None, sourc
     now = base_fingerprint(model, None)
     trained_on = f" (trained on {saved['base_model']})" if saved.get("base_model") else ""
     if saved.get("base_shapes_sha256") not in (None, now["base_shapes_sha256"]):
-        raise MiniMindError(f"{source}: this adapter is for a model of another architecture{trained_on}: "
-                            "its base's tensor shapes differ from this model's")
+        raise MiniMindError(
+            f"{source}: this adapter is for a model of another architecture{trained_on}: "
+            "its base's tensor shapes differ from this model's"
+        )
     if base_dir is not None and saved.get("base_weights_sha256"):
         sha = file_sha256(Path(base_dir) / "model.safetensors")
         if sha != saved["base_weights_sha256"]:
-            raise MiniMindError(f"{source}: this adapter was trained on another base{trained_on}: "
-                                f"{Path(base_dir) / 'model.safetensors'} has sha256 {sha[:12]}..., "
-                                f"the adapter's base had {saved['base_weights_sha256'][:12]}...")
+            raise MiniMindError(
+                f"{source}: this adapter was trained on another base{trained_on}: "
+                f"{Path(base_dir) / 'model.safetensors'} has sha256 {sha[:12]}..., "
+                f"the adapter's base had {saved['base_weights_sha256'][:12]}..."
+            )
 
 
 def check_tokenizer(saved: dict, fingerprint: dict, base_dir: str | Path, source: Path) -> None:
@@ -230,9 +245,11 @@ def check_tokenizer(saved: dict, fingerprint: dict, base_dir: str | Path, source
     differ = [part for part, sha in recorded.items() if fingerprint.get(part) != sha]
     if differ:
         trained_on = f" (trained on {saved['base_model']})" if saved.get("base_model") else ""
-        raise MiniMindError(f"{source}: this adapter was trained with another tokenizer{trained_on}: "
-                            f"{base_dir}'s tokenizer has another {' and '.join(differ)}; an adapter applies "
-                            "only to the base and tokenizer it was trained on")
+        raise MiniMindError(
+            f"{source}: this adapter was trained with another tokenizer{trained_on}: "
+            f"{base_dir}'s tokenizer has another {' and '.join(differ)}; an adapter applies "
+            "only to the base and tokenizer it was trained on"
+        )
 
 
 # ---------------------------------------------------------------------------- save / load
@@ -252,7 +269,9 @@ def save_adapter(model: nn.Module, out_dir: str | Path, state_dict: dict | None 
     out.mkdir(parents=True, exist_ok=True)
     sd = adapter_state_dict(model, state_dict)
     atomic_write(out / ADAPTER_WEIGHTS, lambda tmp: save_file(sd, tmp, metadata={"format": "pt"}))
-    atomic_write_text(out / ADAPTER_CONFIG, json.dumps({"format": FORMAT, **asdict(model.lora_config)}, indent=2) + "\n")
+    atomic_write_text(
+        out / ADAPTER_CONFIG, json.dumps({"format": FORMAT, **asdict(model.lora_config)}, indent=2) + "\n"
+    )
     return out
 
 
@@ -287,8 +306,11 @@ def read_adapter_weights(adapter_dir: str | Path, model: nn.Module) -> dict[str,
     missing, unexpected = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
     problems = [f"missing tensors {', '.join(missing[:3])}"] if missing else []
     problems += [f"unexpected tensors {', '.join(unexpected[:3])}"] if unexpected else []
-    problems += [f"{k} has shape {tuple(sd[k].shape)}, the model needs {tuple(expected[k])}"
-                 for k in sorted(set(sd) & set(expected)) if sd[k].shape != expected[k]]
+    problems += [
+        f"{k} has shape {tuple(sd[k].shape)}, the model needs {tuple(expected[k])}"
+        for k in sorted(set(sd) & set(expected))
+        if sd[k].shape != expected[k]
+    ]
     if problems:
         raise MiniMindError(f"{path}: adapter does not fit the model: " + "; ".join(problems[:4]))
     return sd
@@ -300,10 +322,14 @@ def read_lora_checkpoint(adapter_dir: str | Path, model: nn.Module) -> dict[str,
     d = Path(adapter_dir)
     saved, now = read_adapter_config(d), model.lora_config
     if saved.base.get("base_weights_sha256") != now.base.get("base_weights_sha256"):
-        raise MiniMindError(f"{d / ADAPTER_CONFIG}: cannot resume: the checkpoint's adapter was trained on "
-                            f"{saved.base.get('base_model')}, whose weights differ from --init {now.base.get('base_model')}")
+        raise MiniMindError(
+            f"{d / ADAPTER_CONFIG}: cannot resume: the checkpoint's adapter was trained on "
+            f"{saved.base.get('base_model')}, whose weights differ from --init {now.base.get('base_model')}"
+        )
     if saved.modules != now.modules:
-        raise MiniMindError(f"{d / ADAPTER_CONFIG}: cannot resume: the checkpoint adapts other layers than --lora-targets now selects")
+        raise MiniMindError(
+            f"{d / ADAPTER_CONFIG}: cannot resume: the checkpoint adapts other layers than --lora-targets now selects"
+        )
     return read_adapter_weights(d, model)
 
 

@@ -154,7 +154,7 @@ class MiniMindForCausalLM(nn.Module):
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
-    def init_weights(self, seed: int | None = None) -> "MiniMindForCausalLM":
+    def init_weights(self, seed: int | None = None) -> MiniMindForCausalLM:
         """GPT-2 style initialisation: N(0, 0.02) everywhere, residual outputs scaled down by
         sqrt(2 * layers) so the residual stream's variance does not grow with depth. (MiniMind
         keeps PyTorch's defaults, which give the tied embedding std 1 and huge first logits.)"""
@@ -164,13 +164,18 @@ class MiniMindForCausalLM(nn.Module):
             if p.dim() == 1:  # norm weights
                 nn.init.ones_(p)
             else:
-                scale = (2 * self.config.num_hidden_layers) ** -0.5 if name.endswith(("o_proj.weight", "down_proj.weight")) else 1.0
+                scale = (
+                    (2 * self.config.num_hidden_layers) ** -0.5
+                    if name.endswith(("o_proj.weight", "down_proj.weight"))
+                    else 1.0
+                )
                 with torch.no_grad():
                     p.copy_(torch.randn(p.shape, generator=gen) * std * scale)
         return self
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None,
-                labels=None, logits_to_keep: int = 0) -> CausalLMOutput:
+    def forward(
+        self, input_ids, attention_mask=None, position_ids=None, cache=None, labels=None, logits_to_keep: int = 0
+    ) -> CausalLMOutput:
         """`labels` are the input ids themselves (shifted inside, -100 = ignore), as in
         transformers. `logits_to_keep=n` computes logits for the last n positions only
         (generation needs just the last one, saving a [L, vocab] matmul)."""
@@ -186,8 +191,9 @@ class MiniMindForCausalLM(nn.Module):
         the attention will produce (the autocast dtype under autocast)."""
         p, c = self.lm_head.weight, self.config
         dtype = torch.get_autocast_dtype(p.device.type) if torch.is_autocast_enabled(p.device.type) else p.dtype
-        return KVCache(c.num_hidden_layers, batch_size, c.num_key_value_heads, c.head_dim, capacity,
-                       device=p.device, dtype=dtype)
+        return KVCache(
+            c.num_hidden_layers, batch_size, c.num_key_value_heads, c.head_dim, capacity, device=p.device, dtype=dtype
+        )
 
     @property
     def device(self) -> torch.device:

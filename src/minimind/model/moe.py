@@ -25,9 +25,7 @@ class MoEFeedForward(nn.Module):
         size = config.moe_intermediate_size
         self.gate = nn.Linear(config.hidden_size, config.num_experts, bias=False)  # the router
         self.experts = nn.ModuleList(SwiGLU(config.hidden_size, size) for _ in range(config.num_experts))
-        self.shared_experts = nn.ModuleList(
-            SwiGLU(config.hidden_size, size) for _ in range(config.n_shared_experts)
-        )
+        self.shared_experts = nn.ModuleList(SwiGLU(config.hidden_size, size) for _ in range(config.n_shared_experts))
 
     def route(self, x: torch.Tensor):
         """Router probabilities [N, E], and the chosen experts and their weights [N, k].
@@ -62,8 +60,8 @@ class MoEFeedForward(nn.Module):
         start = 0
         for expert, count in zip(self.experts, counts.tolist()):
             if count:
-                idx = token_of[start:start + count]
-                out.index_add_(0, idx, expert(x[idx]) * sorted_weights[start:start + count])
+                idx = token_of[start : start + count]
+                out.index_add_(0, idx, expert(x[idx]) * sorted_weights[start : start + count])
             start += count
         for shared in self.shared_experts:
             out = out + shared(x)

@@ -68,14 +68,13 @@ def _refuse_if_huge(bits: float, what: str) -> None:
     if bits > MAX_BITS:
         digits = bits * math.log10(2)
         size = f"about {digits / 1e6:,.0f} million digits" if digits >= 1e6 else f"about {digits:,.0f} digits"
-        raise CalcError(f"{what}: the result would have {size}, more than the limit of "
-                        f"{int(MAX_BITS * math.log10(2))}")
+        raise CalcError(f"{what}: the result would have {size}, more than the limit of {int(MAX_BITS * math.log10(2))}")
 
 
 def _power(base, exponent):
     if isinstance(base, int) and isinstance(exponent, int) and exponent > 0:
         _refuse_if_huge(_log2_size(base) * exponent, "power refused")
-    result = base ** exponent
+    result = base**exponent
     if isinstance(result, complex):
         raise CalcError("a negative number to a fractional power is not a real number")
     return result
@@ -115,6 +114,7 @@ def _comb_perm(fn, name):
         bits = _lgamma_bits(n) - _lgamma_bits(n - k) - (_lgamma_bits(k) if name == "comb" else 0.0)
         _refuse_if_huge(bits, f"{name}({n}, {k}) refused")
         return fn(n, k)
+
     return call
 
 
@@ -132,26 +132,60 @@ def _min_max(fn):
         if not args:
             raise CalcError(f"{fn.__name__} needs at least one number")
         return fn(args)
+
     return call
 
 
 # Functions by name; each gets numbers only (checked before the call) and returns a number.
 FUNCTIONS = {
-    "abs": abs, "round": _round, "min": _min_max(min), "max": _min_max(max), "pow": _power,
-    "sqrt": math.sqrt, "cbrt": lambda x: math.copysign(abs(x) ** (1 / 3), x), "exp": math.exp,
-    "log": math.log, "log10": math.log10, "log2": math.log2, "log1p": math.log1p,
-    "sin": math.sin, "cos": math.cos, "tan": math.tan, "asin": math.asin, "acos": math.acos, "atan": math.atan,
-    "atan2": math.atan2, "sinh": math.sinh, "cosh": math.cosh, "tanh": math.tanh,
-    "degrees": math.degrees, "radians": math.radians, "hypot": math.hypot, "fabs": math.fabs,
-    "floor": math.floor, "ceil": math.ceil, "trunc": math.trunc, "isqrt": math.isqrt,
-    "gcd": math.gcd, "lcm": math.lcm, "fmod": math.fmod,
-    "factorial": _factorial, "comb": _comb_perm(math.comb, "comb"), "perm": _comb_perm(math.perm, "perm"),
+    "abs": abs,
+    "round": _round,
+    "min": _min_max(min),
+    "max": _min_max(max),
+    "pow": _power,
+    "sqrt": math.sqrt,
+    "cbrt": lambda x: math.copysign(abs(x) ** (1 / 3), x),
+    "exp": math.exp,
+    "log": math.log,
+    "log10": math.log10,
+    "log2": math.log2,
+    "log1p": math.log1p,
+    "sin": math.sin,
+    "cos": math.cos,
+    "tan": math.tan,
+    "asin": math.asin,
+    "acos": math.acos,
+    "atan": math.atan,
+    "atan2": math.atan2,
+    "sinh": math.sinh,
+    "cosh": math.cosh,
+    "tanh": math.tanh,
+    "degrees": math.degrees,
+    "radians": math.radians,
+    "hypot": math.hypot,
+    "fabs": math.fabs,
+    "floor": math.floor,
+    "ceil": math.ceil,
+    "trunc": math.trunc,
+    "isqrt": math.isqrt,
+    "gcd": math.gcd,
+    "lcm": math.lcm,
+    "fmod": math.fmod,
+    "factorial": _factorial,
+    "comb": _comb_perm(math.comb, "comb"),
+    "perm": _comb_perm(math.perm, "perm"),
 }
 CONSTANTS = {"pi": math.pi, "e": math.e, "tau": math.tau}
 
-_BINARY = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: _multiply,
-           ast.Div: lambda a, b: a / b, ast.FloorDiv: lambda a, b: a // b, ast.Mod: lambda a, b: a % b,
-           ast.Pow: _power}
+_BINARY = {
+    ast.Add: lambda a, b: a + b,
+    ast.Sub: lambda a, b: a - b,
+    ast.Mult: _multiply,
+    ast.Div: lambda a, b: a / b,
+    ast.FloorDiv: lambda a, b: a // b,
+    ast.Mod: lambda a, b: a % b,
+    ast.Pow: _power,
+}
 _UNARY = {ast.UAdd: lambda a: +a, ast.USub: lambda a: -a}
 
 
@@ -165,10 +199,20 @@ def _qualified(node) -> str | None:
 
 
 def _describe(node) -> str:
-    return {ast.Attribute: "attribute access", ast.Subscript: "indexing", ast.Compare: "comparison",
-            ast.BoolOp: "and/or", ast.Lambda: "lambda", ast.IfExp: "if/else", ast.Starred: "*args",
-            ast.Tuple: "a tuple (a comma outside a call)", ast.List: "a list", ast.Dict: "a dict",
-            ast.ListComp: "a comprehension", ast.GeneratorExp: "a comprehension"}.get(type(node), type(node).__name__)
+    return {
+        ast.Attribute: "attribute access",
+        ast.Subscript: "indexing",
+        ast.Compare: "comparison",
+        ast.BoolOp: "and/or",
+        ast.Lambda: "lambda",
+        ast.IfExp: "if/else",
+        ast.Starred: "*args",
+        ast.Tuple: "a tuple (a comma outside a call)",
+        ast.List: "a list",
+        ast.Dict: "a dict",
+        ast.ListComp: "a comprehension",
+        ast.GeneratorExp: "a comprehension",
+    }.get(type(node), type(node).__name__)
 
 
 def _check_tree(tree: ast.Expression) -> None:
@@ -205,8 +249,9 @@ def _check_tree(tree: ast.Expression) -> None:
             raise CalcError(f"operator {type(node.op).__name__} is not allowed (only + - * / // % **)")
         else:
             what = "attribute access" if isinstance(node, ast.Attribute) else _describe(node)
-            raise CalcError(f"{what} is not allowed in a calculation (only numbers, + - * / // % ** "
-                            "and math functions)")
+            raise CalcError(
+                f"{what} is not allowed in a calculation (only numbers, + - * / // % ** and math functions)"
+            )
 
 
 def _evaluate(node):

@@ -45,12 +45,15 @@ RewardFn = Callable[[str, dict], float]
 
 # --------------------------------------------------------------------------- answers ---
 
+
 def expected_answers(record: dict, reward: str = "this reward") -> list[str]:
     """The accepted answers of a record: `gt` as a list of strings ("72" and ["72", "72.0"] both work)."""
     gt = record.get("gt") if isinstance(record, dict) else None
     if gt is None:
-        raise MiniMindError(f"{reward} needs the expected answer in the record's 'gt' field, and this record "
-                            "has none (use a file with gt, e.g. rl_gsm8k_train_gt.jsonl, or another reward)")
+        raise MiniMindError(
+            f"{reward} needs the expected answer in the record's 'gt' field, and this record "
+            "has none (use a file with gt, e.g. rl_gsm8k_train_gt.jsonl, or another reward)"
+        )
     items = gt if isinstance(gt, (list, tuple)) else [gt]
     return [str(g).strip() for g in items if str(g).strip()]
 
@@ -64,9 +67,9 @@ def final_text(completion: str) -> str:
     end = completion.rfind("</think>")
     if end < 0 and "<think>" in completion:
         return ""
-    text = completion[end + len("</think>"):] if end >= 0 else completion
+    text = completion[end + len("</think>") :] if end >= 0 else completion
     end = text.rfind("</tool_call>")
-    return (text[end + len("</tool_call>"):] if end >= 0 else text).strip()
+    return (text[end + len("</tool_call>") :] if end >= 0 else text).strip()
 
 
 def _normal_text(text: str) -> str:
@@ -99,8 +102,8 @@ def _text_candidates(text: str) -> list[str]:
     out = [text]
     if (boxed := _boxed(text)) is not None:  # numbers.py's brace-balanced reader (\\boxed{\\frac{3}{4}})
         out.append(boxed)
-    if (hashes := text.rfind("####")) >= 0 and text[hashes + 4:].strip():
-        out.append(text[hashes + 4:].strip().splitlines()[0])
+    if (hashes := text.rfind("####")) >= 0 and text[hashes + 4 :].strip():
+        out.append(text[hashes + 4 :].strip().splitlines()[0])
     return out
 
 
@@ -123,6 +126,7 @@ def answer_in_text(completion: str, record: dict) -> float:
 
 # ---------------------------------------------------------------------------- format ---
 
+
 def think_format(completion: str, record: dict) -> float:
     """1.0 for `<think>reasoning</think>` followed by a non-empty answer, else 0.0 (an unclosed
     or repeated tag, empty reasoning, no answer, or no think block at all)."""
@@ -133,8 +137,9 @@ def make_length(min_chars: int = 1, max_chars: int = 800) -> RewardFn:
     """A length term over the whole reply, in [-1, 0]: 0 for min_chars <= len <= max_chars, then
     linear, reaching -1 at 0 characters and at 2 * max_chars (and staying there)."""
     if not 0 <= min_chars <= max_chars or max_chars <= 0:
-        raise MiniMindError(f"length reward: need 0 <= min_chars <= max_chars and max_chars > 0, "
-                            f"got {min_chars} and {max_chars}")
+        raise MiniMindError(
+            f"length reward: need 0 <= min_chars <= max_chars and max_chars > 0, got {min_chars} and {max_chars}"
+        )
 
     def length(completion: str, record: dict) -> float:
         n = len(completion.strip())
@@ -164,7 +169,7 @@ def make_repetition(n: int = 3) -> RewardFn:
 
     def repetition(completion: str, record: dict) -> float:
         tokens = [m.group(0) for m in _TOKEN.finditer(completion.lower())]
-        grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+        grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
         return -(len(grams) - len(set(grams))) / len(grams) if grams else 0.0
 
     repetition.__doc__ = f"Minus the share of repeated {n}-grams, in [-1, 0] (see make_repetition)."
@@ -196,8 +201,9 @@ def get_reward(name: str) -> RewardFn:
     if ":" in name:
         return load_reward_fn(name)
     if name not in REWARDS:
-        raise MiniMindError(f"unknown reward {name!r}; built in: {', '.join(REWARDS)} "
-                            "(or give your own as module:function)")
+        raise MiniMindError(
+            f"unknown reward {name!r}; built in: {', '.join(REWARDS)} (or give your own as module:function)"
+        )
     return REWARDS[name]
 
 
@@ -206,8 +212,9 @@ def load_reward_fn(spec: str) -> RewardFn:
     directory) or "path/to/my_rewards.py:brevity". Every mistake is a one-line MiniMindError."""
     module_name, sep, fn_name = spec.rpartition(":")
     if not sep or not module_name or not fn_name.isidentifier():
-        raise MiniMindError(f"--reward-fn expects MODULE:FUNCTION (e.g. my_rewards:brevity or "
-                            f"rewards.py:brevity), got {spec!r}")
+        raise MiniMindError(
+            f"--reward-fn expects MODULE:FUNCTION (e.g. my_rewards:brevity or rewards.py:brevity), got {spec!r}"
+        )
     module = _import_file(module_name, spec) if module_name.endswith(".py") else _import_module(module_name, spec)
     fn = getattr(module, fn_name, None)
     if fn is None:
@@ -228,8 +235,10 @@ def _import_module(name: str, spec: str):
         return importlib.import_module(name)
     except ModuleNotFoundError as e:
         if e.name and (name == e.name or name.startswith(e.name + ".")):  # the module (or its package)
-            raise MiniMindError(f"--reward-fn {spec}: no module named {name!r} (not installed, not in "
-                                "the current directory; or give a file: path/to/file.py:function)") from None
+            raise MiniMindError(
+                f"--reward-fn {spec}: no module named {name!r} (not installed, not in "
+                "the current directory; or give a file: path/to/file.py:function)"
+            ) from None
         raise MiniMindError(f"--reward-fn {spec}: importing {name} failed: {e}") from None
     except Exception as e:  # the user's module raised while importing: say so, in one line
         raise MiniMindError(f"--reward-fn {spec}: importing {name} failed: {type(e).__name__}: {e}") from None
@@ -257,14 +266,16 @@ def _check_signature(fn, where: str) -> None:
     except ValueError:  # some builtins have no signature to read: let them through
         return
     except TypeError:
-        raise MiniMindError(f"reward {where} must take (completion_text, record), but its signature is "
-                            f"{inspect.signature(fn)}") from None
+        raise MiniMindError(
+            f"reward {where} must take (completion_text, record), but its signature is {inspect.signature(fn)}"
+        ) from None
 
 
 # -------------------------------------------------------------------------- weights ---
 
+
 def parse_weights(text: str) -> dict[str, float]:
-    """"exact_answer=1,think_format=0.2" (the command line's form) -> {"exact_answer": 1.0, ...}.
+    """ "exact_answer=1,think_format=0.2" (the command line's form) -> {"exact_answer": 1.0, ...}.
     A name alone has weight 1; a user's reward may be named as module:function."""
     weights = {}
     for item in filter(None, (part.strip() for part in text.split(","))):

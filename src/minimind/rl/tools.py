@@ -54,57 +54,165 @@ class ToolError(Exception):
 
 # ------------------------------------------------------------------ the built-in tools ---
 
+
 def _schema(name: str, description: str, properties: dict, required: list[str]) -> dict:
-    return {"type": "function", "function": {"name": name, "description": description, "parameters": {
-        "type": "object", "properties": properties, "required": required}}}
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": description,
+            "parameters": {"type": "object", "properties": properties, "required": required},
+        },
+    }
 
 
 STRING, NUMBER = {"type": "string"}, {"type": "number"}
 BUILTIN_SCHEMAS = [
     _schema("calculate_math", "计算数学表达式 (evaluate a math expression)", {"expression": STRING}, ["expression"]),
-    _schema("unit_converter", "单位换算 (convert a value between units)",
-            {"value": NUMBER, "from_unit": STRING, "to_unit": STRING}, ["value", "from_unit", "to_unit"]),
+    _schema(
+        "unit_converter",
+        "单位换算 (convert a value between units)",
+        {"value": NUMBER, "from_unit": STRING, "to_unit": STRING},
+        ["value", "from_unit", "to_unit"],
+    ),
     _schema("get_current_weather", "获取天气 (current weather of a city)", {"location": STRING}, ["location"]),
-    _schema("get_current_time", "获取时间 (current time in a time zone)",
-            {"timezone": {"type": "string", "default": "Asia/Shanghai"}}, []),
-    _schema("get_exchange_rate", "查询汇率 (exchange rate between two currencies)",
-            {"from_currency": STRING, "to_currency": STRING}, ["from_currency", "to_currency"]),
-    _schema("translate_text", "翻译文本 (translate a text)", {"text": STRING, "target_language": STRING},
-            ["text", "target_language"]),
+    _schema(
+        "get_current_time",
+        "获取时间 (current time in a time zone)",
+        {"timezone": {"type": "string", "default": "Asia/Shanghai"}},
+        [],
+    ),
+    _schema(
+        "get_exchange_rate",
+        "查询汇率 (exchange rate between two currencies)",
+        {"from_currency": STRING, "to_currency": STRING},
+        ["from_currency", "to_currency"],
+    ),
+    _schema(
+        "translate_text",
+        "翻译文本 (translate a text)",
+        {"text": STRING, "target_language": STRING},
+        ["text", "target_language"],
+    ),
 ]
 
-WEATHER = {"北京": ("28°C", "晴"), "上海": ("15°C", "多云"), "广州": ("32°C", "闷热"), "深圳": ("30°C", "晴"),
-           "杭州": ("22°C", "阴"), "成都": ("18°C", "小雨"), "武汉": ("25°C", "多云"), "南京": ("20°C", "晴"),
-           "西安": ("16°C", "大风"), "重庆": ("26°C", "阴"), "Tokyo": ("12°C", "晴"), "New York": ("8°C", "多云"),
-           "London": ("5°C", "小雨"), "Paris": ("10°C", "阴"), "Sydney": ("25°C", "晴朗")}
-CITY_ALIASES = {"beijing": "北京", "shanghai": "上海", "guangzhou": "广州", "shenzhen": "深圳", "hangzhou": "杭州",
-                "chengdu": "成都", "wuhan": "武汉", "nanjing": "南京", "xi'an": "西安", "xian": "西安",
-                "chongqing": "重庆", "东京": "Tokyo", "纽约": "New York", "伦敦": "London", "巴黎": "Paris",
-                "悉尼": "Sydney"} | {city.casefold(): city for city in WEATHER}
+WEATHER = {
+    "北京": ("28°C", "晴"),
+    "上海": ("15°C", "多云"),
+    "广州": ("32°C", "闷热"),
+    "深圳": ("30°C", "晴"),
+    "杭州": ("22°C", "阴"),
+    "成都": ("18°C", "小雨"),
+    "武汉": ("25°C", "多云"),
+    "南京": ("20°C", "晴"),
+    "西安": ("16°C", "大风"),
+    "重庆": ("26°C", "阴"),
+    "Tokyo": ("12°C", "晴"),
+    "New York": ("8°C", "多云"),
+    "London": ("5°C", "小雨"),
+    "Paris": ("10°C", "阴"),
+    "Sydney": ("25°C", "晴朗"),
+}
+CITY_ALIASES = {
+    "beijing": "北京",
+    "shanghai": "上海",
+    "guangzhou": "广州",
+    "shenzhen": "深圳",
+    "hangzhou": "杭州",
+    "chengdu": "成都",
+    "wuhan": "武汉",
+    "nanjing": "南京",
+    "xi'an": "西安",
+    "xian": "西安",
+    "chongqing": "重庆",
+    "东京": "Tokyo",
+    "纽约": "New York",
+    "伦敦": "London",
+    "巴黎": "Paris",
+    "悉尼": "Sydney",
+} | {city.casefold(): city for city in WEATHER}
 # One fixed instant, 2025-03-07 06:30 UTC, as MiniMind's table shows it in each zone.
-TIMES = {"Asia/Shanghai": "2025-03-07 14:30:00", "America/New_York": "2025-03-07 01:30:00",
-         "Europe/London": "2025-03-07 06:30:00", "Asia/Tokyo": "2025-03-07 15:30:00",
-         "Europe/Paris": "2025-03-07 07:30:00", "Australia/Sydney": "2025-03-07 17:30:00",
-         "UTC": "2025-03-07 06:30:00"}
-RATES = {("USD", "CNY"): 7.21, ("EUR", "CNY"): 7.85, ("GBP", "CNY"): 9.12, ("JPY", "CNY"): 0.048,
-         ("USD", "EUR"): 0.92, ("USD", "GBP"): 0.79, ("CNY", "JPY"): 20.83, ("AUD", "CNY"): 4.72}
-TRANSLATIONS = {("你好世界", "english"): "Hello World", ("Good morning", "chinese"): "早上好",
-                ("今天天气真好", "english"): "The weather is nice today",
-                ("I love programming", "chinese"): "我喜欢编程",
-                ("机器学习很有趣", "english"): "Machine learning is interesting",
-                ("Happy birthday", "chinese"): "生日快乐"}
-LANGUAGES = {"english": "english", "en": "english", "英语": "english", "英文": "english",
-             "chinese": "chinese", "zh": "chinese", "中文": "chinese", "汉语": "chinese"}
+TIMES = {
+    "Asia/Shanghai": "2025-03-07 14:30:00",
+    "America/New_York": "2025-03-07 01:30:00",
+    "Europe/London": "2025-03-07 06:30:00",
+    "Asia/Tokyo": "2025-03-07 15:30:00",
+    "Europe/Paris": "2025-03-07 07:30:00",
+    "Australia/Sydney": "2025-03-07 17:30:00",
+    "UTC": "2025-03-07 06:30:00",
+}
+RATES = {
+    ("USD", "CNY"): 7.21,
+    ("EUR", "CNY"): 7.85,
+    ("GBP", "CNY"): 9.12,
+    ("JPY", "CNY"): 0.048,
+    ("USD", "EUR"): 0.92,
+    ("USD", "GBP"): 0.79,
+    ("CNY", "JPY"): 20.83,
+    ("AUD", "CNY"): 4.72,
+}
+TRANSLATIONS = {
+    ("你好世界", "english"): "Hello World",
+    ("Good morning", "chinese"): "早上好",
+    ("今天天气真好", "english"): "The weather is nice today",
+    ("I love programming", "chinese"): "我喜欢编程",
+    ("机器学习很有趣", "english"): "Machine learning is interesting",
+    ("Happy birthday", "chinese"): "生日快乐",
+}
+LANGUAGES = {
+    "english": "english",
+    "en": "english",
+    "英语": "english",
+    "英文": "english",
+    "chinese": "chinese",
+    "zh": "chinese",
+    "中文": "chinese",
+    "汉语": "chinese",
+}
 # unit: (quantity, size in the quantity's base unit); temperature is converted by formula.
-UNITS = {"km": ("length", 1000.0), "miles": ("length", 1609.344), "meters": ("length", 1.0),
-         "feet": ("length", 0.3048), "kg": ("mass", 1.0), "pounds": ("mass", 0.45359237),
-         "celsius": ("temperature", None), "fahrenheit": ("temperature", None)}
-UNIT_ALIASES = {"kilometer": "km", "kilometers": "km", "mile": "miles", "mi": "miles", "m": "meters",
-                "meter": "meters", "metre": "meters", "metres": "meters", "foot": "feet", "ft": "feet",
-                "kilogram": "kg", "kilograms": "kg", "pound": "pounds", "lb": "pounds", "lbs": "pounds",
-                "c": "celsius", "°c": "celsius", "f": "fahrenheit", "°f": "fahrenheit",
-                "公里": "km", "千米": "km", "英里": "miles", "米": "meters", "英尺": "feet", "千克": "kg", "公斤": "kg",
-                "磅": "pounds", "摄氏度": "celsius", "摄氏": "celsius", "华氏度": "fahrenheit", "华氏": "fahrenheit"}
+UNITS = {
+    "km": ("length", 1000.0),
+    "miles": ("length", 1609.344),
+    "meters": ("length", 1.0),
+    "feet": ("length", 0.3048),
+    "kg": ("mass", 1.0),
+    "pounds": ("mass", 0.45359237),
+    "celsius": ("temperature", None),
+    "fahrenheit": ("temperature", None),
+}
+UNIT_ALIASES = {
+    "kilometer": "km",
+    "kilometers": "km",
+    "mile": "miles",
+    "mi": "miles",
+    "m": "meters",
+    "meter": "meters",
+    "metre": "meters",
+    "metres": "meters",
+    "foot": "feet",
+    "ft": "feet",
+    "kilogram": "kg",
+    "kilograms": "kg",
+    "pound": "pounds",
+    "lb": "pounds",
+    "lbs": "pounds",
+    "c": "celsius",
+    "°c": "celsius",
+    "f": "fahrenheit",
+    "°f": "fahrenheit",
+    "公里": "km",
+    "千米": "km",
+    "英里": "miles",
+    "米": "meters",
+    "英尺": "feet",
+    "千克": "kg",
+    "公斤": "kg",
+    "磅": "pounds",
+    "摄氏度": "celsius",
+    "摄氏": "celsius",
+    "华氏度": "fahrenheit",
+    "华氏": "fahrenheit",
+}
 
 
 def _known(table: Iterable[str]) -> str:
@@ -158,8 +266,9 @@ def get_exchange_rate(from_currency: str, to_currency: str) -> dict:
     elif (b, a) in RATES:
         rate = round(1 / RATES[(b, a)], 4)
     else:
-        raise ToolError(f"no rate for {a} to {b} in the built-in table; known pairs: "
-                        + ", ".join(f"{x}/{y}" for x, y in RATES))
+        raise ToolError(
+            f"no rate for {a} to {b} in the built-in table; known pairs: " + ", ".join(f"{x}/{y}" for x, y in RATES)
+        )
     return {"from": a, "to": b, "rate": rate}
 
 
@@ -167,19 +276,29 @@ def translate_text(text: str, target_language: str) -> dict:
     language = LANGUAGES.get(target_language.strip().casefold())
     translated = TRANSLATIONS.get((text.strip(), language))
     if translated is None:
-        raise ToolError(f"no translation of {text!r} into {target_language!r} in the built-in dictionary "
-                        f"of {len(TRANSLATIONS)} phrases")
+        raise ToolError(
+            f"no translation of {text!r} into {target_language!r} in the built-in dictionary "
+            f"of {len(TRANSLATIONS)} phrases"
+        )
     return {"translated_text": translated}
 
 
-BUILTINS: dict[str, Callable] = {f.__name__: f for f in (calculate_math, unit_converter, get_current_weather,
-                                                         get_current_time, get_exchange_rate, translate_text)}
+BUILTINS: dict[str, Callable] = {
+    f.__name__: f
+    for f in (calculate_math, unit_converter, get_current_weather, get_current_time, get_exchange_rate, translate_text)
+}
 
 
 # ---------------------------------------------------------------- checking arguments ---
 
-_TYPES = {"string": (str,), "number": (int, float), "integer": (int,), "boolean": (bool,),
-          "object": (dict,), "array": (list,)}
+_TYPES = {
+    "string": (str,),
+    "number": (int, float),
+    "integer": (int,),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list,),
+}
 
 
 def _coerce(value, kind: str, name: str):
@@ -190,8 +309,9 @@ def _coerce(value, kind: str, name: str):
             value = float(value.strip().replace(",", ""))
         except ValueError:
             raise ToolError(f"argument {name!r} must be a {kind}, got {value!r}") from None
-    if kind in ("number", "integer") and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                          or not math.isfinite(value)):
+    if kind in ("number", "integer") and (
+        isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+    ):
         raise ToolError(f"argument {name!r} must be a finite {kind}, got {value!r}")
     if kind == "integer":
         if not float(value).is_integer():
@@ -221,8 +341,10 @@ def check_arguments(arguments, parameters: dict) -> dict:
         raise ToolError(f"missing required argument{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
     unknown = [name for name in arguments if name not in properties]
     if unknown:
-        raise ToolError(f"unknown argument{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}; "
-                        f"expected: {', '.join(properties) or 'none'}")
+        raise ToolError(
+            f"unknown argument{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}; "
+            f"expected: {', '.join(properties) or 'none'}"
+        )
     checked = {}
     for name, spec in properties.items():
         if arguments.get(name) is None:
@@ -238,9 +360,11 @@ def check_arguments(arguments, parameters: dict) -> dict:
 
 # ------------------------------------------------------------------- calls and results ---
 
+
 @dataclass
 class ToolCall:
     """A call as the model wrote it: name and arguments (a dict, or the raw value if it was not one)."""
+
     name: str
     arguments: object
 
@@ -249,6 +373,7 @@ class ToolCall:
 class ToolResult:
     """One executed call: `observation` (a JSON string) is what the model reads back; `ok`
     says whether the tool ran and answered (False for every error observation)."""
+
     name: str
     arguments: object
     observation: str
@@ -295,8 +420,9 @@ class ToolBox:
 
     def __init__(self, tools: Iterable[str] | None = None, *, time_limit: float = 1.0, max_chars: int = 2048):
         if not time_limit > 0 or max_chars < 64:
-            raise MiniMindError(f"ToolBox: time_limit must be > 0 and max_chars >= 64, "
-                                f"got {time_limit} and {max_chars}")
+            raise MiniMindError(
+                f"ToolBox: time_limit must be > 0 and max_chars >= 64, got {time_limit} and {max_chars}"
+            )
         self.time_limit, self.max_chars = time_limit, max_chars
         self.tools: dict[str, Tool] = {}
         schemas = {s["function"]["name"]: s for s in BUILTIN_SCHEMAS}
@@ -328,8 +454,10 @@ class ToolBox:
             raise MiniMindError("ToolBox.register: the tool needs a name (in the schema or as fn.__name__)")
         params = spec["parameters"]
         if not isinstance(params, dict) or not isinstance(params.get("properties", {}), dict):
-            raise MiniMindError(f"ToolBox.register: {spec['name']}: 'parameters' must be a JSON schema object "
-                                "with a 'properties' object")
+            raise MiniMindError(
+                f"ToolBox.register: {spec['name']}: 'parameters' must be a JSON schema object "
+                "with a 'properties' object"
+            )
         self.tools[spec["name"]] = Tool(spec["name"], fn, {"type": "function", "function": spec}, builtin=False)
         return fn
 
@@ -352,13 +480,15 @@ class ToolBox:
         except Exception as e:  # a user's tool failed: tell the model, keep the rollout going
             return self._error(name, arguments, f"the tool failed: {type(e).__name__}: {e}")
         try:  # allow_nan=False: NaN is not JSON, and the observation must be JSON
-            observation = json.dumps(result if not isinstance(result, str) else {"result": result},
-                                     ensure_ascii=False, allow_nan=False)
+            observation = json.dumps(
+                result if not isinstance(result, str) else {"result": result}, ensure_ascii=False, allow_nan=False
+            )
         except (TypeError, ValueError) as e:
             return self._error(name, arguments, f"the tool's result is not JSON: {e}")
         if len(observation) > self.max_chars:
-            return self._error(name, arguments, f"the result is too long ({len(observation)} characters, "
-                                                f"limit {self.max_chars})")
+            return self._error(
+                name, arguments, f"the result is too long ({len(observation)} characters, limit {self.max_chars})"
+            )
         return ToolResult(name, arguments, observation, ok=True)
 
     def run(self, text: str, offered: Iterable[str] | None = None) -> list[ToolResult]:
@@ -381,13 +511,16 @@ class ToolBox:
         worker.start()
         worker.join(self.time_limit)
         if worker.is_alive():
-            log.warning("tool %s ran past %.3g s; its call was answered with an error and the call is left "
-                        "running in the background", tool.name, self.time_limit)
+            log.warning(
+                "tool %s ran past %.3g s; its call was answered with an error and the call is left "
+                "running in the background",
+                tool.name,
+                self.time_limit,
+            )
             raise ToolError(f"timed out after {self.time_limit:g} s")
         if "error" in outcome:
             raise outcome["error"]
         return outcome["result"]
 
     def _error(self, name: str, arguments, message: str) -> ToolResult:
-        return ToolResult(name, arguments, json.dumps({"error": message}, ensure_ascii=False), ok=False,
-                          error=message)
+        return ToolResult(name, arguments, json.dumps({"error": message}, ensure_ascii=False), ok=False, error=message)

@@ -38,6 +38,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from ..errors import MiniMindError
 from ..infer.sequence import SamplingParams
+from .guard import ClientGone, RequestGuard, RequireKey, check_origin, read_body
 from .protocol import (
     APIError,
     ChatRequest,
@@ -47,7 +48,6 @@ from .protocol import (
     error_body,
     validation_error,
 )
-from .guard import ClientGone, RequestGuard, RequireKey, check_origin, read_body
 from .responses import (
     chat_logprobs,
     chat_stream,
@@ -75,11 +75,20 @@ MAX_MESSAGES = 1024
 PREPARING_AT_ONCE = 4  # requests rendered and tokenized at the same time (the rest wait their turn)
 
 
-def create_app(model, tokenizer, name: str = "minimind", api_key: str | None = None,
-               max_batch: int = 32, max_queue: int = 64, max_tokens_default: int = MAX_TOKENS_DEFAULT,
-               max_tokens_limit: int = MAX_TOKENS_LIMIT, max_body: int = MAX_BODY_BYTES,
-               max_messages: int = MAX_MESSAGES, host: str = "127.0.0.1",
-               allow_origins: tuple[str, ...] = ()) -> FastAPI:
+def create_app(
+    model,
+    tokenizer,
+    name: str = "minimind",
+    api_key: str | None = None,
+    max_batch: int = 32,
+    max_queue: int = 64,
+    max_tokens_default: int = MAX_TOKENS_DEFAULT,
+    max_tokens_limit: int = MAX_TOKENS_LIMIT,
+    max_body: int = MAX_BODY_BYTES,
+    max_messages: int = MAX_MESSAGES,
+    host: str = "127.0.0.1",
+    allow_origins: tuple[str, ...] = (),
+) -> FastAPI:
     """host: the address the server is bound to (for the Host check when there is no key).
     allow_origins: web origins ("http://host:port", or "*" for any) allowed to call the API
     from a browser (CORS); without a key they also lift the Host/Origin check for themselves."""
@@ -132,12 +141,16 @@ def create_app(model, tokenizer, name: str = "minimind", api_key: str | None = N
     else:
         app.add_middleware(RequestGuard, host=host, allow_origins=allow_origins)
     if allow_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=list(allow_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"], max_age=600)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(allow_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
 
     # ------------------------------------------------------------------ small routes
-    model_card = {"id": name, "object": "model", "created": created, "owned_by": "minimind",
-                  "max_model_len": context}
+    model_card = {"id": name, "object": "model", "created": created, "owned_by": "minimind", "max_model_len": context}
 
     @app.get("/health")
     async def health():
@@ -163,8 +176,9 @@ def create_app(model, tokenizer, name: str = "minimind", api_key: str | None = N
 
     def check_model(requested: str | None) -> None:
         if requested is not None and requested != name:
-            raise APIError(404, f"model {requested!r} does not exist; this server serves {name!r}",
-                           "model", "model_not_found")
+            raise APIError(
+                404, f"model {requested!r} does not exist; this server serves {name!r}", "model", "model_not_found"
+            )
 
     # ------------------------------------------------------------------ generation
     def token_budget(requested: int | None, default: int, param: str) -> int:
@@ -172,8 +186,12 @@ def create_app(model, tokenizer, name: str = "minimind", api_key: str | None = N
         if requested is None:
             return min(default, max_tokens_limit)
         if requested > max_tokens_limit:
-            raise APIError(400, f"{param} is {requested}; this server allows at most {max_tokens_limit} "
-                                f"(minimind serve --max-tokens-limit)", param)
+            raise APIError(
+                400,
+                f"{param} is {requested}; this server allows at most {max_tokens_limit} "
+                f"(minimind serve --max-tokens-limit)",
+                param,
+            )
         return requested
 
     def submit(body: _Sampling, prompts: list[list[int]], limit: int, param: str) -> Job:
@@ -181,22 +199,44 @@ def create_app(model, tokenizer, name: str = "minimind", api_key: str | None = N
         requests = []
         logprobs, top_logprobs = body.logprob_settings()
         if len(prompts) * body.n > max_queue:  # it could never be queued: not a "try again" (429)
-            raise APIError(400, f"the request asks for {len(prompts) * body.n} completions (prompts x n); this "
-                                f"server takes at most {max_queue} at once", param)
+            raise APIError(
+                400,
+                f"the request asks for {len(prompts) * body.n} completions (prompts x n); this "
+                f"server takes at most {max_queue} at once",
+                param,
+            )
         for ids in prompts:
             if len(ids) >= context:
-                raise APIError(400, f"the prompt is {len(ids)} tokens; this model's context is {context} "
-                                    f"tokens, leaving no room for an answer", param, "context_length_exceeded")
+                raise APIError(
+                    400,
+                    f"the prompt is {len(ids)} tokens; this model's context is {context} "
+                    f"tokens, leaving no room for an answer",
+                    param,
+                    "context_length_exceeded",
+                )
             if not ids:
                 raise APIError(400, "the prompt is empty", param)
             for i in range(body.n):
                 seed = None if body.seed is None else body.seed + i  # n choices must differ
-                requests.append((ids, SamplingParams(
-                    max_new_tokens=min(limit, context - len(ids)), temperature=body.temperature,
-                    top_k=body.top_k, top_p=body.top_p, repetition_penalty=body.repetition_penalty,
-                    frequency_penalty=body.frequency_penalty, presence_penalty=body.presence_penalty,
-                    stop_strings=tuple(body.stop or ()), seed=seed, stop_token_ids=() if body.ignore_eos else None,
-                    logprobs=logprobs, top_logprobs=top_logprobs)))
+                requests.append(
+                    (
+                        ids,
+                        SamplingParams(
+                            max_new_tokens=min(limit, context - len(ids)),
+                            temperature=body.temperature,
+                            top_k=body.top_k,
+                            top_p=body.top_p,
+                            repetition_penalty=body.repetition_penalty,
+                            frequency_penalty=body.frequency_penalty,
+                            presence_penalty=body.presence_penalty,
+                            stop_strings=tuple(body.stop or ()),
+                            seed=seed,
+                            stop_token_ids=() if body.ignore_eos else None,
+                            logprobs=logprobs,
+                            top_logprobs=top_logprobs,
+                        ),
+                    )
+                )
         try:
             return scheduler.submit(requests, asyncio.get_running_loop())
         except QueueFull as e:
@@ -214,8 +254,13 @@ def create_app(model, tokenizer, name: str = "minimind", api_key: str | None = N
         thinking = body.thinking and not forced  # a forced call comes first: no think block
         try:
             # both names: minimind-3's template reads open_thinking, MiniMind2's enable_thinking
-            text = tokenizer.apply_chat_template(body.template_messages(), tools=tools, add_generation_prompt=True,
-                                                 open_thinking=thinking, enable_thinking=thinking)
+            text = tokenizer.apply_chat_template(
+                body.template_messages(),
+                tools=tools,
+                add_generation_prompt=True,
+                open_thinking=thinking,
+                enable_thinking=thinking,
+            )
         except MiniMindError as e:
             raise APIError(400, str(e), "messages") from None
         return encode([text + forced])[0], text.endswith("<think>\n"), bool(tools), forced
@@ -230,12 +275,19 @@ def create_app(model, tokenizer, name: str = "minimind", api_key: str | None = N
         data = decode_json(raw)
         messages = data.get("messages")
         if isinstance(messages, list) and len(messages) > max_messages:
-            raise APIError(400, f"the request has {len(messages)} messages; this server takes at most "
-                                f"{max_messages} (minimind serve --max-messages)", "messages")
+            raise APIError(
+                400,
+                f"the request has {len(messages)} messages; this server takes at most "
+                f"{max_messages} (minimind serve --max-messages)",
+                "messages",
+            )
         body = validated(data, ChatRequest)
         check_model(body.model)
-        limit = token_budget(body.limit, max_tokens_default,
-                             "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens")
+        limit = token_budget(
+            body.limit,
+            max_tokens_default,
+            "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens",
+        )
         return body, limit, *render_chat(body)
 
     def prepare_completion(raw: bytes):
@@ -246,16 +298,21 @@ def create_app(model, tokenizer, name: str = "minimind", api_key: str | None = N
         bad = [t for p in prompts for t in p if not 0 <= t < model.config.vocab_size]
         if bad:
             raise APIError(400, f"token id {bad[0]} is outside the vocabulary [0, {model.config.vocab_size})", "prompt")
-        echo = [tokenizer.decode(p, skip_special_tokens=True) if body.echo else ""
-                for p in prompts for _ in range(body.n)]
+        echo = [
+            tokenizer.decode(p, skip_special_tokens=True) if body.echo else "" for p in prompts for _ in range(body.n)
+        ]
         return body, limit, prompts, echo
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         body, limit, ids, thinking, tools, forced = await off_loop(prepare_chat, await read_body(request, max_body))
         job = submit(body, [ids], limit, "messages")
-        meta = {"id": f"chatcmpl-{secrets.token_hex(12)}", "object": "chat.completion", "created": int(time.time()),
-                "model": name}
+        meta = {
+            "id": f"chatcmpl-{secrets.token_hex(12)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": name,
+        }
         if body.stream:
             return sse(chat_stream(job, meta, len(ids), thinking, tools, body.include_usage, forced, tokenizer))
         done = await until_disconnect(request, job, collect(job))
@@ -267,23 +324,39 @@ def create_app(model, tokenizer, name: str = "minimind", api_key: str | None = N
                 message["reasoning_content"] = reasoning
             if calls:
                 message["tool_calls"] = calls
-            choices.append({"index": i, "message": message, "logprobs": chat_logprobs(tokenizer, shown(c)),
-                            "finish_reason": finish_reason(c, bool(calls))})
+            choices.append(
+                {
+                    "index": i,
+                    "message": message,
+                    "logprobs": chat_logprobs(tokenizer, shown(c)),
+                    "finish_reason": finish_reason(c, bool(calls)),
+                }
+            )
         return {**meta, "choices": choices, "usage": usage([len(ids)], done)}
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         body, limit, prompts, echo = await off_loop(prepare_completion, await read_body(request, max_body))
         job = submit(body, prompts, limit, "prompt")
-        meta = {"id": f"cmpl-{secrets.token_hex(12)}", "object": "text_completion", "created": int(time.time()),
-                "model": name}
+        meta = {
+            "id": f"cmpl-{secrets.token_hex(12)}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": name,
+        }
         if body.stream:
             return sse(text_stream(job, meta, echo, [len(p) for p in prompts], body.include_usage, tokenizer))
         done = await until_disconnect(request, job, collect(job))
-        choices = [{"index": i, "text": echo[i] + c.text, "logprobs": text_logprobs(tokenizer, shown(c)),
-                    "finish_reason": finish_reason(c, False)} for i, c in enumerate(done)]
-        return {**meta, "choices": choices,
-                "usage": usage([len(p) for p in prompts], done)}
+        choices = [
+            {
+                "index": i,
+                "text": echo[i] + c.text,
+                "logprobs": text_logprobs(tokenizer, shown(c)),
+                "finish_reason": finish_reason(c, False),
+            }
+            for i, c in enumerate(done)
+        ]
+        return {**meta, "choices": choices, "usage": usage([len(p) for p in prompts], done)}
 
     return app
 

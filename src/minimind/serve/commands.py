@@ -1,8 +1,8 @@
 """The `minimind serve` verb (argparse wiring; the app is in app.py).
 
-    minimind serve --model DIR [--lora DIR] [--host 127.0.0.1] [--port 8998] [--api-key KEY]
-                   [--max-tokens-default N] [--max-tokens-limit N] [--max-body-mb MB] [--max-messages N]
-                   [--allow-origin ORIGIN ...]
+minimind serve --model DIR [--lora DIR] [--host 127.0.0.1] [--port 8998] [--api-key KEY]
+               [--max-tokens-default N] [--max-tokens-limit N] [--max-body-mb MB] [--max-messages N]
+               [--allow-origin ORIGIN ...]
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ def cmd_serve(args) -> None:
     if args.max_tokens_default < 1 or args.max_tokens_limit < 0:
         raise MiniMindError("--max-tokens-default must be at least 1, --max-tokens-limit at least 0 (0 = the context)")
     if args.max_tokens_limit and args.max_tokens_default > args.max_tokens_limit:
-        raise MiniMindError(f"--max-tokens-default {args.max_tokens_default} is above --max-tokens-limit "
-                            f"{args.max_tokens_limit}")
+        raise MiniMindError(
+            f"--max-tokens-default {args.max_tokens_default} is above --max-tokens-limit {args.max_tokens_limit}"
+        )
     if not 0 < args.max_body_mb <= 4096 or args.max_messages < 1:
         raise MiniMindError("--max-body-mb must be in (0, 4096] and --max-messages at least 1")
     from .app import check_origin, create_app
@@ -46,14 +47,27 @@ def cmd_serve(args) -> None:
     dtype = resolve_inference_dtype(args.dtype, device)
     model, tokenizer = load(args.model, device=device, dtype=dtype, lora=args.lora)
     name = args.name or Path(args.model).resolve().name
-    app = create_app(model, tokenizer, name=name, api_key=api_key, max_batch=args.max_batch, max_queue=args.max_queue,
-                     max_tokens_default=args.max_tokens_default, max_tokens_limit=args.max_tokens_limit,
-                     max_body=int(args.max_body_mb * 2**20), max_messages=args.max_messages, host=args.host,
-                     allow_origins=origins)
+    app = create_app(
+        model,
+        tokenizer,
+        name=name,
+        api_key=api_key,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+        max_tokens_default=args.max_tokens_default,
+        max_tokens_limit=args.max_tokens_limit,
+        max_body=int(args.max_body_mb * 2**20),
+        max_messages=args.max_messages,
+        host=args.host,
+        allow_origins=origins,
+    )
     if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host} without --api-key: anyone who can reach this port can use the model")
-    print(f"serving {name} on http://{args.host}:{args.port} (OpenAI API at /v1, chat page at /)"
-          + (", API key required" if api_key else ""), flush=True)
+    print(
+        f"serving {name} on http://{args.host}:{args.port} (OpenAI API at /v1, chat page at /)"
+        + (", API key required" if api_key else ""),
+        flush=True,
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
 
 
@@ -62,28 +76,53 @@ def register(verbs) -> None:
     p.add_argument("--model", required=True, help="a model directory")
     p.add_argument("--lora", help="a LoRA adapter directory to apply to the model")
     p.add_argument("--name", help="the model id clients use (default: the model directory's name)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 = everyone)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 = everyone)",
+    )
     p.add_argument("--port", type=int, default=8998, help="port (default 8998, MiniMind's)")
-    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health and the page "
-                                     "(default: $MINIMIND_API_KEY if set, else no key)")
+    p.add_argument(
+        "--api-key",
+        help="require 'Authorization: Bearer KEY' on every route but /health and the page "
+        "(default: $MINIMIND_API_KEY if set, else no key)",
+    )
     p.add_argument("--max-batch", type=int, default=32, help="sequences decoded together at most (default 32)")
-    p.add_argument("--max-queue", type=int, default=64,
-                   help="sequences allowed to wait for a free row; more get 429 (default 64)")
-    p.add_argument("--max-tokens-default", type=int, default=2048,
-                   help="max_tokens of a chat request that gives none (default 2048; /v1/completions: OpenAI's 16)")
-    p.add_argument("--max-tokens-limit", type=int, default=0,
-                   help="the most max_tokens a request may ask for; more is a 400 (default 0: the model's context)")
-    p.add_argument("--max-body-mb", type=float, default=4,
-                   help="the largest request body in MiB; larger gets 413 (default 4)")
-    p.add_argument("--max-messages", type=int, default=1024,
-                   help="the most messages a chat request may hold (default 1024)")
-    p.add_argument("--allow-origin", action="append", metavar="ORIGIN",
-                   help="let web pages from ORIGIN (e.g. http://localhost:3000; * for any) call the API from a "
-                        "browser (CORS). Without --api-key the server otherwise answers only requests addressed "
-                        "to its own address, from its own page, with JSON bodies. Repeatable")
+    p.add_argument(
+        "--max-queue", type=int, default=64, help="sequences allowed to wait for a free row; more get 429 (default 64)"
+    )
+    p.add_argument(
+        "--max-tokens-default",
+        type=int,
+        default=2048,
+        help="max_tokens of a chat request that gives none (default 2048; /v1/completions: OpenAI's 16)",
+    )
+    p.add_argument(
+        "--max-tokens-limit",
+        type=int,
+        default=0,
+        help="the most max_tokens a request may ask for; more is a 400 (default 0: the model's context)",
+    )
+    p.add_argument(
+        "--max-body-mb", type=float, default=4, help="the largest request body in MiB; larger gets 413 (default 4)"
+    )
+    p.add_argument(
+        "--max-messages", type=int, default=1024, help="the most messages a chat request may hold (default 1024)"
+    )
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="let web pages from ORIGIN (e.g. http://localhost:3000; * for any) call the API from a "
+        "browser (CORS). Without --api-key the server otherwise answers only requests addressed "
+        "to its own address, from its own page, with JSON bodies. Repeatable",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default auto)")
     p.add_argument("--dtype", default="auto", help="auto, fp32, bf16, fp16 (default: fp32 on CPU, bf16 on GPU)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
-                   help="uvicorn's log level (default info)")
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="uvicorn's log level (default info)",
+    )
     p.set_defaults(func=cmd_serve)

@@ -24,7 +24,6 @@ from .protocol import APIError, error_body
 OPEN_PATHS = ("/health", "/", "/favicon.ico")  # with --api-key, these (and /static/) need no key
 
 
-
 class RequireKey:
     """ASGI middleware: every path but /health and the web page needs `Authorization: Bearer KEY`.
 
@@ -40,8 +39,10 @@ class RequireKey:
         if scope["type"] == "http" and path not in OPEN_PATHS and not path.startswith("/static/"):
             scheme, _, given = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
             if scheme.lower() != b"bearer" or not secrets.compare_digest(given.strip(), self.key):
-                response = JSONResponse(error_body("missing or wrong API key (send Authorization: Bearer KEY)",
-                                                   code="invalid_api_key"), status_code=401)
+                response = JSONResponse(
+                    error_body("missing or wrong API key (send Authorization: Bearer KEY)", code="invalid_api_key"),
+                    status_code=401,
+                )
                 return await response(scope, receive, send)
         await self.app(scope, receive, send)
 
@@ -82,19 +83,29 @@ class RequestGuard:
         if not self.any_origin:
             name = host_name(host)
             if host and not (name in self.hosts or host_allowed(name, self.bound)):
-                return (403, f"Host {host!r} is not this server's address: without --api-key the server answers "
-                             "only requests addressed to it (see minimind serve --allow-origin)", "forbidden_host")
+                return (
+                    403,
+                    f"Host {host!r} is not this server's address: without --api-key the server answers "
+                    "only requests addressed to it (see minimind serve --allow-origin)",
+                    "forbidden_host",
+                )
             own = (f"http://{host}".lower(), f"https://{host}".lower())  # the page at / sends its own
             if origin and origin not in self.origins and origin not in own:
-                return (403, f"requests from the web page at {origin!r} are not allowed: without --api-key only "
-                             "the server's own page may call it (see minimind serve --allow-origin)",
-                        "forbidden_origin")
+                return (
+                    403,
+                    f"requests from the web page at {origin!r} are not allowed: without --api-key only "
+                    "the server's own page may call it (see minimind serve --allow-origin)",
+                    "forbidden_origin",
+                )
         if method in ("POST", "PUT", "PATCH"):
             media = headers.get(b"content-type", b"").decode("latin-1").split(";", 1)[0].strip().lower()
             if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
-                return (415, f"the body must be sent as JSON (Content-Type: application/json), not "
-                             f"{media or 'untyped'}; with curl, add -H 'Content-Type: application/json'",
-                        "unsupported_media_type")
+                return (
+                    415,
+                    f"the body must be sent as JSON (Content-Type: application/json), not "
+                    f"{media or 'untyped'}; with curl, add -H 'Content-Type: application/json'",
+                    "unsupported_media_type",
+                )
         return None
 
 
@@ -106,7 +117,7 @@ def host_name(host: str | None) -> str | None:
     host = host.strip().lower()
     if host.startswith("["):
         end = host.find("]")
-        if end < 0 or host[end + 1:] and not (host[end + 1] == ":" and host[end + 2:].isdigit()):
+        if end < 0 or host[end + 1 :] and not (host[end + 1] == ":" and host[end + 2 :].isdigit()):
             return None
         return host[1:end]
     if host.count(":") > 1:  # an IPv6 address without brackets (a --host value)
@@ -178,5 +189,9 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def too_large(limit: int) -> APIError:
-    return APIError(413, f"the request body is larger than this server's limit of {limit / 2**20:g} MiB "
-                         "(minimind serve --max-body-mb)", None, "request_too_large")
+    return APIError(
+        413,
+        f"the request body is larger than this server's limit of {limit / 2**20:g} MiB (minimind serve --max-body-mb)",
+        None,
+        "request_too_large",
+    )

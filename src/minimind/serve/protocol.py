@@ -40,8 +40,14 @@ INT64 = 2**63
 class APIError(Exception):
     """An error answered as {"error": {"message", "type", "param", "code"}} with `status`."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 type: str = "invalid_request_error"):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        type: str = "invalid_request_error",
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
 
@@ -49,8 +55,9 @@ class APIError(Exception):
         return error_body(self.message, self.type, self.param, self.code)
 
 
-def error_body(message: str, type: str = "invalid_request_error", param: str | None = None,
-               code: str | None = None) -> dict:
+def error_body(
+    message: str, type: str = "invalid_request_error", param: str | None = None, code: str | None = None
+) -> dict:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
@@ -162,8 +169,11 @@ class _Sampling(_Body):
         """(record log-probabilities, how many alternatives per token) for SamplingParams."""
         if isinstance(self, ChatRequest):
             if self.logprobs is not None and not isinstance(self.logprobs, bool):
-                raise APIError(400, "logprobs must be true or false for /v1/chat/completions "
-                                    "(top_logprobs says how many alternatives)", "logprobs")
+                raise APIError(
+                    400,
+                    "logprobs must be true or false for /v1/chat/completions (top_logprobs says how many alternatives)",
+                    "logprobs",
+                )
             if self.top_logprobs and not self.logprobs:
                 raise APIError(400, "top_logprobs needs logprobs: true", "top_logprobs")
             return bool(self.logprobs), self.top_logprobs or 0
@@ -275,8 +285,13 @@ def decode_json(raw: bytes) -> dict:
     try:
         data = json.loads(raw, parse_constant=_no_constant)
     except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8, ints of > 4300 digits
-        why = ("nested too deeply" if isinstance(e, RecursionError)
-               else "a number has too many digits" if "digits" in str(e) else str(e))
+        why = (
+            "nested too deeply"
+            if isinstance(e, RecursionError)
+            else "a number has too many digits"
+            if "digits" in str(e)
+            else str(e)
+        )
         raise APIError(400, f"the request body is not valid JSON: {why}", None, "invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, f"the request body must be a JSON object, not {type(data).__name__}", None, "invalid_json")
@@ -307,8 +322,12 @@ def _check_string(text: str, path: tuple) -> None:
     except UnicodeEncodeError as e:
         param = ".".join(map(str, path)) or None
         where = f"{param}: " if param else ""
-        raise APIError(400, f"{where}the text holds {text[e.start]!r} (a lone UTF-16 surrogate), which is not valid "
-                            "Unicode", param, "invalid_unicode") from None
+        raise APIError(
+            400,
+            f"{where}the text holds {text[e.start]!r} (a lone UTF-16 surrogate), which is not valid Unicode",
+            param,
+            "invalid_unicode",
+        ) from None
 
 
 def validation_error(errors: list[dict]) -> APIError:

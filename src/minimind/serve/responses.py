@@ -32,7 +32,7 @@ async def collect(job: Job) -> list[Completion]:
 
 def shown(c: Completion) -> list | None:
     """The completion's log-probabilities without the stop token's (it is not in the text)."""
-    return None if c.logprobs is None else c.logprobs[:len(c.token_ids)]
+    return None if c.logprobs is None else c.logprobs[: len(c.token_ids)]
 
 
 def chat_logprobs(tokenizer, entries: list | None) -> dict | None:
@@ -44,8 +44,9 @@ def chat_logprobs(tokenizer, entries: list | None) -> dict | None:
         raw = tokenizer.token_bytes(token_id)
         return {"token": raw.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(raw)}
 
-    return {"content": [{**one(e.token_id, e.logprob), "top_logprobs": [one(t, lp) for t, lp in e.top]}
-                        for e in entries]}
+    return {
+        "content": [{**one(e.token_id, e.logprob), "top_logprobs": [one(t, lp) for t, lp in e.top]} for e in entries]
+    }
 
 
 def text_logprobs(tokenizer, entries: list | None, offset: int = 0) -> dict | None:
@@ -55,13 +56,18 @@ def text_logprobs(tokenizer, entries: list | None, offset: int = 0) -> dict | No
     text = lambda t: tokenizer.token_bytes(t).decode("utf-8", errors="replace")  # noqa: E731
     tokens = [text(e.token_id) for e in entries]
     offsets = list(itertools.accumulate((len(t) for t in tokens[:-1]), initial=offset)) if tokens else []
-    return {"tokens": tokens, "token_logprobs": [e.logprob for e in entries],
-            "top_logprobs": [{text(t): lp for t, lp in e.top} for e in entries], "text_offset": offsets}
+    return {
+        "tokens": tokens,
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [{text(t): lp for t, lp in e.top} for e in entries],
+        "text_offset": offsets,
+    }
 
 
 async def until_disconnect(request: Request, job: Job, work):
     """Await `work`, but cancel the job if the client hangs up first (non-streaming requests
     get no other signal: the handler would wait for a reply nobody reads)."""
+
     async def hung_up():
         while (await request.receive())["type"] != "http.disconnect":
             pass
@@ -92,16 +98,25 @@ def usage(prompt_lengths: list[int], done: list[Completion]) -> dict:
 
 
 def sse(events) -> StreamingResponse:
-    return StreamingResponse(events, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        events, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
 
 
 def data(obj) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-async def chat_stream(job: Job, meta: dict, prompt_len: int, thinking: bool, tools: bool, include_usage: bool,
-                      forced: str = "", tokenizer=None):
+async def chat_stream(
+    job: Job,
+    meta: dict,
+    prompt_len: int,
+    thinking: bool,
+    tools: bool,
+    include_usage: bool,
+    forced: str = "",
+    tokenizer=None,
+):
     """Server-sent events: a role delta per choice, then reasoning / content / tool_calls
     deltas as text arrives, a final chunk with finish_reason per choice, usage, [DONE].
     `forced`: the start of a tool call the prompt ended with, parsed as if generated.
@@ -110,8 +125,9 @@ async def chat_stream(job: Job, meta: dict, prompt_len: int, thinking: bool, too
     extra = {"usage": None} if include_usage else {}
 
     def chunk(i: int, delta: dict, reason: str | None = None, logprobs: dict | None = None) -> str:
-        return data({**base, "choices": [{"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": reason}],
-                     **extra})
+        return data(
+            {**base, "choices": [{"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": reason}], **extra}
+        )
 
     n = len(job.sequences)
     parsers = [OutputParser(thinking, tools, forced) for _ in range(n)]
@@ -149,15 +165,17 @@ async def chat_stream(job: Job, meta: dict, prompt_len: int, thinking: bool, too
     yield "data: [DONE]\n\n"
 
 
-async def text_stream(job: Job, meta: dict, echo: list[str], prompt_lengths: list[int], include_usage: bool,
-                      tokenizer=None):
+async def text_stream(
+    job: Job, meta: dict, echo: list[str], prompt_lengths: list[int], include_usage: bool, tokenizer=None
+):
     """/v1/completions streamed: text chunks per choice, a finish chunk each, usage, [DONE]."""
     base = meta
     extra = {"usage": None} if include_usage else {}
 
     def chunk(i: int, text: str, reason: str | None = None, logprobs: dict | None = None) -> str:
-        return data({**base, "choices": [{"index": i, "text": text, "logprobs": logprobs, "finish_reason": reason}],
-                     **extra})
+        return data(
+            {**base, "choices": [{"index": i, "text": text, "logprobs": logprobs, "finish_reason": reason}], **extra}
+        )
 
     done: list[Completion] = []
     offsets = [len(text) for text in echo]  # where each choice's next token starts in its text

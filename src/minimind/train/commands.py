@@ -22,7 +22,7 @@ STAGE_HELP = {
     "reason": "reasoning SFT: think first with open_thinking, answer directly without",
     "distill": "white-box distillation: match a teacher's token distributions (KL) on conversations",
     "lora": "LoRA fine-tuning on conversations: train a small adapter, the base stays frozen",
-    "dpo": "DPO on preference pairs ({\"chosen\", \"rejected\"}) against a frozen reference",
+    "dpo": 'DPO on preference pairs ({"chosen", "rejected"}) against a frozen reference',
 }
 # Kept for scripts that read a stage's defaults (benchmarks/dpo.py): derived from the fields.
 STAGE_DEFAULTS = {stage: stage_defaults(stage) for stage in STAGE_HELP}
@@ -33,8 +33,9 @@ def add_train_parser(verbs, stage: str):
     suppressed when not given, so the stage defaults and --config can fill in beneath them."""
     help_text = STAGE_HELP[stage]
     shown = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in stage_defaults(stage).items())
-    p = verbs.add_parser(stage, help=help_text, argument_default=argparse.SUPPRESS,
-                         description=f"{help_text}. Defaults: {shown}")
+    p = verbs.add_parser(
+        stage, help=help_text, argument_default=argparse.SUPPRESS, description=f"{help_text}. Defaults: {shown}"
+    )
     p.add_argument("--config", help="YAML file with any of these settings (flags override it)")
     types = setting_types()
     for f in stage_fields(stage):
@@ -130,11 +131,14 @@ def stopped_note(stage: str, out: Path, argv: list[str] | None, stop: KeyboardIn
     argv = list(argv) if argv is not None else [stage, "...", "--out", str(out)]
     argv = [a for a in argv if a != "--overwrite"]  # (it would start afresh; --resume refuses it)
     command = shlex.join(["minimind", *argv, *([] if "--resume" in argv else ["--resume"])])
-    return (f"{head}: {out} holds checkpoints up to step {int(latest.name.split('-')[-1])} ({latest}), "
-            f"not yet the final model\ncontinue with: {command}")
+    return (
+        f"{head}: {out} holds checkpoints up to step {int(latest.name.split('-')[-1])} ({latest}), "
+        f"not yet the final model\ncontinue with: {command}"
+    )
 
 
 # ---------------------------------------------------------------------------- minimind lora merge
+
 
 def cmd_merge(args) -> None:
     from .lora import merge_to_dir  # (here: it imports torch; keeps `minimind --help` fast)
@@ -148,8 +152,9 @@ def register_lora(verbs) -> None:
     p = add_train_parser(verbs, "lora")
     p.allow_abbrev = False  # else `merge --lora` reads as an abbreviation of --lora-rank & co.
     actions = p.add_subparsers(metavar="merge", title="other actions")
-    m = actions.add_parser("merge", help="fold an adapter into its base: a plain model directory",
-                           argument_default=argparse.SUPPRESS)
+    m = actions.add_parser(
+        "merge", help="fold an adapter into its base: a plain model directory", argument_default=argparse.SUPPRESS
+    )
     m.add_argument("--model", required=True, help="the base model directory the adapter was trained on")
     m.add_argument("--lora", required=True, help="the adapter directory")
     m.add_argument("--out", required=True, help="the model directory to create")

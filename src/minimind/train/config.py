@@ -29,6 +29,7 @@ KL_DIRECTIONS = ("forward", "reverse")  # train/distill.py
 # ---------------------------------------------------------------------------- value checks
 # Each takes (flag, value) and returns None for a good value, else the error message.
 
+
 def at_least(low):
     rule = "0 or more" if low == 0 else f"at least {low}"
     return lambda flag, v: None if v >= low else f"{flag} must be {rule}, got {v}"
@@ -43,6 +44,7 @@ def between(low, high, high_open=False):
         if high_open:
             return None if low <= v < high else f"{flag} must be in [{low}, {high}), got {v}"
         return None if low <= v <= high else f"{flag} must be between {low} and {high}, got {v}"
+
     return check
 
 
@@ -51,16 +53,20 @@ def one_of(*choices):
     return lambda flag, v: None if v in choices else f"unknown {flag} {v!r}; choose from: {listed}"
 
 
-def setting(default=MISSING, help="", *, stages=None, per_stage=None, check=None, resume_fixed=False,
-            factory=None):
+def setting(default=MISSING, help="", *, stages=None, per_stage=None, check=None, resume_fixed=False, factory=None):
     """A TrainConfig field with its metadata:
     help          the flag's help text
     stages        the stages that take it (default: all)
     per_stage     {stage: default} where a stage's default differs from `default`
     check         a value check (above), applied to each item of a list
     resume_fixed  a resumed run must have the same value, or it would not continue exactly"""
-    meta = {"help": help, "stages": stages or STAGES, "per_stage": per_stage or {}, "check": check,
-            "resume_fixed": resume_fixed}
+    meta = {
+        "help": help,
+        "stages": stages or STAGES,
+        "per_stage": per_stage or {},
+        "check": check,
+        "resume_fixed": resume_fixed,
+    }
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -88,102 +94,203 @@ def _all(value):
 @dataclass
 class TrainConfig:
     stage: str = setting("pretrain", "the training stage (checked first, in check_values)", resume_fixed=True)
-    data: list[str] = setting(help="JSONL files ({\"text\"} for pretrain, {\"conversations\"} for sft)",
-                              factory=list, resume_fixed=True)
-    out: str = setting("out/run", "output model directory (checkpoints, metrics.jsonl, the final model)",
-                       per_stage={s: f"out/{s}" for s in STAGES})
+    data: list[str] = setting(
+        help='JSONL files ({"text"} for pretrain, {"conversations"} for sft)', factory=list, resume_fixed=True
+    )
+    out: str = setting(
+        "out/run",
+        "output model directory (checkpoints, metrics.jsonl, the final model)",
+        per_stage={s: f"out/{s}" for s in STAGES},
+    )
     init: str | None = setting(None, "start from this model directory")
-    preset: str | None = setting(None, "start from a fresh model of this preset (with --tokenizer)",
-                                 check=one_of(*PRESETS), resume_fixed=True)
+    preset: str | None = setting(
+        None, "start from a fresh model of this preset (with --tokenizer)", check=one_of(*PRESETS), resume_fixed=True
+    )
     tokenizer: str | None = setting(None, "tokenizer directory for --preset")
     # --hidden-size, --num-layers, ... (config.SHAPE_FLAGS): a fresh preset model reshaped.
-    shape: dict = setting(help="model shape overrides on top of --preset", factory=dict, stages=("pretrain",),
-                          resume_fixed=True)
+    shape: dict = setting(
+        help="model shape overrides on top of --preset", factory=dict, stages=("pretrain",), resume_fixed=True
+    )
     max_steps: int | None = setting(None, "optimizer steps (default: from --epochs)", check=at_least(1))
     epochs: float = setting(1.0, "passes over the data", per_stage={"lora": 10.0}, check=positive)
-    batch_size: int = setting(32, "rows per micro-batch per process", check=at_least(1), resume_fixed=True,
-                              per_stage={"sft": 16, "reason": 16, "distill": 16, "lora": 8, "dpo": 8})
-    grad_accum: int = setting(1, "micro-batches per optimizer step", per_stage={"pretrain": 8}, check=at_least(1),
-                              resume_fixed=True)
-    seq_len: int = setting(512, "tokens per packed row", check=at_least(1), resume_fixed=True,
-                           per_stage={"sft": 768, "reason": 1024, "distill": 768, "lora": 384, "dpo": 1024})
-    lr: float = setting(5e-4, "peak learning rate", check=positive,
-                        per_stage={"sft": 1e-5, "reason": 1e-5, "distill": 1e-5, "lora": 1e-4, "dpo": 5e-6})
+    batch_size: int = setting(
+        32,
+        "rows per micro-batch per process",
+        check=at_least(1),
+        resume_fixed=True,
+        per_stage={"sft": 16, "reason": 16, "distill": 16, "lora": 8, "dpo": 8},
+    )
+    grad_accum: int = setting(
+        1, "micro-batches per optimizer step", per_stage={"pretrain": 8}, check=at_least(1), resume_fixed=True
+    )
+    seq_len: int = setting(
+        512,
+        "tokens per packed row",
+        check=at_least(1),
+        resume_fixed=True,
+        per_stage={"sft": 768, "reason": 1024, "distill": 768, "lora": 384, "dpo": 1024},
+    )
+    lr: float = setting(
+        5e-4,
+        "peak learning rate",
+        check=positive,
+        per_stage={"sft": 1e-5, "reason": 1e-5, "distill": 1e-5, "lora": 1e-4, "dpo": 5e-6},
+    )
     min_lr: float | None = setting(None, "final learning rate of the cosine (default lr/10)", check=at_least(0))
     warmup_steps: int | None = setting(None, "linear warmup steps (default 1% of the steps)", check=at_least(0))
-    weight_decay: float = setting(0.1, "AdamW weight decay on matrices", per_stage={"lora": 0.0, "dpo": 0.0},
-                                  check=at_least(0))
+    weight_decay: float = setting(
+        0.1, "AdamW weight decay on matrices", per_stage={"lora": 0.0, "dpo": 0.0}, check=at_least(0)
+    )
     grad_clip: float = setting(1.0, "max gradient norm", check=positive)
     save_every: int = setting(1000, "checkpoint every N optimizer steps (and at the end)", check=at_least(1))
     keep_last: int = setting(3, "checkpoints to keep", check=at_least(1))
     eval_every: int = setting(0, "validation loss every N steps (0: only at the end)", check=at_least(0))
     eval_batches: int = setting(20, "validation batches per evaluation", check=at_least(1))
-    val_fraction: float = setting(0.01, "share of documents held out for validation", per_stage={"dpo": 0.05},
-                                  check=between(0, 1, high_open=True), resume_fixed=True)
+    val_fraction: float = setting(
+        0.01,
+        "share of documents held out for validation",
+        per_stage={"dpo": 0.05},
+        check=between(0, 1, high_open=True),
+        resume_fixed=True,
+    )
     log_every: int = setting(10, "log every N steps", check=at_least(1))
     sample_every: int = setting(0, "print greedy samples every N steps (0: never)", check=at_least(0))
     seed: int = setting(42, "seed for initialisation, data order and dropout", resume_fixed=True)
     resume: bool = setting(False, "continue from the newest checkpoint in --out (exactly)")
-    overwrite: bool = setting(False, "start afresh in an --out that holds another run or model: deletes its "
-                              "checkpoints, metrics.jsonl and model files first")
+    overwrite: bool = setting(
+        False,
+        "start afresh in an --out that holds another run or model: deletes its "
+        "checkpoints, metrics.jsonl and model files first",
+    )
     device: str = setting("auto", "auto, cpu, cuda, cuda:N, mps")
-    dtype: str = setting("auto", "auto, fp32, bf16, fp16 (auto: bf16 on GPUs and on CPUs with bf16 units, else fp32)",
-                         check=one_of("auto", "fp32", "bf16", "fp16"))
+    dtype: str = setting(
+        "auto",
+        "auto, fp32, bf16, fp16 (auto: bf16 on GPUs and on CPUs with bf16 units, else fp32)",
+        check=one_of("auto", "fp32", "bf16", "fp16"),
+    )
     compile: bool = setting(False, "torch.compile the model")
     grad_checkpointing: bool = setting(False, "recompute activations in backward (less memory, ~30% slower)")
     fsdp: bool = setting(False, "shard the model over the torchrun processes (FSDP) instead of replicating it (DDP)")
-    tracker: list[str] = setting(help="also log to wandb, swanlab and/or tensorboard", factory=list,
-                                 check=one_of(*TRACKERS))
+    tracker: list[str] = setting(
+        help="also log to wandb, swanlab and/or tensorboard", factory=list, check=one_of(*TRACKERS)
+    )
     project: str = setting("minimind", "project name for trackers")
     run_name: str | None = setting(None, "run name for trackers (default: the --out folder name)")
     on_bad_record: str = setting("error", "error (default) or skip bad data records", check=one_of("error", "skip"))
     cache_dir: str | None = setting(None, "where tokenized data is cached (default ~/.cache/minimind/tokenized)")
-    random_system_prompt: bool = setting(False, "sft: prepend a random system prompt to 20% of conversations "
-                                         "(MiniMind's trick)")
-    strip_empty_think: bool = setting(False, "sft: drop empty <think></think> blocks from 80% of conversations "
-                                      "(MiniMind's trick)")
+    random_system_prompt: bool = setting(
+        False, "sft: prepend a random system prompt to 20% of conversations (MiniMind's trick)"
+    )
+    strip_empty_think: bool = setting(
+        False, "sft: drop empty <think></think> blocks from 80% of conversations (MiniMind's trick)"
+    )
     # Reasoning SFT (train/reason.py).
-    think_mix: float = setting(0.7, "reason: share of conversations trained to think (the rest answer directly)",
-                               stages=("reason",), check=between(0, 1), resume_fixed=True)
-    think_weight: float = setting(1.0, "reason: loss weight of </think>, the blank line and the first answer token",
-                                  stages=("reason",), check=positive)
-    tag_penalty: float = setting(1.0, "reason: weight of the unlikelihood of <think>/</think> once the turn's "
-                                 "think block is closed", stages=("reason",), check=at_least(0))
+    think_mix: float = setting(
+        0.7,
+        "reason: share of conversations trained to think (the rest answer directly)",
+        stages=("reason",),
+        check=between(0, 1),
+        resume_fixed=True,
+    )
+    think_weight: float = setting(
+        1.0,
+        "reason: loss weight of </think>, the blank line and the first answer token",
+        stages=("reason",),
+        check=positive,
+    )
+    tag_penalty: float = setting(
+        1.0,
+        "reason: weight of the unlikelihood of <think>/</think> once the turn's think block is closed",
+        stages=("reason",),
+        check=at_least(0),
+    )
     # LoRA as a parameter mode (train/lora.py): lora_rank > 0 freezes the model and trains
     # low-rank adapters only; checkpoints and the published result are then the adapter alone.
-    lora_rank: int = setting(0, "LoRA rank r (lora: default 8; dpo: 0 = no LoRA)", stages=("lora", "dpo"),
-                             per_stage={"lora": 8}, check=at_least(0), resume_fixed=True)
-    lora_alpha: float = setting(16.0, "LoRA alpha: the update is scaled by alpha / rank (default 16)",
-                                stages=("lora", "dpo"), check=positive, resume_fixed=True)
-    lora_dropout: float = setting(0.0, "dropout on the LoRA input (default 0)", stages=("lora", "dpo"),
-                                  check=between(0, 1, high_open=True), resume_fixed=True)
-    lora_targets: list[str] = setting(help="layers to adapt: last name parts (q_proj ...) or globs of full names "
-                                      "(default: all attention and MLP projections)", factory=list,
-                                      stages=("lora", "dpo"), resume_fixed=True)
+    lora_rank: int = setting(
+        0,
+        "LoRA rank r (lora: default 8; dpo: 0 = no LoRA)",
+        stages=("lora", "dpo"),
+        per_stage={"lora": 8},
+        check=at_least(0),
+        resume_fixed=True,
+    )
+    lora_alpha: float = setting(
+        16.0,
+        "LoRA alpha: the update is scaled by alpha / rank (default 16)",
+        stages=("lora", "dpo"),
+        check=positive,
+        resume_fixed=True,
+    )
+    lora_dropout: float = setting(
+        0.0,
+        "dropout on the LoRA input (default 0)",
+        stages=("lora", "dpo"),
+        check=between(0, 1, high_open=True),
+        resume_fixed=True,
+    )
+    lora_targets: list[str] = setting(
+        help="layers to adapt: last name parts (q_proj ...) or globs of full names "
+        "(default: all attention and MLP projections)",
+        factory=list,
+        stages=("lora", "dpo"),
+        resume_fixed=True,
+    )
     # White-box distillation (train/distill.py): loss = alpha * T^2 * KL_T + (1 - alpha) * CE.
-    teacher: str | None = setting(None, "distill: the teacher model directory (same tokenizer as the student)",
-                                  stages=("distill",), resume_fixed=True)
-    distill_alpha: float = setting(1.0, "distill: weight of the KL term; 1 - alpha weighs the cross entropy "
-                                   "(MiniMind: 0.5)", stages=("distill",), check=between(0, 1))
-    distill_temperature: float = setting(1.0, "distill: softmax temperature of the KL term, scaled back by T^2 "
-                                         "(MiniMind: 1.5)", stages=("distill",), check=positive)
-    distill_kl: str = setting("forward", "distill: forward = KL(teacher||student) (default), reverse = "
-                              "KL(student||teacher)", stages=("distill",), check=one_of(*KL_DIRECTIONS))
+    teacher: str | None = setting(
+        None,
+        "distill: the teacher model directory (same tokenizer as the student)",
+        stages=("distill",),
+        resume_fixed=True,
+    )
+    distill_alpha: float = setting(
+        1.0,
+        "distill: weight of the KL term; 1 - alpha weighs the cross entropy (MiniMind: 0.5)",
+        stages=("distill",),
+        check=between(0, 1),
+    )
+    distill_temperature: float = setting(
+        1.0,
+        "distill: softmax temperature of the KL term, scaled back by T^2 (MiniMind: 1.5)",
+        stages=("distill",),
+        check=positive,
+    )
+    distill_kl: str = setting(
+        "forward",
+        "distill: forward = KL(teacher||student) (default), reverse = KL(student||teacher)",
+        stages=("distill",),
+        check=one_of(*KL_DIRECTIONS),
+    )
     # DPO (train/dpo.py): a frozen reference (the starting model unless --ref), beta, the loss variant.
-    dpo_beta: float = setting(0.1, "dpo: beta, the strength of the pull towards the reference (default 0.1)",
-                              stages=("dpo",), check=positive)
-    dpo_loss: str = setting("sigmoid", "dpo: sigmoid (DPO, default), ipo or hinge", stages=("dpo",),
-                            check=one_of(*DPO_LOSSES))
-    dpo_label_smoothing: float = setting(0.0, "dpo: share of pairs assumed mislabelled (conservative DPO, sigmoid "
-                                         "loss; default 0)", stages=("dpo",), check=between(0, 0.5, high_open=True))
-    dpo_length_norm: bool = setting(False, "dpo: score a reply by its mean token log-prob instead of the sum "
-                                    "(no length bias)", stages=("dpo",))
-    dpo_sft_weight: float = setting(0.0, "dpo: weight of an SFT term, the chosen reply's token-mean NLL (default 0)",
-                                    stages=("dpo",), check=at_least(0))
-    ref: str | None = setting(None, "dpo: reference model directory (default: the --init model), same tokenizer",
-                              stages=("dpo",))
-    ref_mode: str = setting("cached", "dpo: cached (reference log-probs computed once, default) or online "
-                            "(reference run every step)", stages=("dpo",), check=one_of(*REF_MODES))
+    dpo_beta: float = setting(
+        0.1, "dpo: beta, the strength of the pull towards the reference (default 0.1)", stages=("dpo",), check=positive
+    )
+    dpo_loss: str = setting(
+        "sigmoid", "dpo: sigmoid (DPO, default), ipo or hinge", stages=("dpo",), check=one_of(*DPO_LOSSES)
+    )
+    dpo_label_smoothing: float = setting(
+        0.0,
+        "dpo: share of pairs assumed mislabelled (conservative DPO, sigmoid loss; default 0)",
+        stages=("dpo",),
+        check=between(0, 0.5, high_open=True),
+    )
+    dpo_length_norm: bool = setting(
+        False, "dpo: score a reply by its mean token log-prob instead of the sum (no length bias)", stages=("dpo",)
+    )
+    dpo_sft_weight: float = setting(
+        0.0,
+        "dpo: weight of an SFT term, the chosen reply's token-mean NLL (default 0)",
+        stages=("dpo",),
+        check=at_least(0),
+    )
+    ref: str | None = setting(
+        None, "dpo: reference model directory (default: the --init model), same tokenizer", stages=("dpo",)
+    )
+    ref_mode: str = setting(
+        "cached",
+        "dpo: cached (reference log-probs computed once, default) or online (reference run every step)",
+        stages=("dpo",),
+        check=one_of(*REF_MODES),
+    )
     # A bool that defaults to True is turned off on the command line: --no-progress.
     progress: bool = setting(True, "no progress bar")
 
@@ -215,22 +322,30 @@ class TrainConfig:
             raise MiniMindError("say where the model starts: --init DIR, or --preset NAME with --tokenizer DIR")
         if self.shape:
             if self.init:
-                raise MiniMindError(f"{shape_flags(self.shape)} reshape a fresh --preset model; the --init model "
-                                    f"{self.init} keeps its own shape")
+                raise MiniMindError(
+                    f"{shape_flags(self.shape)} reshape a fresh --preset model; the --init model "
+                    f"{self.init} keeps its own shape"
+                )
             config = preset(self.preset, shape=self.shape)  # the combination, with errors naming the flags
             if self.seq_len > config.max_position_embeddings:
-                raise MiniMindError(f"--seq-len {self.seq_len} is longer than the model's context "
-                                    f"(--max-position-embeddings {config.max_position_embeddings})")
+                raise MiniMindError(
+                    f"--seq-len {self.seq_len} is longer than the model's context "
+                    f"(--max-position-embeddings {config.max_position_embeddings})"
+                )
         if self.resume and self.overwrite:
             raise MiniMindError("--resume continues the run in --out and --overwrite starts it afresh: choose one")
         if s == "dpo" and (self.random_system_prompt or self.strip_empty_think):
-            raise MiniMindError("--random-system-prompt and --strip-empty-think are SFT augmentations; "
-                                "dpo renders both sides of a pair the same way")
+            raise MiniMindError(
+                "--random-system-prompt and --strip-empty-think are SFT augmentations; "
+                "dpo renders both sides of a pair the same way"
+            )
         if s == "distill" and not self.teacher:
             raise MiniMindError("minimind distill needs --teacher DIR (the model to learn from)")
         if s == "lora" and self.lora_rank < 1:
-            raise MiniMindError(f"--lora-rank must be a whole number >= 1 for minimind lora (it trains an adapter), "
-                                f"got {self.lora_rank}")
+            raise MiniMindError(
+                f"--lora-rank must be a whole number >= 1 for minimind lora (it trains an adapter), "
+                f"got {self.lora_rank}"
+            )
         if self.uses_lora:
             if not self.init:
                 raise MiniMindError(f"minimind {s} with LoRA adapts an existing model: pass --init BASE_DIR")
@@ -246,6 +361,7 @@ class TrainConfig:
 
 # ---------------------------------------------------------------------------- derived views
 
+
 def check_values(cfg: TrainConfig) -> None:
     """Every field's own check, and no value set for a setting of another stage."""
     if cfg.stage not in STAGES:
@@ -254,8 +370,9 @@ def check_values(cfg: TrainConfig) -> None:
         value, meta = getattr(cfg, f.name), f.metadata
         if cfg.stage not in meta["stages"] and value != _default(f):
             flag = shape_flags(value) if f.name == "shape" else flag_name(f.name)
-            raise MiniMindError(f"{flag} is a setting of minimind {'/'.join(meta['stages'])}, "
-                                f"not of minimind {cfg.stage}")
+            raise MiniMindError(
+                f"{flag} is a setting of minimind {'/'.join(meta['stages'])}, not of minimind {cfg.stage}"
+            )
         if value is None or meta["check"] is None:
             continue
         for item in value if isinstance(value, list) else [value]:
@@ -285,8 +402,9 @@ def stage_fields(stage: str) -> list:
 def stage_defaults(stage: str) -> dict:
     """The defaults of the settings that depend on the stage (lr, batch_size, seq_len, ...),
     as this stage has them."""
-    return {f.name: f.metadata["per_stage"].get(stage, f.default) for f in stage_fields(stage)
-            if f.metadata["per_stage"]}
+    return {
+        f.name: f.metadata["per_stage"].get(stage, f.default) for f in stage_fields(stage) if f.metadata["per_stage"]
+    }
 
 
 def default_for(stage: str, name: str):

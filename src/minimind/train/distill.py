@@ -27,8 +27,13 @@ from ..tokenizer import Tokenizer, tokenizer_difference
 from .objectives import LMObjective, SetupContext, packed_attention_mask
 
 
-def distill_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
-                  temperature: float = 1.0, direction: str = "forward") -> dict[str, torch.Tensor]:
+def distill_terms(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float = 1.0,
+    direction: str = "forward",
+) -> dict[str, torch.Tensor]:
     """Summed (not averaged) losses over N token positions: logits [N, vocab], targets [N].
 
     Returns kd = T^2 * KL_T (direction as asked), kl = KL(teacher || student) at T = 1 and
@@ -41,7 +46,7 @@ def distill_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, ta
         kl_t = F.kl_div(log_s, log_t, log_target=True, reduction="sum")
     else:  # sum_v p_s (log p_s - log p_t)
         kl_t = F.kl_div(log_t, log_s, log_target=True, reduction="sum")
-    kd = kl_t * temperature ** 2
+    kd = kl_t * temperature**2
     if temperature == 1.0 and direction == "forward":
         kl = kl_t.detach()
     else:
@@ -68,8 +73,10 @@ def check_teacher(teacher_dir, tokenizer) -> None:
     teacher_tok = Tokenizer.from_dir(d)
     diff = _tokenizer_difference(teacher_tok, tokenizer)
     if diff:
-        raise MiniMindError(f"--teacher {d}: its tokenizer is not the student's ({tokenizer.source}): {diff}; "
-                            "distillation needs teacher and student to share one tokenizer")
+        raise MiniMindError(
+            f"--teacher {d}: its tokenizer is not the student's ({tokenizer.source}): {diff}; "
+            "distillation needs teacher and student to share one tokenizer"
+        )
 
 
 class DistillObjective(LMObjective):
@@ -91,8 +98,10 @@ class DistillObjective(LMObjective):
         teacher_vocab = ModelConfig.load(d / "config.json").vocab_size
         student_vocab = ctx.model.config.vocab_size
         if teacher_vocab != student_vocab:
-            raise MiniMindError(f"--teacher {d}: vocab_size {teacher_vocab} in config.json, the student has "
-                                f"{student_vocab}; their logits must cover the same tokens")
+            raise MiniMindError(
+                f"--teacher {d}: vocab_size {teacher_vocab} in config.json, the student has "
+                f"{student_vocab}; their logits must cover the same tokens"
+            )
         self.teacher = load_model(d, device=ctx.device, dtype=ctx.dtype)
         self.teacher.requires_grad_(False)
 
@@ -100,10 +109,13 @@ class DistillObjective(LMObjective):
         mask = packed_attention_mask(batch)
         out = model(batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"])
         with torch.no_grad():  # under the trainer's autocast, like the student
-            teacher_logits = self.teacher(batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"]).logits
+            teacher_logits = self.teacher(
+                batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"]
+            ).logits
         targets = batch["labels"][:, 1:]
         keep = targets != -100  # assistant tokens only: fp32 copies of just these rows
-        terms = distill_terms(out.logits[:, :-1][keep], teacher_logits[:, :-1][keep], targets[keep],
-                              self.temperature, self.direction)
+        terms = distill_terms(
+            out.logits[:, :-1][keep], teacher_logits[:, :-1][keep], targets[keep], self.temperature, self.direction
+        )
         loss = self.alpha * terms["kd"] + (1 - self.alpha) * terms["ce"]
         return loss, out.aux_loss, {name: value.detach() for name, value in terms.items()}

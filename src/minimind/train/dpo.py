@@ -45,8 +45,9 @@ from .objectives import Objective, SetupContext
 CACHE_NAME = "ref_logps.safetensors"
 
 
-def dpo_losses(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta: float, kind: str = "sigmoid",
-               label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def dpo_losses(
+    pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta: float, kind: str = "sigmoid", label_smoothing: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-pair (loss, chosen reward, rejected reward) from per-pair sequence log-probs."""
     chosen_reward = beta * (pi_chosen - ref_chosen)
     rejected_reward = beta * (pi_rejected - ref_rejected)
@@ -69,8 +70,9 @@ def sequence_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torc
     it, so the model runs without a mask (SDPA's fast causal kernel)."""
     out = model(batch["input_ids"], position_ids=batch["position_ids"])
     targets = batch["labels"][:, 1:]
-    token_logp = -F.cross_entropy(out.logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
-                                  ignore_index=-100, reduction="none").view_as(targets)
+    token_logp = -F.cross_entropy(
+        out.logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="none"
+    ).view_as(targets)
     return token_logp.sum(1), (targets != -100).sum(1), out.aux_loss
 
 
@@ -92,15 +94,17 @@ class DPOObjective(Objective):
 
     def describe_data(self, cfg, train_ds, val_ds) -> str:
         padding = self.padding if self.padding is not None else train_ds.stats.get("padding_fraction", 0)
-        return (f"{len(train_ds)} pairs of at most {cfg.seq_len} tokens a side, {padding * 100:.1f}% padding"
-                + (f", {len(val_ds)} validation pairs" if val_ds is not None else ""))
+        return f"{len(train_ds)} pairs of at most {cfg.seq_len} tokens a side, {padding * 100:.1f}% padding" + (
+            f", {len(val_ds)} validation pairs" if val_ds is not None else ""
+        )
 
-    def iterate_batches(self, ds, batch_size: int, seed: int, epoch: int, start: int = 0, rank: int = 0,
-                        world_size: int = 1):
+    def iterate_batches(
+        self, ds, batch_size: int, seed: int, epoch: int, start: int = 0, rank: int = 0, world_size: int = 1
+    ):
         """Length-grouped batches (little padding), resumable at batch `start`, sharded by rank."""
         batches = length_grouped_batches(ds.lengths, batch_size, seed, epoch, world_size)
         for rows in batches[start:]:
-            yield ds.get_batch(rows[rank * batch_size:(rank + 1) * batch_size])
+            yield ds.get_batch(rows[rank * batch_size : (rank + 1) * batch_size])
 
     # ------------------------------------------------------------------ the reference
     def setup(self, ctx: SetupContext) -> None:
@@ -112,7 +116,8 @@ class DPOObjective(Objective):
         ds = ctx.train_ds
         if len(ds) >= cfg.batch_size * ctx.dist.world_size:
             self.padding = padding_fraction(
-                ds, length_grouped_batches(ds.lengths, cfg.batch_size, cfg.seed, 0, ctx.dist.world_size))
+                ds, length_grouped_batches(ds.lengths, cfg.batch_size, cfg.seed, 0, ctx.dist.world_size)
+            )
         if cfg.ref_mode == "online":
             self.ref_model = copy.deepcopy(ref) if ref is ctx.model else ref
             self.ref_model.requires_grad_(False).eval()
@@ -150,11 +155,22 @@ class DPOObjective(Objective):
         n = n_tokens.clamp(min=1).to(logp.dtype)
         per_side = logp / n if cfg.dpo_length_norm else logp
         ref_side = ref_sum / torch.stack([n[:B], n[B:]], 1) if cfg.dpo_length_norm else ref_sum
-        loss, chosen_reward, rejected_reward = dpo_losses(per_side[:B], per_side[B:], ref_side[:, 0], ref_side[:, 1],
-                                                          cfg.dpo_beta, cfg.dpo_loss, cfg.dpo_label_smoothing)
+        loss, chosen_reward, rejected_reward = dpo_losses(
+            per_side[:B],
+            per_side[B:],
+            ref_side[:, 0],
+            ref_side[:, 1],
+            cfg.dpo_beta,
+            cfg.dpo_loss,
+            cfg.dpo_label_smoothing,
+        )
         margin = chosen_reward - rejected_reward
-        sums = {"reward_margin": margin[keep].sum(), "reward_accuracy": (margin[keep] > 0).sum(),
-                "logp_chosen": per_side[:B][keep].detach().sum(), "logp_rejected": per_side[B:][keep].detach().sum()}
+        sums = {
+            "reward_margin": margin[keep].sum(),
+            "reward_accuracy": (margin[keep] > 0).sum(),
+            "logp_chosen": per_side[:B][keep].detach().sum(),
+            "logp_rejected": per_side[B:][keep].detach().sum(),
+        }
         total = loss[keep].sum()
         if cfg.dpo_sft_weight:
             sft = -(logp[:B] / n[:B])[keep]  # the chosen reply's mean token NLL, per pair
@@ -169,12 +185,17 @@ def load_reference(ref_dir: str, ctx: SetupContext):
     ref = load_model(ref_dir, device=ctx.device)
     policy_tok, ref_tok = ctx.tokenizer, Tokenizer.from_dir(ref_dir)
     if ref.config.vocab_size != ctx.model.config.vocab_size:
-        raise MiniMindError(f"--ref {ref_dir}: vocab_size {ref.config.vocab_size} does not match the policy's "
-                            f"{ctx.model.config.vocab_size}: the reference must use the policy's tokenizer")
+        raise MiniMindError(
+            f"--ref {ref_dir}: vocab_size {ref.config.vocab_size} does not match the policy's "
+            f"{ctx.model.config.vocab_size}: the reference must use the policy's tokenizer"
+        )
     if ref_tok.vocab_size != policy_tok.vocab_size or any(
-            ref_tok.id_to_token(i) != policy_tok.id_to_token(i) for i in range(policy_tok.vocab_size)):
-        raise MiniMindError(f"--ref {ref_dir}: its tokenizer differs from the policy's ({policy_tok.source}): "
-                            "log-probs of the same token ids would mean different text")
+        ref_tok.id_to_token(i) != policy_tok.id_to_token(i) for i in range(policy_tok.vocab_size)
+    ):
+        raise MiniMindError(
+            f"--ref {ref_dir}: its tokenizer differs from the policy's ({policy_tok.source}): "
+            "log-probs of the same token ids would mean different text"
+        )
     return ref.requires_grad_(False).eval()
 
 
@@ -193,11 +214,11 @@ def reference_logps(ref, ds, ctx: SetupContext) -> torch.Tensor:
     for k, i in enumerate(range(0, len(ds), bs)):
         if k % dist.world_size != dist.rank:
             continue
-        rows = order[i:i + bs]
+        rows = order[i : i + bs]
         batch = {name: v.to(ctx.device) for name, v in ds.get_batch(rows).items()}
         with ctx.autocast():
             logp, _, _ = sequence_logps(ref, batch)
-        out[rows] = torch.stack([logp[:len(rows)], logp[len(rows):]], 1).double()
+        out[rows] = torch.stack([logp[: len(rows)], logp[len(rows) :]], 1).double()
     ref.train(was_training)
     return all_reduce_sum(out, dist).cpu()
 

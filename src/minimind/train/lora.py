@@ -25,8 +25,12 @@ from ..tokenizer import Tokenizer, tokenizer_fingerprint
 def attach_lora(model, cfg) -> None:
     """Freeze the model built from cfg.init and attach fresh adapters per the --lora-* flags
     (TrainConfig.validate has checked that there is an --init base and no --fsdp)."""
-    config = LoRAConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                        targets=list(cfg.lora_targets or DEFAULT_TARGETS))
+    config = LoRAConfig(
+        rank=cfg.lora_rank,
+        alpha=cfg.lora_alpha,
+        dropout=cfg.lora_dropout,
+        targets=list(cfg.lora_targets or DEFAULT_TARGETS),
+    )
     add_lora(model, config, seed=cfg.seed, base_dir=cfg.init)
     # The tokenizer too (part by part): loading refuses the adapter on a base whose weights
     # match but whose tokenizer does not.

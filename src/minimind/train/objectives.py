@@ -70,8 +70,9 @@ class Objective:
         """(summed loss tensor, auxiliary loss tensor, metrics dict of sums over the same units)."""
         raise NotImplementedError
 
-    def iterate_batches(self, ds, batch_size: int, seed: int, epoch: int, start: int = 0, rank: int = 0,
-                        world_size: int = 1):
+    def iterate_batches(
+        self, ds, batch_size: int, seed: int, epoch: int, start: int = 0, rank: int = 0, world_size: int = 1
+    ):
         """One epoch's batches of this rank, from batch `start` on (data.iterate_batches: a
         seeded shuffle of packed rows, so resuming at `start` is exact)."""
         return iterate_batches(ds, batch_size, seed, epoch, start=start, rank=rank, world_size=world_size)
@@ -84,9 +85,11 @@ class Objective:
     def describe_data(self, cfg: TrainConfig, train_ds, val_ds) -> str:
         """The `data: ...` line printed when training starts."""
         s = train_ds.stats
-        return (f"{len(train_ds)} rows of {cfg.seq_len} tokens from {s.get('docs', '?')} documents, "
-                f"{s.get('padding_fraction', 0) * 100:.1f}% padding"
-                + (f", {len(val_ds)} validation rows" if val_ds is not None else ""))
+        return (
+            f"{len(train_ds)} rows of {cfg.seq_len} tokens from {s.get('docs', '?')} documents, "
+            f"{s.get('padding_fraction', 0) * 100:.1f}% padding"
+            + (f", {len(val_ds)} validation rows" if val_ds is not None else "")
+        )
 
 
 class LMObjective(Objective):
@@ -97,17 +100,23 @@ class LMObjective(Objective):
 
     def build_data(self, cfg, tokenizer):
         return build_datasets(
-            cfg.data, tokenizer, kind="pretrain" if cfg.stage == "pretrain" else "sft", seq_len=cfg.seq_len,
-            val_fraction=cfg.val_fraction, seed=cfg.seed, cache_dir=cfg.cache_dir, on_bad_record=cfg.on_bad_record,
-            random_system_prompt=cfg.random_system_prompt, strip_empty_think=cfg.strip_empty_think,
+            cfg.data,
+            tokenizer,
+            kind="pretrain" if cfg.stage == "pretrain" else "sft",
+            seq_len=cfg.seq_len,
+            val_fraction=cfg.val_fraction,
+            seed=cfg.seed,
+            cache_dir=cfg.cache_dir,
+            on_bad_record=cfg.on_bad_record,
+            random_system_prompt=cfg.random_system_prompt,
+            strip_empty_think=cfg.strip_empty_think,
         )
 
     def count(self, batch: dict) -> int:
         return int((batch["labels"][:, 1:] != -100).sum())
 
     def loss_sum(self, model, batch: dict):
-        out = model(batch["input_ids"], attention_mask=packed_attention_mask(batch),
-                    position_ids=batch["position_ids"])
+        out = model(batch["input_ids"], attention_mask=packed_attention_mask(batch), position_ids=batch["position_ids"])
         logits = out.logits[:, :-1]
         targets = batch["labels"][:, 1:]
         ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")

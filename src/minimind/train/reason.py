@@ -29,6 +29,7 @@ MIX_VERSION = 1  # bump when the mixing rules change, so old mixed files are not
 
 # --------------------------------------------------------------------------- the data mix
 
+
 def split_answer(content: str) -> tuple[str, str] | None:
     """(reasoning, answer) from a chain-of-thought answer: its last paragraph is the answer,
     or its last line when it has no blank line; None when there is only one line."""
@@ -103,14 +104,17 @@ def mixed_file(path, think_mix: float, seed: int, out_dir: Path, on_bad_record: 
         lines.append(json.dumps({"conversations": messages}, ensure_ascii=False))
     counts["skipped"] = bad.count
     if think_mix > 0 and lines and not counts["own"] + counts["split"]:
-        raise MiniMindError(f"{path}: none of its {len(lines)} conversations can get a think block: they have no "
-                            "reasoning_content, no <think>...</think>, and their answers are a single line")
+        raise MiniMindError(
+            f"{path}: none of its {len(lines)} conversations can get a think block: they have no "
+            "reasoning_content, no <think>...</think>, and their answers are a single line"
+        )
     atomic_write_text(target, "\n".join(lines) + "\n" if lines else "")
     atomic_write_text(counts_file, json.dumps(counts))
     return target, counts
 
 
 # --------------------------------------------------------------------------- the objective
+
 
 class ReasonObjective(LMObjective):
     """SFT cross entropy with think-aware token weights (see the module docstring)."""
@@ -126,36 +130,53 @@ class ReasonObjective(LMObjective):
         mixed = [mixed_file(f, cfg.think_mix, cfg.seed, out_dir, cfg.on_bad_record) for f in cfg.data]
         self.mix_counts = {k: sum(c[k] for _, c in mixed) for k in mixed[0][1]}
         return build_datasets(
-            [p for p, _ in mixed], tokenizer, kind="sft", seq_len=cfg.seq_len, val_fraction=cfg.val_fraction,
-            seed=cfg.seed, cache_dir=cfg.cache_dir, on_bad_record=cfg.on_bad_record,
-            random_system_prompt=cfg.random_system_prompt, strip_empty_think=cfg.strip_empty_think,
+            [p for p, _ in mixed],
+            tokenizer,
+            kind="sft",
+            seq_len=cfg.seq_len,
+            val_fraction=cfg.val_fraction,
+            seed=cfg.seed,
+            cache_dir=cfg.cache_dir,
+            on_bad_record=cfg.on_bad_record,
+            random_system_prompt=cfg.random_system_prompt,
+            strip_empty_think=cfg.strip_empty_think,
         )
 
     def setup(self, ctx: SetupContext) -> None:
         if ctx.dist.is_main:
             c = self.mix_counts
-            print(f"reason data: {c['own'] + c['split']} thinking conversations ({c['own']} with their own reasoning, "
-                  f"{c['split']} split at the answer's last paragraph), {c['direct']} direct"
-                  + (f" ({c['unsplittable']} drawn to think had a one-line answer)" if c["unsplittable"] else "")
-                  + f"; think/answer boundary weight {self.weight:g}, stray-tag penalty {self.tag_penalty:g}", flush=True)
+            print(
+                f"reason data: {c['own'] + c['split']} thinking conversations ({c['own']} with their own reasoning, "
+                f"{c['split']} split at the answer's last paragraph), {c['direct']} direct"
+                + (f" ({c['unsplittable']} drawn to think had a one-line answer)" if c["unsplittable"] else "")
+                + f"; think/answer boundary weight {self.weight:g}, stray-tag penalty {self.tag_penalty:g}",
+                flush=True,
+            )
 
     def use_tokenizer(self, tokenizer):
         """The token sequences the weights are found by, checked against this tokenizer."""
         think, end = tokenizer.token_to_id("<think>"), tokenizer.token_to_id("</think>")
         if think is None or end is None:
-            raise MiniMindError(f"tokenizer {tokenizer.source} has no <think> and </think> tokens: reasoning "
-                                "training needs a tokenizer whose chat template writes think blocks (e.g. minimind3)")
-        probe = tokenizer.encode_chat([{"role": "user", "content": "q"}], add_generation_prompt=True, open_thinking=True)
+            raise MiniMindError(
+                f"tokenizer {tokenizer.source} has no <think> and </think> tokens: reasoning "
+                "training needs a tokenizer whose chat template writes think blocks (e.g. minimind3)"
+            )
+        probe = tokenizer.encode_chat(
+            [{"role": "user", "content": "q"}], add_generation_prompt=True, open_thinking=True
+        )
         self.on_prompt = tokenizer.encode("<think>\n")
-        if probe[-len(self.on_prompt):] != self.on_prompt:
-            raise MiniMindError(f"tokenizer {tokenizer.source}: its chat template does not end a thinking prompt with "
-                                "<think>\\n (open_thinking), so it cannot train minimind-3 style reasoning")
+        if probe[-len(self.on_prompt) :] != self.on_prompt:
+            raise MiniMindError(
+                f"tokenizer {tokenizer.source}: its chat template does not end a thinking prompt with "
+                "<think>\\n (open_thinking), so it cannot train minimind-3 style reasoning"
+            )
         self.empty_block = tokenizer.encode("<think>\n\n</think>\n\n")
         self.boundary = tokenizer.encode("</think>\n\n")
         self.think_id, self.end_id = think, end
         # a turn starts or ends at these: a closed block never carries over to the next turn
-        self.turn_ids = [i for i in (tokenizer.token_to_id("<|im_start|>"), tokenizer.token_to_id("<|im_end|>"))
-                         if i is not None]
+        self.turn_ids = [
+            i for i in (tokenizer.token_to_id("<|im_start|>"), tokenizer.token_to_id("<|im_end|>")) if i is not None
+        ]
 
     def token_weights(self, targets: torch.Tensor, weight: float) -> torch.Tensor:
         """Loss weight of each target token (0 where the label is -100)."""
@@ -194,7 +215,12 @@ class ReasonObjective(LMObjective):
         loss = (ce * w.flatten()).sum()
         # the unlikelihood of a tag on the trained tokens after the block closed (a tag that is
         # the data's own target there is left to cross entropy)
-        where = self.after_block(batch["input_ids"][:, :-1]) & (w > 0) & (targets != self.think_id) & (targets != self.end_id)
+        where = (
+            self.after_block(batch["input_ids"][:, :-1])
+            & (w > 0)
+            & (targets != self.think_id)
+            & (targets != self.end_id)
+        )
         log_p = self.tag_log_probs(logits[where]).clamp(max=-1e-6)  # log p < 0 keeps log(1 - p) finite
         if self.tag_penalty:
             log_not = torch.where(log_p > -0.693, torch.log(-torch.expm1(log_p)), torch.log1p(-torch.exp(log_p)))
@@ -207,7 +233,7 @@ def _match(x: torch.Tensor, seq: list[int]) -> torch.Tensor:
     hit = torch.ones_like(x, dtype=torch.bool)
     for k, token in enumerate(seq):
         nxt = torch.full_like(x, -1)
-        nxt[:, :x.shape[1] - k] = x[:, k:]
+        nxt[:, : x.shape[1] - k] = x[:, k:]
         hit &= nxt == token
     return hit
 

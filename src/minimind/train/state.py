@@ -27,10 +27,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                     get_optimizer_state_dict, set_model_state_dict,
-                                                     set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 from ..checkpoint import read_weights, save_model_dir
 from ..errors import MiniMindError
@@ -54,14 +57,28 @@ def gather_state(model, optimizer) -> tuple[dict, dict]:
 
 # What a run publishes into OUT (checkpoint.py's model directory, or a LoRA adapter): the files
 # --overwrite deletes with the checkpoints and metrics.jsonl (nothing else the user put there).
-OUT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-             "adapter_config.json", "adapter_model.safetensors", "metrics.jsonl")
+OUT_FILES = (
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "metrics.jsonl",
+)
 
 
 def _inputs(cfg) -> list[tuple[str, str]]:
     """The model directories a run reads: (flag, path)."""
-    return [(flag, value) for flag, value in (("--init", cfg.init), ("--teacher", getattr(cfg, "teacher", None)),
-                                              ("--ref", getattr(cfg, "ref", None))) if value]
+    return [
+        (flag, value)
+        for flag, value in (
+            ("--init", cfg.init),
+            ("--teacher", getattr(cfg, "teacher", None)),
+            ("--ref", getattr(cfg, "ref", None)),
+        )
+        if value
+    ]
 
 
 def check_out_dir(cfg) -> None:
@@ -73,14 +90,17 @@ def check_out_dir(cfg) -> None:
     for flag, src in _inputs(cfg):
         s = Path(src).absolute().resolve()
         if out == s:
-            raise MiniMindError(f"--out {cfg.out} is the {flag} model: training would overwrite it; "
-                                "choose another --out")
+            raise MiniMindError(
+                f"--out {cfg.out} is the {flag} model: training would overwrite it; choose another --out"
+            )
         if s in out.parents:
-            raise MiniMindError(f"--out {cfg.out} is inside the {flag} model directory {src}: "
-                                "choose an --out outside it")
+            raise MiniMindError(
+                f"--out {cfg.out} is inside the {flag} model directory {src}: choose an --out outside it"
+            )
         if out in s.parents and cfg.overwrite:
-            raise MiniMindError(f"the {flag} model {src} is inside --out {cfg.out}, which --overwrite would clear: "
-                                "choose another --out")
+            raise MiniMindError(
+                f"the {flag} model {src} is inside --out {cfg.out}, which --overwrite would clear: choose another --out"
+            )
     if not out.exists():
         return
     if not out.is_dir():
@@ -93,11 +113,14 @@ def check_out_dir(cfg) -> None:
         if run.get("stage", cfg.stage) != cfg.stage and not cfg.overwrite:
             raise MiniMindError(f"--out {cfg.out} holds a run of minimind {run['stage']}, not of {stage}: {again}")
         if not (cfg.resume or cfg.overwrite):
-            raise MiniMindError(f"{cfg.out} already holds checkpoints of a run: pass --resume to continue it, "
-                                f"or {again}")
+            raise MiniMindError(
+                f"{cfg.out} already holds checkpoints of a run: pass --resume to continue it, or {again}"
+            )
     elif any((out / name).exists() for name in OUT_FILES if name != "metrics.jsonl") and not cfg.overwrite:
-        raise MiniMindError(f"--out {cfg.out} holds a model directory that no {stage} run made there "
-                            f"(it has no checkpoints): training would overwrite it; {again}")
+        raise MiniMindError(
+            f"--out {cfg.out} holds a model directory that no {stage} run made there "
+            f"(it has no checkpoints): training would overwrite it; {again}"
+        )
 
 
 def clear_out_dir(out_dir: str | Path) -> None:
@@ -173,8 +196,9 @@ def writing_checkpoint(out_dir: str | Path, step: int):
         if failed is not None and stage in Path(failed).parents:
             final = final / Path(failed).relative_to(stage)
         error = WriteFailed(final, e.reason) if isinstance(e, WriteFailed) else write_error(final, e)
-        raise MiniMindError(f"{error}; the earlier checkpoints are intact: free some space, "
-                            "then continue with --resume") from None
+        raise MiniMindError(
+            f"{error}; the earlier checkpoints are intact: free some space, then continue with --resume"
+        ) from None
 
 
 def save_rng(stage: Path, rank: int, log_window: dict | None = None) -> None:
@@ -189,8 +213,17 @@ def _step_of(stage: Path) -> int:
     return int(stage.name.strip(".").split("-")[1].split(".")[0])
 
 
-def save_checkpoint(out_dir: str | Path, step: int, model, model_state: dict, optimizer_state: dict,
-                    tokenizer, scaler, state: dict, keep_last: int) -> Path:
+def save_checkpoint(
+    out_dir: str | Path,
+    step: int,
+    model,
+    model_state: dict,
+    optimizer_state: dict,
+    tokenizer,
+    scaler,
+    state: dict,
+    keep_last: int,
+) -> Path:
     """Rank 0: write weights, optimizer and run state (from gather_state) into the staging
     folder (where every rank already wrote its RNG state), make it durable, rename it into
     place, and delete the oldest checkpoints beyond `keep_last`."""
@@ -245,10 +278,13 @@ def _load_tensors(file: Path, what: str):
             return torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # torch's message is a page long: keep the reason
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        reason = next((line for line in lines if "unsupported" in line.lower() and "weights_only" not in line),
-                      "an unsupported pickle")
-        raise MiniMindError(f"{file}: cannot read {what}: not a tensors-only torch file, refused "
-                            f"({reason[:200]})") from None
+        reason = next(
+            (line for line in lines if "unsupported" in line.lower() and "weights_only" not in line),
+            "an unsupported pickle",
+        )
+        raise MiniMindError(
+            f"{file}: cannot read {what}: not a tensors-only torch file, refused ({reason[:200]})"
+        ) from None
     except Exception as e:  # RuntimeError (not a zip: truncated, garbage), EOFError, OSError, ...
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise MiniMindError(f"{file}: cannot read {what} ({first})") from None
@@ -309,13 +345,19 @@ def _check_optimizer_state(saved: dict, model) -> None:
             raise MiniMindError(f"holds the state of {name!r}, which this model does not have")
         for k, v in entry.items():
             if isinstance(v, torch.Tensor) and v.dim() > 0 and tuple(v.shape) != tuple(params[name].shape):
-                raise MiniMindError(f"{name}.{k} has shape {tuple(v.shape)}, the model's parameter "
-                                    f"{tuple(params[name].shape)}")
+                raise MiniMindError(
+                    f"{name}.{k} has shape {tuple(v.shape)}, the model's parameter {tuple(params[name].shape)}"
+                )
 
 
 def _valid_window(w) -> bool:
-    return (isinstance(w, dict) and isinstance(w.get("loss"), torch.Tensor) and w["loss"].numel() == 1
-            and all(isinstance(w.get(k), (int, float)) and not isinstance(w.get(k), bool)
-                    for k in ("count", "tokens", "time"))
-            and isinstance(w.get("metrics"), dict)
-            and all(isinstance(v, (int, float)) for v in w["metrics"].values()))
+    return (
+        isinstance(w, dict)
+        and isinstance(w.get("loss"), torch.Tensor)
+        and w["loss"].numel() == 1
+        and all(
+            isinstance(w.get(k), (int, float)) and not isinstance(w.get(k), bool) for k in ("count", "tokens", "time")
+        )
+        and isinstance(w.get("metrics"), dict)
+        and all(isinstance(v, (int, float)) for v in w["metrics"].values())
+    )

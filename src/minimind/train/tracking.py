@@ -59,14 +59,24 @@ def _require(module: str, tracker: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise MiniMindError(f"--tracker {tracker} needs the {module.split('.')[0]} package: pip install {tracker}") from None
+        raise MiniMindError(
+            f"--tracker {tracker} needs the {module.split('.')[0]} package: pip install {tracker}"
+        ) from None
 
 
 class Trackers:
     """The experiment trackers asked for with --tracker, each imported only then."""
 
-    def __init__(self, names: list[str], project: str, run_name: str, config: dict, out_dir: Path,
-                 run_ids: dict | None = None, resume_step: int | None = None):
+    def __init__(
+        self,
+        names: list[str],
+        project: str,
+        run_name: str,
+        config: dict,
+        out_dir: Path,
+        run_ids: dict | None = None,
+        resume_step: int | None = None,
+    ):
         """resume_step: the checkpoint's step when resuming. TensorBoard then hides what the
         killed run logged after it (as metrics.jsonl drops those lines), and wandb continues
         the same run (it keeps the first value of a step logged twice; an exact resume
@@ -78,20 +88,29 @@ class Trackers:
                 raise MiniMindError(f"unknown tracker {name!r}; choose from {', '.join(TRACKERS)}")
             if name == "wandb":
                 wandb = _require("wandb", "wandb")
-                run = wandb.init(project=project, name=run_name, config=config, dir=str(out_dir),
-                                 id=self.run_ids.get("wandb"), resume="allow")
+                run = wandb.init(
+                    project=project,
+                    name=run_name,
+                    config=config,
+                    dir=str(out_dir),
+                    id=self.run_ids.get("wandb"),
+                    resume="allow",
+                )
                 self.run_ids["wandb"] = run.id
                 self._loggers.append(lambda m, s, run=run: run.log(m, step=s))
                 self._finish.append(run.finish)
             elif name == "swanlab":
                 swanlab = _require("swanlab", "swanlab")
-                run = swanlab.init(project=project, experiment_name=run_name, config=config, logdir=str(out_dir / "swanlog"))
-                self._loggers.append(lambda m, s: swanlab.log(m, step=s))
+                run = swanlab.init(
+                    project=project, experiment_name=run_name, config=config, logdir=str(out_dir / "swanlog")
+                )
+                self._loggers.append(lambda m, s, swanlab=swanlab: swanlab.log(m, step=s))
                 self._finish.append(swanlab.finish)
             else:
                 tb = _require("torch.utils.tensorboard", "tensorboard")
-                writer = tb.SummaryWriter(log_dir=str(out_dir / "tensorboard"),
-                                          purge_step=None if resume_step is None else resume_step + 1)
+                writer = tb.SummaryWriter(
+                    log_dir=str(out_dir / "tensorboard"), purge_step=None if resume_step is None else resume_step + 1
+                )
 
                 def log_tb(m, s, writer=writer):
                     for k, v in m.items():

@@ -40,8 +40,19 @@ from .flops import flops_per_token, measured_peak_flops
 from .lora import attach_lora
 from .objectives import Objective, SetupContext, autocast, make_objective, real_tokens, to_device
 from .optim import lr_at, make_optimizer
-from .state import (check_out_dir, clear_out_dir, gather_state, list_checkpoints, load_checkpoint, publish,
-                    read_state, save_checkpoint, save_rng, staging_dir, writing_checkpoint)
+from .state import (
+    check_out_dir,
+    clear_out_dir,
+    gather_state,
+    list_checkpoints,
+    load_checkpoint,
+    publish,
+    read_state,
+    save_checkpoint,
+    save_rng,
+    staging_dir,
+    writing_checkpoint,
+)
 from .tracking import MetricsLog, Trackers
 
 
@@ -65,8 +76,10 @@ class TrainingStopped(KeyboardInterrupt):
     def __init__(self, out: Path, step: int, total_steps: int, signum: int):
         self.out, self.step, self.total_steps, self.signum = out, step, total_steps, signum
         name = signal.Signals(signum).name
-        super().__init__(f"{name}: stopped at step {step} of {total_steps}; {out} holds its checkpoint: "
-                         "continue with --resume (TrainConfig(resume=True))")
+        super().__init__(
+            f"{name}: stopped at step {step} of {total_steps}; {out} holds its checkpoint: "
+            "continue with --resume (TrainConfig(resume=True))"
+        )
 
 
 class StopRequested:
@@ -121,7 +134,9 @@ def _duration(seconds: float) -> str:
 def _micro_batches(objective: Objective, ds, cfg: TrainConfig, dist: DistInfo, epoch: int, index: int):
     """Endless stream of (epoch, index-after-this-batch, batch), continuing at (epoch, index)."""
     while True:
-        for batch in objective.iterate_batches(ds, cfg.batch_size, cfg.seed, epoch, start=index, rank=dist.rank, world_size=dist.world_size):
+        for batch in objective.iterate_batches(
+            ds, cfg.batch_size, cfg.seed, epoch, start=index, rank=dist.rank, world_size=dist.world_size
+        ):
             index += 1
             yield epoch, index, batch
         epoch, index = epoch + 1, 0
@@ -168,15 +183,27 @@ class Trainer:
             barrier(self.dist)
         # Objectives that need more than data and a loss (a frozen reference or teacher model,
         # precomputed log-probs) prepare it here, with the model, device and dtype known.
-        self.objective.setup(SetupContext(cfg=cfg, model=self.model, tokenizer=self.tokenizer, device=self.device,
-                                          dtype=self.dtype, dist=self.dist, train_ds=self.train_ds,
-                                          val_ds=self.val_ds, out=self.out))
+        self.objective.setup(
+            SetupContext(
+                cfg=cfg,
+                model=self.model,
+                tokenizer=self.tokenizer,
+                device=self.device,
+                dtype=self.dtype,
+                dist=self.dist,
+                train_ds=self.train_ds,
+                val_ds=self.val_ds,
+                out=self.out,
+            )
+        )
 
         global_rows = cfg.batch_size * self.dist.world_size
         self.micro_per_epoch = len(self.train_ds) // global_rows
         if self.micro_per_epoch == 0:
-            raise MiniMindError(f"the training data packs into {len(self.train_ds)} rows of {cfg.seq_len} tokens, "
-                                f"fewer than one batch of {global_rows}: lower --batch-size or --seq-len, or add data")
+            raise MiniMindError(
+                f"the training data packs into {len(self.train_ds)} rows of {cfg.seq_len} tokens, "
+                f"fewer than one batch of {global_rows}: lower --batch-size or --seq-len, or add data"
+            )
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.micro_per_epoch / cfg.grad_accum))
         self.warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, self.total_steps // 100)
         self.min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.lr / 10
@@ -198,14 +225,18 @@ class Trainer:
         if cfg.compile:
             self.forward_model = torch.compile(self.forward_model)
         if self.dist.enabled and not cfg.fsdp:
-            self.forward_model = DDP(self.forward_model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                                     find_unused_parameters=self.model.config.use_moe)  # an expert may get no tokens
+            self.forward_model = DDP(
+                self.forward_model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.model.config.use_moe,
+            )  # an expert may get no tokens
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             resume_step = self.step if self.resumed_from else None
             self.metrics = MetricsLog(self.out / "metrics.jsonl", resume_step=resume_step)
-            self.trackers = Trackers(cfg.tracker, cfg.project, cfg.run_name or self.out.name, asdict(cfg), self.out,
-                                     tracker_ids, resume_step)
+            self.trackers = Trackers(
+                cfg.tracker, cfg.project, cfg.run_name or self.out.name, asdict(cfg), self.out, tracker_ids, resume_step
+            )
 
     def _shard(self):
         """FSDP (PyTorch's fully_shard): each process keeps 1/N of every layer's weights,
@@ -226,8 +257,9 @@ class Trainer:
         if not existing:
             return None, {}, None
         if not self.cfg.resume:
-            raise MiniMindError(f"{self.out} already holds checkpoints of a run: pass --resume to continue it, "
-                                "or choose another --out")
+            raise MiniMindError(
+                f"{self.out} already holds checkpoints of a run: pass --resume to continue it, or choose another --out"
+            )
         latest = existing[-1]
         saved = read_state(latest).get("run", {})
         for key, now in self._run_settings().items():
@@ -253,7 +285,9 @@ class Trainer:
                 lr = lr_at(self.step, self.total_steps, cfg.lr, self.min_lr, self.warmup)
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr
-                count = all_reduce_sum(torch.tensor(float(sum(self.objective.count(b) for _, _, b in group))), dist).item()
+                count = all_reduce_sum(
+                    torch.tensor(float(sum(self.objective.count(b) for _, _, b in group))), dist
+                ).item()
                 for i, (_, _, batch) in enumerate(group):
                     batch = to_device(batch, self.device)
                     last = i == len(group) - 1
@@ -325,22 +359,31 @@ class Trainer:
             return
         total, active = count_parameters(self.model.config)
         where = f"resuming from {self.resumed_from.name}" if self.resumed_from else "starting"
-        print(f"{self.cfg.stage}: {total / 1e6:.2f}M parameters"
-              + (f" ({active / 1e6:.2f}M active)" if active != total else "")
-              + f" on {self.device} in {str(self.dtype).replace('torch.', '')}"
-              + (f" x {self.dist.world_size} processes" if self.dist.enabled else ""), flush=True)
+        print(
+            f"{self.cfg.stage}: {total / 1e6:.2f}M parameters"
+            + (f" ({active / 1e6:.2f}M active)" if active != total else "")
+            + f" on {self.device} in {str(self.dtype).replace('torch.', '')}"
+            + (f" x {self.dist.world_size} processes" if self.dist.enabled else ""),
+            flush=True,
+        )
         if has_lora(self.model):
             print(trainable_summary(self.model), flush=True)
         print("data: " + self.objective.describe_data(self.cfg, self.train_ds, self.val_ds), flush=True)
-        print(f"{where}: {self.total_steps} optimizer steps of {self.cfg.batch_size * self.dist.world_size * self.cfg.grad_accum} "
-              f"rows, lr {self.cfg.lr:g} -> {self.min_lr:g}, warmup {self.warmup}", flush=True)
+        print(
+            f"{where}: {self.total_steps} optimizer steps of "
+            f"{self.cfg.batch_size * self.dist.world_size * self.cfg.grad_accum} "
+            f"rows, lr {self.cfg.lr:g} -> {self.min_lr:g}, warmup {self.warmup}",
+            flush=True,
+        )
 
     def _estimate(self, seconds_per_step: float, bar):
         """Once, after the first steps: how long the rest takes at this machine's speed."""
         left = self.total_steps - self.step
         if left > 0:
-            line = (f"{self.cfg.stage}: ~{_duration(seconds_per_step * left)} to go at this speed "
-                    f"({seconds_per_step:.2f} s a step, {left} step{'s' if left != 1 else ''} left)")
+            line = (
+                f"{self.cfg.stage}: ~{_duration(seconds_per_step * left)} to go at this speed "
+                f"({seconds_per_step:.2f} s a step, {left} step{'s' if left != 1 else ''} left)"
+            )
             bar.write(line) if bar is not None else print(line, flush=True)
 
     def _progress_bar(self):
@@ -353,13 +396,21 @@ class Trainer:
         tokens = all_reduce_sum(torch.tensor(float(window["tokens"]), device=self.device), self.dist).item()
         tokens_per_s = tokens / max(window["time"], 1e-9)
         self.tokens_seen += int(tokens)
-        record = {"step": self.step, "tokens": self.tokens_seen, "loss": loss_sum / max(window["count"], 1), "lr": lr, "grad_norm": grad_norm,
-                  "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops_tok / peak,
-                  "epoch": self.position[0] + self.position[1] / self.micro_per_epoch}
+        record = {
+            "step": self.step,
+            "tokens": self.tokens_seen,
+            "loss": loss_sum / max(window["count"], 1),
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens_per_s": tokens_per_s,
+            "mfu": tokens_per_s * flops_tok / peak,
+            "epoch": self.position[0] + self.position[1] / self.micro_per_epoch,
+        }
         names = sorted(window["metrics"])  # the same on every rank: all ranks run the same objective
         if names:
-            sums = all_reduce_sum(torch.tensor([window["metrics"][n] for n in names], dtype=torch.float64,
-                                               device=self.device), self.dist).tolist()
+            sums = all_reduce_sum(
+                torch.tensor([window["metrics"][n] for n in names], dtype=torch.float64, device=self.device), self.dist
+            ).tolist()
             record.update({n: v / max(window["count"], 1) for n, v in zip(names, sums)})
         if not self.dist.is_main:
             return
@@ -378,7 +429,7 @@ class Trainer:
             return
         cfg, dist = self.cfg, self.dist
         n = min(len(self.val_ds), cfg.eval_batches * cfg.batch_size * dist.world_size)
-        rows = list(range(n))[dist.rank::dist.world_size]
+        rows = list(range(n))[dist.rank :: dist.world_size]
         # Under FSDP every rank must run every forward: a short share gets a dummy last row
         # that the objective drops from its sums, so the figure is still the mean over the
         # first n rows.
@@ -389,24 +440,31 @@ class Trainer:
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
         metric_sums: dict[str, float] = {}
         for i in range(0, len(rows), cfg.batch_size):
-            batch = self.val_ds.get_batch(rows[i:i + cfg.batch_size])
+            batch = self.val_ds.get_batch(rows[i : i + cfg.batch_size])
             if dummy and i + cfg.batch_size >= len(rows):
                 self.objective.drop_last_unit(batch)
             batch = to_device(batch, self.device)
             with precision:
                 loss_sum, _, metrics = self.objective.loss_sum(self.model, batch)
-            total += torch.tensor([loss_sum.item(), self.objective.count(batch)], dtype=torch.float64, device=self.device)
+            total += torch.tensor(
+                [loss_sum.item(), self.objective.count(batch)], dtype=torch.float64, device=self.device
+            )
             for name, value in metrics.items():
                 metric_sums[name] = metric_sums.get(name, 0.0) + float(value)
         all_reduce_sum(total, dist)
         names = sorted(metric_sums)
         if names:
-            sums = all_reduce_sum(torch.tensor([metric_sums[n] for n in names], dtype=torch.float64, device=self.device), dist)
+            sums = all_reduce_sum(
+                torch.tensor([metric_sums[n] for n in names], dtype=torch.float64, device=self.device), dist
+            )
             metric_sums = dict(zip(names, sums.tolist()))
         self.model.train()
         if dist.is_main and total[1] > 0:
-            record = {"step": self.step, "val_loss": (total[0] / total[1]).item(),
-                      **{f"val_{n}": v / total[1].item() for n, v in metric_sums.items()}}
+            record = {
+                "step": self.step,
+                "val_loss": (total[0] / total[1]).item(),
+                **{f"val_{n}": v / total[1].item() for n, v in metric_sums.items()},
+            }
             self.metrics.write(record)
             self.trackers.log(record, self.step)
 
@@ -418,8 +476,10 @@ class Trainer:
         if self.cfg.stage == "pretrain":
             prompts = [[tok.bos_token_id] + tok.encode(p) for p in ("The capital of France is", "中国的首都是")]
         else:
-            prompts = [tok.encode_chat([{"role": "user", "content": p}], add_generation_prompt=True)
-                       for p in ("Hello, who are you?", "你好，请介绍一下你自己。")]
+            prompts = [
+                tok.encode_chat([{"role": "user", "content": p}], add_generation_prompt=True)
+                for p in ("Hello, who are you?", "你好，请介绍一下你自己。")
+            ]
         self.model.eval()  # (under FSDP every rank generates: each forward gathers weights)
         done = generate(self.model, tok, prompts, SamplingParams(max_new_tokens=32, temperature=0.0))
         self.model.train()
@@ -441,11 +501,26 @@ class Trainer:
         model_state, optimizer_state = gather_state(self.model, self.optimizer)  # every rank: FSDP gathers
         barrier(self.dist)
         if self.dist.is_main:
-            state = {"epoch": self.position[0], "batch_in_epoch": self.position[1], "run": self._run_settings(),
-                     "tracker_ids": self.trackers.run_ids, "total_steps": self.total_steps,
-                     "tokens_seen": self.tokens_seen, "tokens_at_step": self.tokens_seen + int(open_tokens)}
-            save_checkpoint(self.out, self.step, self.model, model_state, optimizer_state, self.tokenizer,
-                            self.scaler, state, self.cfg.keep_last)
+            state = {
+                "epoch": self.position[0],
+                "batch_in_epoch": self.position[1],
+                "run": self._run_settings(),
+                "tracker_ids": self.trackers.run_ids,
+                "total_steps": self.total_steps,
+                "tokens_seen": self.tokens_seen,
+                "tokens_at_step": self.tokens_seen + int(open_tokens),
+            }
+            save_checkpoint(
+                self.out,
+                self.step,
+                self.model,
+                model_state,
+                optimizer_state,
+                self.tokenizer,
+                self.scaler,
+                state,
+                self.cfg.keep_last,
+            )
         barrier(self.dist)
 
 
