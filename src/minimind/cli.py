@@ -250,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(verbs, "distill")
     add_generate_data_parser(verbs)
     add_train_parser(verbs, "dpo")
+    add_train_parser(verbs, "grpo")
     register_lora(verbs)  # `minimind lora` (a training stage) and `minimind lora merge`
     register_data(verbs)
     register_export(verbs)

@@ -23,6 +23,7 @@ STAGE_HELP = {
     "distill": "white-box distillation: match a teacher's token distributions (KL) on conversations",
     "lora": "LoRA fine-tuning on conversations: train a small adapter, the base stays frozen",
     "dpo": 'DPO on preference pairs ({"chosen", "rejected"}) against a frozen reference',
+    "grpo": "RL with verifiable rewards (GRPO / CISPO / Dr. GRPO) on prompts with gt answers",
 }
 # Kept for scripts that read a stage's defaults (benchmarks/dpo.py): derived from the fields.
 STAGE_DEFAULTS = {stage: stage_defaults(stage) for stage in STAGE_HELP}

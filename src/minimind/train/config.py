@@ -19,11 +19,12 @@ from functools import cache
 from ..config import PRESETS, SHAPE_FLAGS, check_shape, preset
 from ..errors import MiniMindError
 
-STAGES = ("pretrain", "sft", "reason", "distill", "lora", "dpo")
+STAGES = ("pretrain", "sft", "reason", "distill", "lora", "dpo", "grpo")
 TRACKERS = ("wandb", "swanlab", "tensorboard")
 DPO_LOSSES = ("sigmoid", "ipo", "hinge")  # train/dpo.py
 REF_MODES = ("cached", "online")
 KL_DIRECTIONS = ("forward", "reverse")  # train/distill.py
+RL_LOSSES = ("cispo", "grpo", "dr_grpo")  # rl/grpo.py
 
 
 # ---------------------------------------------------------------------------- value checks
@@ -118,7 +119,7 @@ class TrainConfig:
         "rows per micro-batch per process",
         check=at_least(1),
         resume_fixed=True,
-        per_stage={"sft": 16, "reason": 16, "distill": 16, "lora": 8, "dpo": 8},
+        per_stage={"sft": 16, "reason": 16, "distill": 16, "lora": 8, "dpo": 8, "grpo": 4},
     )
     grad_accum: int = setting(
         1, "micro-batches per optimizer step", per_stage={"pretrain": 8}, check=at_least(1), resume_fixed=True
@@ -128,18 +129,18 @@ class TrainConfig:
         "tokens per packed row",
         check=at_least(1),
         resume_fixed=True,
-        per_stage={"sft": 768, "reason": 1024, "distill": 768, "lora": 384, "dpo": 1024},
+        per_stage={"sft": 768, "reason": 1024, "distill": 768, "lora": 384, "dpo": 1024, "grpo": 1024},
     )
     lr: float = setting(
         5e-4,
         "peak learning rate",
         check=positive,
-        per_stage={"sft": 1e-5, "reason": 1e-5, "distill": 1e-5, "lora": 1e-4, "dpo": 5e-6},
+        per_stage={"sft": 1e-5, "reason": 1e-5, "distill": 1e-5, "lora": 1e-4, "dpo": 5e-6, "grpo": 1e-6},
     )
     min_lr: float | None = setting(None, "final learning rate of the cosine (default lr/10)", check=at_least(0))
     warmup_steps: int | None = setting(None, "linear warmup steps (default 1% of the steps)", check=at_least(0))
     weight_decay: float = setting(
-        0.1, "AdamW weight decay on matrices", per_stage={"lora": 0.0, "dpo": 0.0}, check=at_least(0)
+        0.1, "AdamW weight decay on matrices", per_stage={"lora": 0.0, "dpo": 0.0, "grpo": 0.0}, check=at_least(0)
     )
     grad_clip: float = setting(1.0, "max gradient norm", check=positive)
     save_every: int = setting(1000, "checkpoint every N optimizer steps (and at the end)", check=at_least(1))
@@ -291,6 +292,52 @@ class TrainConfig:
         stages=("dpo",),
         check=one_of(*REF_MODES),
     )
+    # RL with verifiable rewards (rl/grpo.py): G sampled replies per prompt, rewarded, compared
+    # within their group, trained on for a few update iterations; a KL pull to the start model.
+    num_generations: int = setting(
+        4, "grpo: replies sampled per prompt (the group)", stages=("grpo",), check=at_least(2), resume_fixed=True
+    )
+    max_gen_len: int = setting(
+        256, "grpo: most tokens of a sampled reply", stages=("grpo",), check=at_least(1), resume_fixed=True
+    )
+    temperature: float = setting(
+        1.0, "grpo: sampling temperature of the rollouts", stages=("grpo",), check=positive, resume_fixed=True
+    )
+    top_p: float = setting(
+        1.0,
+        "grpo: nucleus sampling of the rollouts (1 = off)",
+        stages=("grpo",),
+        check=between(0.01, 1),
+        resume_fixed=True,
+    )
+    loss: str = setting(
+        "cispo",
+        "grpo: cispo (default, MiniMind's), grpo (clipped ratio) or dr_grpo (no std, constant normaliser)",
+        stages=("grpo",),
+        check=one_of(*RL_LOSSES),
+    )
+    epsilon: float = setting(0.2, "grpo: clip range of the ratio (grpo, dr_grpo)", stages=("grpo",), check=positive)
+    epsilon_high: float = setting(5.0, "grpo: cispo's cap on the importance weight", stages=("grpo",), check=positive)
+    iterations: int = setting(
+        2,
+        "grpo: optimizer steps on each batch of rollouts (from the second on, the ratio moves)",
+        stages=("grpo",),
+        check=at_least(1),
+        resume_fixed=True,
+    )
+    kl_beta: float = setting(
+        0.1, "grpo: weight of the k3 KL to the starting model (0: no reference)", stages=("grpo",), check=at_least(0)
+    )
+    reward: str = setting(
+        "exact_answer=1",
+        "grpo: built-in rewards and weights, e.g. exact_answer=1,think_format=0.2,repetition=0.5",
+        stages=("grpo",),
+    )
+    reward_fn: list[str] = setting(
+        help="grpo: your own rewards, module:function or file.py:function (weight 1 each)",
+        factory=list,
+        stages=("grpo",),
+    )
     # A bool that defaults to True is turned off on the command line: --no-progress.
     progress: bool = setting(True, "no progress bar")
 
@@ -339,6 +386,13 @@ class TrainConfig:
                 "--random-system-prompt and --strip-empty-think are SFT augmentations; "
                 "dpo renders both sides of a pair the same way"
             )
+        if s == "grpo" and self.save_every % self.iterations:
+            raise MiniMindError(
+                f"--save-every {self.save_every} must be a multiple of --iterations {self.iterations}: a "
+                "checkpoint falls between two batches of rollouts, so a resumed run samples them again exactly"
+            )
+        if s == "grpo" and self.uses_lora:
+            raise MiniMindError("minimind grpo trains the whole model; --lora-rank is not supported yet")
         if s == "distill" and not self.teacher:
             raise MiniMindError("minimind distill needs --teacher DIR (the model to learn from)")
         if s == "lora" and self.lora_rank < 1:

@@ -133,6 +133,7 @@ STAGE_OBJECTIVES = {
     "distill": "minimind.train.distill:DistillObjective",
     "lora": "minimind.train.objectives:LMObjective",
     "dpo": "minimind.train.dpo:DPOObjective",
+    "grpo": "minimind.rl.grpo:GRPOObjective",
 }
 
 
