@@ -3,6 +3,7 @@
     minimind eval --model DIR --task ceval --data DATA/ceval [--shots 5] [--template chat|raw]
     minimind eval --model DIR --task ppl   --data FILE.txt|FILE.jsonl [--window 512 --stride 256]
     minimind eval --model DIR --task gsm8k --data FILE.jsonl [--think] [--max-new-tokens 512]
+    minimind eval --model DIR --task toolcall --data FILE.jsonl [--max-turns 3]
 
 Input is read and checked before the model is loaded, so a bad data path costs nothing.
 Progress and notes go to stderr; the result (a table, or JSON with --json) to stdout.
@@ -24,7 +25,14 @@ from .results import write_result
 # The task modules, checkpoint and device import torch: they are imported inside the functions
 # that use them, so that building the CLI's parsers (which imports this module) stays instant.
 
-TASKS = {"ceval": "choice", "cmmlu": "choice", "mmlu": "choice", "ppl": "perplexity", "gsm8k": "exact_match"}
+TASKS = {
+    "ceval": "choice",
+    "cmmlu": "choice",
+    "mmlu": "choice",
+    "ppl": "perplexity",
+    "gsm8k": "exact_match",
+    "toolcall": "toolcall",
+}
 
 
 def log(*args, **kwargs) -> None:
@@ -57,6 +65,12 @@ def load_task_data(args):
         from .perplexity import read_documents
 
         return read_documents(args.data, args.limit)
+    if kind == "toolcall":
+        from .toolcall import read_toolcall_prompts
+
+        if args.max_turns < 1:
+            raise MiniMindError(f"--max-turns {args.max_turns}: must be at least 1")
+        return read_toolcall_prompts(args.data, args.limit)
     from .exact_match import read_problems
 
     return read_problems(args.data, args.limit)
@@ -77,6 +91,20 @@ def run_task(args, model, tokenizer, data) -> dict:
         from .perplexity import evaluate_perplexity
 
         return evaluate_perplexity(model, tokenizer, data, args.window, args.stride, args.batch_size)
+    if kind == "toolcall":  # agentic rollouts with the built-in tools (evaluate/toolcall.py)
+        from .toolcall import evaluate_toolcall
+
+        result = evaluate_toolcall(
+            model,
+            tokenizer,
+            data,
+            max_turns=args.max_turns,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            batch_size=args.batch_size,
+            thinking=args.think,
+        )
+        return {"thinking": args.think, **result}
     from .exact_match import evaluate_exact_match
 
     result = evaluate_exact_match(
@@ -112,6 +140,10 @@ def format_result(r: dict) -> str:
             f"({m['tokens']:,} tokens, {m['bytes']:,} bytes, {d['documents']} documents; window {d['window']}, "
             f"stride {d['stride']})"
         )
+    elif r["kind"] == "toolcall":
+        from .toolcall import format_toolcall
+
+        lines.append(format_toolcall(r))
     else:
         for e in r["details"]["examples"]:
             lines.append(
@@ -190,13 +222,15 @@ def register(verbs) -> None:
         required=True,
         choices=list(TASKS),
         help="ceval, cmmlu, mmlu: multiple choice by letter log-probability; ppl: perplexity and bits "
-        "per byte; gsm8k: math answers by exact match of the final number",
+        "per byte; gsm8k: math answers by exact match of the final number; toolcall: agentic "
+        "rollouts with the built-in tools, scored for tool-call validity and final-answer accuracy",
     )
     p.add_argument(
         "--data",
         required=True,
         help="choice: the data set directory (with dev/ and val/ or test/) or "
-        "one CSV; ppl: a .txt or {text} .jsonl file; gsm8k: a .jsonl file",
+        "one CSV; ppl: a .txt or {text} .jsonl file; gsm8k: a .jsonl file; toolcall: "
+        "an agent-RL .jsonl file (system message with tools, gt)",
     )
     p.add_argument("--limit", type=int, help="only the first N questions (per subject for choice tasks) / documents")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -234,6 +268,8 @@ def register(verbs) -> None:
     g.add_argument("--think", action="store_true", help="let the model reason in a <think> block first")
     g.add_argument("--max-new-tokens", type=int, default=512, help="most tokens per answer (default 512)")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    g = p.add_argument_group("tool calling (toolcall; also takes --think, --max-new-tokens per reply, --temperature)")
+    g.add_argument("--max-turns", type=int, default=3, help="most model replies per conversation (default 3)")
     p.set_defaults(func=cmd_eval)
 
     # `minimind lm-eval` (lm-evaluation-harness) and `minimind report` (Markdown + plots)

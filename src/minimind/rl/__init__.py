@@ -18,6 +18,7 @@ from .rewards import (
     parse_weights,
     register_reward,
 )
+from .rollout import Trajectory, agent_rollouts
 from .tools import BUILTIN_SCHEMAS, ToolBox, ToolCall, ToolError, ToolResult, check_arguments, parse_tool_calls
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
     "ToolCall",
     "ToolError",
     "ToolResult",
+    "Trajectory",
+    "agent_rollouts",
     "calculate",
     "check_arguments",
     "combine",
