@@ -2,11 +2,17 @@
 this folder on sys.path)."""
 
 import json
+import os
 import random
 import re
+import socket
+import subprocess
+import sys
+import time
 from itertools import accumulate
 from pathlib import Path
 
+import pytest
 import torch
 
 from minimind.config import preset
@@ -293,3 +299,46 @@ def rl_records(n: int = 20, seed: int = 0) -> list[dict]:
             }
         )
     return out
+
+
+def start_server(model_dir: Path, log_path: Path, *flags: str, env: dict | None = None):
+    """`minimind serve` on a free loopback port; returns (process, base URL) once /health answers.
+    Output goes to log_path. No API key unless `env` gives MINIMIND_API_KEY (or a flag does)."""
+    import httpx  # (here: only the serve tests need it)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    extra, env = env or {}, {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("MINIMIND_API_KEY", None)  # no key unless `env` gives one
+    env.update(extra)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "minimind.cli",
+                "serve",
+                "--model",
+                str(model_dir),
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                *flags,
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120  # a busy machine imports torch slowly
+    while True:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"minimind serve did not start:\n{log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.1)

@@ -42,6 +42,31 @@ def run_cli(capsys, *argv):
     return code, out, err
 
 
+def pretrain_argv(corpus, tok_dir, out, steps: int, *extra) -> list:
+    """`minimind pretrain` of a fresh nano model on the test corpus, for `steps` steps."""
+    return [
+        "pretrain",
+        "--data",
+        corpus["pretrain"],
+        "--preset",
+        "nano",
+        "--tokenizer",
+        tok_dir,
+        "--out",
+        out,
+        "--max-steps",
+        str(steps),
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "64",
+        "--cache-dir",
+        corpus["cache"],
+        "--no-progress",
+        *extra,
+    ]
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
@@ -238,26 +263,7 @@ def test_out_holding_a_model_that_no_run_made_needs_overwrite(capsys, tmp_path, 
     out = tmp_path / "mine"
     shutil.copytree(base_model, out)
     before = _snapshot(out)
-    argv = [
-        "pretrain",
-        "--data",
-        corpus["pretrain"],
-        "--preset",
-        "nano",
-        "--tokenizer",
-        tok_dir,
-        "--out",
-        out,
-        "--max-steps",
-        "2",
-        "--batch-size",
-        "4",
-        "--seq-len",
-        "64",
-        "--cache-dir",
-        corpus["cache"],
-        "--no-progress",
-    ]
+    argv = pretrain_argv(corpus, tok_dir, out, 2)
     code, _, err = run_cli(capsys, *argv)
     assert code == 2 and "holds a model directory that no minimind pretrain run made there" in err
     assert "--overwrite" in err and _snapshot(out) == before
@@ -342,27 +348,7 @@ def test_full_disk_message_through_the_command(capsys, monkeypatch, tmp_path, co
     monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
     monkeypatch.setattr("minimind.checkpoint.save_file", full_disk)
     out = tmp_path / "run"
-    code, _, err = run_cli(
-        capsys,
-        "pretrain",
-        "--data",
-        corpus["pretrain"],
-        "--preset",
-        "nano",
-        "--tokenizer",
-        tok_dir,
-        "--out",
-        out,
-        "--max-steps",
-        "1",
-        "--batch-size",
-        "4",
-        "--seq-len",
-        "64",
-        "--cache-dir",
-        corpus["cache"],
-        "--no-progress",
-    )
+    code, _, err = run_cli(capsys, *pretrain_argv(corpus, tok_dir, out, 1))
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert f"error: {out}/checkpoints/step-00000001/model.safetensors: cannot write (No space left on device;" in err
     assert "free on that disk); the earlier checkpoints are intact" in err
@@ -907,32 +893,7 @@ def test_battery_of_broken_tokenizer_model_and_checkpoint_files(capsys, tmp_path
         tally.add(name, _judge(status, text, [str(d / file) if file else str(d)]), text)
         n += 1
     run = tmp_path / "run"
-    argv = [
-        "pretrain",
-        "--data",
-        corpus["pretrain"],
-        "--preset",
-        "nano",
-        "--tokenizer",
-        tok_dir,
-        "--out",
-        run,
-        "--max-steps",
-        "3",
-        "--batch-size",
-        "4",
-        "--seq-len",
-        "64",
-        "--save-every",
-        "3",
-        "--val-fraction",
-        "0",
-        "--cache-dir",
-        corpus["cache"],
-        "--no-progress",
-        "--seed",
-        "3",
-    ]
+    argv = pretrain_argv(corpus, tok_dir, run, 3, "--save-every", "3", "--val-fraction", "0", "--seed", "3")
     assert _cli(capsys, *argv)[0] == "ok"
     ckpt = list_checkpoints(run)[-1]
     pristine = tmp_path / "pristine"

@@ -81,6 +81,13 @@ def weights(out):
     return load_file(str(out / "model.safetensors"))
 
 
+def assert_same_run(out, ref):
+    """Every step's loss and reward, and the final weights bit for bit, as the reference run's."""
+    assert losses(out) == losses(ref)
+    expected = weights(ref)
+    assert all(torch.equal(v, expected[k]) for k, v in weights(out).items())
+
+
 # ----------------------------------------------------------------------------- the losses
 
 
@@ -160,9 +167,7 @@ def test_resume_after_a_crash_between_rollouts_is_exact(setup_dir, tmp_path, mon
     monkeypatch.delenv("GRPO_TEST_CRASH_AT")
     assert [c.name for c in list_checkpoints(out)] == ["step-00000002"]  # it crashed after step 2
     train(config(setup_dir, out, resume=True))
-    assert losses(out) == losses(tmp_path / "ref")
-    ref = weights(tmp_path / "ref")
-    assert all(torch.equal(v, ref[k]) for k, v in weights(out).items())
+    assert_same_run(out, tmp_path / "ref")
 
 
 def test_resume_after_ctrl_c_inside_a_batch_of_rollouts_is_exact(setup_dir, tmp_path, monkeypatch):
@@ -177,9 +182,7 @@ def test_resume_after_ctrl_c_inside_a_batch_of_rollouts_is_exact(setup_dir, tmp_
     assert stopped.value.step == 3 and signal.getsignal(signal.SIGINT) is before
     monkeypatch.delenv("GRPO_TEST_STOP_AT")
     train(config(setup_dir, out, resume=True))
-    assert losses(out) == losses(tmp_path / "ref")
-    ref = weights(tmp_path / "ref")
-    assert all(torch.equal(v, ref[k]) for k, v in weights(out).items())
+    assert_same_run(out, tmp_path / "ref")
 
 
 def test_bad_settings_fail_before_training(setup_dir, tmp_path):

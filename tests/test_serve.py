@@ -7,10 +7,6 @@ on text the model really generated.
 """
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -19,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import scrambled_model
+from helpers import scrambled_model, start_server
 from minimind.checkpoint import save_model_dir
 
 openai = pytest.importorskip("openai")
@@ -81,38 +77,8 @@ def server(tmp_path_factory, tok):
     torch.set_num_threads(threads)
     model_dir = tmp_path_factory.mktemp("serve") / "nano"
     save_model_dir(model, model_dir, tokenizer)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "MINIMIND_API_KEY": KEY, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "minimind.cli",
-            "serve",
-            "--model",
-            str(model_dir),
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_server(model_dir, model_dir.parent / "server.log", env={"MINIMIND_API_KEY": KEY})
     try:
-        for _ in range(600):  # wait for /health (the process imports torch and loads the model)
-            if proc.poll() is not None:
-                pytest.fail(f"server exited: {proc.stdout.read()}")
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
         yield url
     finally:
         proc.terminate()

@@ -13,11 +13,7 @@ kept: no request may leave a traceback in it.
 """
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,7 +22,7 @@ import httpx
 import pytest
 import torch
 
-from helpers import scrambled_model
+from helpers import scrambled_model, start_server
 from minimind.checkpoint import save_model_dir
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -34,46 +30,6 @@ LIMIT = 4096  # --max-tokens-limit of the test server
 MAX_MESSAGES = 64
 MAX_BODY_MB = 8
 JSON = {"Content-Type": "application/json"}
-
-
-def start_server(model_dir: Path, log_path: Path, *flags: str, env: dict | None = None):
-    """`minimind serve` on a free loopback port; returns (process, base URL). Output goes to log_path."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    extra, env = env or {}, {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("MINIMIND_API_KEY", None)  # no key unless `env` gives one
-    env.update(extra)
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "minimind.cli",
-                "serve",
-                "--model",
-                str(model_dir),
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-                *flags,
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120  # a busy machine imports torch slowly
-    while True:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"minimind serve did not start:\n{log_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,12 @@ cards and says so clearly when the server is gone. Screenshots land in the test'
 
 import json
 import shutil
-import socket
-import subprocess
-import sys
 import time
 
 import httpx
 import pytest
 
+from helpers import start_server
 from minimind.cli import main
 
 PEERS = "scripts/install-test-peers.sh"
@@ -31,49 +29,15 @@ pytestmark = pytest.mark.skipif(
 API_KEY = "sk-web-test"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path, tok_dir):
     """`minimind serve` on a free port with a fresh nano model and an API key; yields (url, process)."""
     model = tmp_path / "nano"
     assert main(["init", "--preset", "nano", "--tokenizer", str(tok_dir), "--out", str(model)]) == 0
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    with open(tmp_path / "server.log", "wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "minimind.cli",
-                "serve",
-                "--model",
-                str(model),
-                "--port",
-                str(port),
-                "--api-key",
-                API_KEY,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 120  # generous: a busy CI machine loads torch slowly
-        while True:  # wait until it answers (loading torch and the model takes a few seconds)
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"minimind serve did not start:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        yield url, proc
-        proc.kill()
-        proc.wait()
+    proc, url = start_server(model, tmp_path / "server.log", "--api-key", API_KEY)
+    yield url, proc
+    proc.kill()
+    proc.wait()
 
 
 @pytest.fixture

@@ -114,6 +114,7 @@ def cmd_tokenizer_train(args) -> None:
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    """The generation flags of chat and generate-data (read back by SamplingParams.from_flags)."""
     g = p.add_argument_group("generation")
     g.add_argument("--max-new-tokens", type=int, default=1024, help="most tokens per reply (default 1024)")
     g.add_argument("--temperature", type=float, default=0.85, help="0 = greedy (default 0.85, MiniMind's)")

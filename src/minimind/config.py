@@ -165,20 +165,16 @@ def _minimind3(hidden=768, layers=8, heads=8, kv_heads=4, ffn_ratio=None, **kw) 
     """The minimind-3 layout. The SwiGLU width follows the hidden size: minimind3_ffn, or
     ffn_ratio * hidden for the small CPU presets."""
     ffn = round(hidden * ffn_ratio) if ffn_ratio else minimind3_ffn(hidden)
-    return ModelConfig(
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        head_dim=hidden // heads,
-        intermediate_size=ffn,
-        moe_intermediate_size=ffn,
-        **kw,
-    )
+    return _layout(hidden, layers, heads, kv_heads, ffn, **kw)
 
 
 def _minimind2(hidden=512, layers=8, heads=8, kv_heads=2, **kw) -> ModelConfig:
-    ffn = minimind2_ffn(hidden)
+    return _layout(hidden, layers, heads, kv_heads, minimind2_ffn(hidden), rms_norm_eps=1e-5, qk_norm=False, **kw)
+
+
+def _layout(hidden, layers, heads, kv_heads, ffn, **kw) -> ModelConfig:
+    """What both layouts share: head_dim = hidden / heads, and one SwiGLU width for the dense
+    FFN and for each expert."""
     return ModelConfig(
         hidden_size=hidden,
         num_hidden_layers=layers,
@@ -187,8 +183,6 @@ def _minimind2(hidden=512, layers=8, heads=8, kv_heads=2, **kw) -> ModelConfig:
         head_dim=hidden // heads,
         intermediate_size=ffn,
         moe_intermediate_size=ffn,
-        rms_norm_eps=1e-5,
-        qk_norm=False,
         **kw,
     )
 

@@ -138,7 +138,8 @@ class Engine:
             )
         tokens = self._sampling.choose(self.logits, self.seen, self.counts)
         chosen = tokens.tolist()
-        self._record_logprobs(tokens, chosen)
+        if self._sampling.any_logprobs:
+            self._record_logprobs(tokens, chosen)
         if self.seen is not None or self.counts is not None:
             real = tokens.clamp(min=0)[:, None]  # a failed row (-1) leaves the batch anyway
             if self.seen is not None:

@@ -21,11 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import torch
-
 from ..errors import MiniMindError
 from .engine import Engine
-from .sequence import Completion, SamplingParams, Sequence
+from .sequence import Completion, SamplingParams, Sequence, seeded_generator
 
 
 class _EvalMode:
@@ -66,8 +64,7 @@ def _sequences(model, tokenizer, prompts, params: SamplingParams, track_text: bo
     from torch's global RNG when it is None)."""
     generator = None
     if isinstance(params, SamplingParams) and params.temperature > 0:
-        seed = params.seed if params.seed is not None else int(torch.randint(2**62, ()).item())
-        generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+        generator = seeded_generator(params, next(model.parameters()).device)
     sequences = []
     for i, prompt in enumerate(prompts):
         try:

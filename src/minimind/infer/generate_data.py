@@ -205,14 +205,7 @@ def generate_data(
 
 def generate_data_main(args) -> None:
     """`minimind generate-data` (its flags are defined in cli.py)."""
-    params = SamplingParams(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        repetition_penalty=args.repetition_penalty,
-        seed=args.seed,
-    )
+    params = SamplingParams.from_flags(args)
     generate_data(
         args.model,
         args.prompts,

@@ -128,14 +128,7 @@ def chat_main(args) -> None:
     model, tokenizer = load(
         args.model, device=device, dtype=resolve_inference_dtype(args.dtype, device), lora=args.lora
     )
-    params = SamplingParams(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        repetition_penalty=args.repetition_penalty,
-        seed=args.seed,
-    )
+    params = SamplingParams.from_flags(args)
     session = ChatSession(model, tokenizer, params, system=args.system, think=args.think, raw=args.raw)
     if args.prompt is not None:
         session.reply(args.prompt)

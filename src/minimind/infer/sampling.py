@@ -89,6 +89,7 @@ class BatchSampling:
         self.any_top_p = any(p.top_p < 1.0 and not g for p, g in zip(params, greedy))
         self.any_repetition = any(p.repetition_penalty != 1.0 for p in params)
         self.any_openai = any(p.frequency_penalty or p.presence_penalty for p in params)
+        self.any_logprobs = any(p.logprobs or p.top_logprobs for p in params)
 
         def setting(values, dtype=torch.float32):
             """One number for a uniform batch, else a [B, 1] tensor."""

@@ -76,6 +76,20 @@ class SamplingParams:
         if problems:
             raise MiniMindError("invalid sampling parameters: " + "; ".join(problems))
 
+    @classmethod
+    def from_flags(cls, args) -> SamplingParams:
+        """The settings of the generation flags every generating command shares
+        (cli.add_sampling_args: --max-new-tokens, --temperature, --top-p, --top-k,
+        --repetition-penalty, --seed)."""
+        return cls(
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            repetition_penalty=args.repetition_penalty,
+            seed=args.seed,
+        )
+
     @property
     def penalised(self) -> bool:
         """True when any penalty looks at earlier tokens (the engine then tracks them)."""
@@ -149,8 +163,7 @@ class Sequence:
             stop_ids = () if tokenizer.eos_token_id is None else (tokenizer.eos_token_id,)
         self.stop_ids = frozenset(stop_ids)
         if generator is None and params.temperature > 0:
-            seed = params.seed if params.seed is not None else int(torch.randint(2**62, ()).item())
-            generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+            generator = seeded_generator(params, next(model.parameters()).device)
         self.generator = generator
         self.cancelled = False  # set from any thread; the engine drops the row before its next step
 
@@ -241,6 +254,13 @@ class Sequence:
             logprobs=self.logprobs,
             error=self.error,
         )
+
+
+def seeded_generator(params: SamplingParams, device) -> torch.Generator:
+    """The random generator a sampled row draws from: seeded by params.seed, or from torch's
+    global RNG when it is None (so torch.manual_seed still makes a run repeatable)."""
+    seed = params.seed if params.seed is not None else int(torch.randint(2**62, ()).item())
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def _checked_prompt(model, prompt) -> list[int]:

@@ -261,9 +261,10 @@ class GRPOObjective(Objective):
             per_token = per_token + cfg.kl_beta * k3
         m = batch["reply_mask"][:, 1:].float()
         units = self.count(batch)
+        per_reply_token = units / max(m.sum().item(), 1.0)  # loss units per reply token (1 but for dr_grpo)
         metrics = {  # sums over the loss units, as the trainer wants them
-            "kl": (k3.detach() * m).sum().item() * (units / max(m.sum().item(), 1.0)),
-            "clipped": (clipped.float() * m).sum().item() * (units / max(m.sum().item(), 1.0)),
+            "kl": (k3.detach() * m).sum().item() * per_reply_token,
+            "clipped": (clipped.float() * m).sum().item() * per_reply_token,
             "reward": batch["rewards"].mean().item() * units,
             "reply_len": m.sum(dim=1).mean().item() * units,
         }

@@ -99,10 +99,15 @@ class LMObjective(Objective):
     name = "lm"
 
     def build_data(self, cfg, tokenizer):
+        return self.datasets(cfg, tokenizer, cfg.data, "pretrain" if cfg.stage == "pretrain" else "sft")
+
+    @staticmethod
+    def datasets(cfg, tokenizer, files: list[str], kind: str):
+        """Packed train/validation datasets of `files` with the run's data settings."""
         return build_datasets(
-            cfg.data,
+            files,
             tokenizer,
-            kind="pretrain" if cfg.stage == "pretrain" else "sft",
+            kind=kind,
             seq_len=cfg.seq_len,
             val_fraction=cfg.val_fraction,
             seed=cfg.seed,

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..data import BadRecords, build_datasets, default_cache_dir, read_records
+from ..data import BadRecords, default_cache_dir, read_records
 from ..errors import MiniMindError
 from ..files import atomic_write_text
 from .objectives import LMObjective, SetupContext, packed_attention_mask
@@ -129,18 +129,7 @@ class ReasonObjective(LMObjective):
         out_dir = default_cache_dir(cfg.cache_dir) / "reason-mix"
         mixed = [mixed_file(f, cfg.think_mix, cfg.seed, out_dir, cfg.on_bad_record) for f in cfg.data]
         self.mix_counts = {k: sum(c[k] for _, c in mixed) for k in mixed[0][1]}
-        return build_datasets(
-            [p for p, _ in mixed],
-            tokenizer,
-            kind="sft",
-            seq_len=cfg.seq_len,
-            val_fraction=cfg.val_fraction,
-            seed=cfg.seed,
-            cache_dir=cfg.cache_dir,
-            on_bad_record=cfg.on_bad_record,
-            random_system_prompt=cfg.random_system_prompt,
-            strip_empty_think=cfg.strip_empty_think,
-        )
+        return self.datasets(cfg, tokenizer, [p for p, _ in mixed], "sft")
 
     def setup(self, ctx: SetupContext) -> None:
         if ctx.dist.is_main:
