@@ -39,8 +39,10 @@ def test_flags_are_derived_from_the_fields():
     types = setting_types()
     assert types["max_steps"] is int and types["min_lr"] is float and types["teacher"] is str
     assert typing.get_origin(types["data"]) is list and types["fsdp"] is bool
+    vlm = next(a for a in verbs["vlm"]._actions if isinstance(a, argparse._SubParsersAction)).choices
     for stage in STAGES:
-        dests = {a.dest for a in verbs[stage]._actions} - {"help", "config", "verb", argparse.SUPPRESS}  # lora: merge
+        parser_of = vlm[stage[4:]] if stage.startswith("vlm_") else verbs[stage]  # `minimind vlm pretrain|sft`
+        dests = {a.dest for a in parser_of._actions} - {"help", "config", "verb", argparse.SUPPRESS}  # lora: merge
         names = {f.name for f in stage_fields(stage)} - {"shape"} | (set(SHAPE_FLAGS) if stage == "pretrain" else set())
         assert dests == names, stage
     assert "teacher" not in {a.dest for a in verbs["sft"]._actions}  # a distill-only setting

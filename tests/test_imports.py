@@ -45,7 +45,7 @@ LAYERS = [
     ["minimind.infer"],
     ["minimind.train", "minimind.rl", "minimind.evaluate", "minimind.export"],
     ["minimind.serve"],
-    ["minimind.info", "minimind.quickstart", "minimind.cli"],
+    ["minimind.info", "minimind.quickstart", "minimind.vision_quickstart", "minimind.cli"],
 ]
 
 # Edges that break a rule while another change removes them: (importer, imported) -> why.

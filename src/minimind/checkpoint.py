@@ -27,12 +27,26 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
 
+def _tied_names(model) -> tuple[str, str]:
+    """(lm_head, embedding) names in the model's state dict: a vision-language model keeps the
+    language model's names under a prefix (`lm.`)."""
+    prefix = getattr(model, "lm_prefix", "")
+    return prefix + "lm_head.weight", prefix + "model.embed_tokens.weight"
+
+
+def _unsaved(model, name: str) -> bool:
+    """A tensor never written to our weights: a frozen transformers vision tower, which is
+    read from its own directory (named in config.json)."""
+    return name.startswith(tuple(getattr(model, "unsaved_prefixes", ())))
+
+
 def weights_state_dict(model: MiniMindForCausalLM, state_dict: dict | None = None) -> dict[str, torch.Tensor]:
-    """The state dict as stored on disk: tied lm_head left out (it *is* the embedding)."""
+    """The state dict as stored on disk: tied lm_head left out (it *is* the embedding), and
+    a frozen vision tower too."""
     sd = state_dict if state_dict is not None else model.state_dict()
-    sd = {k: v.detach().contiguous() for k, v in sd.items()}
+    sd = {k: v.detach().contiguous() for k, v in sd.items() if not _unsaved(model, k)}
     if model.config.tie_word_embeddings:
-        sd.pop("lm_head.weight", None)
+        sd.pop(_tied_names(model)[0], None)
     return sd
 
 
@@ -65,16 +79,16 @@ def read_weights(path: str | Path, model: MiniMindForCausalLM) -> dict[str, torc
     shape of its config); returns the full state dict, tied lm_head included."""
     path = Path(path)
     sd = read_safetensors(path, "weights file")
-    expected = model.state_dict()  # names and shapes (under FSDP: the full shapes)
+    full = model.state_dict()  # names and shapes (under FSDP: the full shapes)
+    expected = {k: v for k, v in full.items() if not _unsaved(model, k)}
     tied = model.config.tie_word_embeddings
-    if tied and "lm_head.weight" in sd:
+    head, embed = _tied_names(model)
+    if tied and head in sd:
         # A tied model saved by a tool that writes both names: accept only a true copy.
-        if "model.embed_tokens.weight" in sd and not torch.equal(sd["lm_head.weight"], sd["model.embed_tokens.weight"]):
-            raise MiniMindError(
-                f"{path}: tie_word_embeddings is true but lm_head.weight differs from model.embed_tokens.weight"
-            )
-        sd.pop("lm_head.weight")
-    wanted = set(expected) - ({"lm_head.weight"} if tied else set())
+        if embed in sd and not torch.equal(sd[head], sd[embed]):
+            raise MiniMindError(f"{path}: tie_word_embeddings is true but {head} differs from {embed}")
+        sd.pop(head)
+    wanted = set(expected) - ({head} if tied else set())
     missing, unexpected = sorted(wanted - set(sd)), sorted(set(sd) - wanted)
     problems = []
     if missing:
@@ -87,7 +101,8 @@ def read_weights(path: str | Path, model: MiniMindForCausalLM) -> dict[str, torc
     if problems:
         raise MiniMindError(f"{path}: weights do not match config.json: " + "; ".join(problems[:5]))
     if tied:
-        sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
+        sd[head] = sd[embed]
+    sd.update({k: v for k, v in full.items() if _unsaved(model, k)})  # the frozen tower, as loaded
     return sd
 
 
@@ -111,7 +126,12 @@ def load_model(
     config = ModelConfig.load(d / CONFIG_NAME)
     # Built on the CPU with its (wasted) random init: building on the meta device instead
     # imports torch._dynamo for the init functions, which costs more (2-9 s) than the init.
-    model = MiniMindForCausalLM(config)
+    if "vision" in config.extra:  # a vision-language model (config.json has a `vision` section)
+        from .model.vlm import MiniMindVLM
+
+        model = MiniMindVLM(config, base_dir=d)
+    else:
+        model = MiniMindForCausalLM(config)
     load_weights(model, d / WEIGHTS_NAME)
     model.eval()
     return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)

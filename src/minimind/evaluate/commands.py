@@ -4,6 +4,7 @@
     minimind eval --model DIR --task ppl   --data FILE.txt|FILE.jsonl [--window 512 --stride 256]
     minimind eval --model DIR --task gsm8k --data FILE.jsonl [--think] [--max-new-tokens 512]
     minimind eval --model DIR --task toolcall --data FILE.jsonl [--max-turns 3]
+    minimind eval --model VLM_DIR --task vqa --data FILE.jsonl|FILE.parquet [--blank-images]
 
 Input is read and checked before the model is loaded, so a bad data path costs nothing.
 Progress and notes go to stderr; the result (a table, or JSON with --json) to stdout.
@@ -32,6 +33,7 @@ TASKS = {
     "ppl": "perplexity",
     "gsm8k": "exact_match",
     "toolcall": "toolcall",
+    "vqa": "vqa",
 }
 
 
@@ -57,6 +59,8 @@ def load_task_data(args):
         raise MiniMindError(f"--shots {args.shots}: must be 0 or more")
     if args.shots and kind != "choice":
         raise MiniMindError(f"--shots applies to multiple-choice tasks (ceval, cmmlu, mmlu), not {args.task}")
+    if getattr(args, "blank_images", False) and kind != "vqa":
+        raise MiniMindError(f"--blank-images applies to --task vqa, not {args.task}")
     if kind == "choice":
         from .choice import load_exam
 
@@ -71,6 +75,10 @@ def load_task_data(args):
         if args.max_turns < 1:
             raise MiniMindError(f"--max-turns {args.max_turns}: must be at least 1")
         return read_toolcall_prompts(args.data, args.limit)
+    if kind == "vqa":
+        from .vqa import read_vqa
+
+        return read_vqa(args.data, args.limit)
     from .exact_match import read_problems
 
     return read_problems(args.data, args.limit)
@@ -105,6 +113,22 @@ def run_task(args, model, tokenizer, data) -> dict:
             thinking=args.think,
         )
         return {"thinking": args.think, **result}
+    if kind == "vqa":  # image questions for a vision-language model (evaluate/vqa.py)
+        from .vqa import evaluate_vqa
+
+        result = evaluate_vqa(
+            model,
+            tokenizer,
+            data,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            batch_size=args.batch_size,
+            thinking=args.think,
+            blank=args.blank_images,
+            progress=show_progress,
+        )
+        # the blank-image control is saved beside the real score (eval/vqa_blank.json), not over it
+        return {"thinking": args.think, **result, **({"task": "vqa_blank"} if args.blank_images else {})}
     from .exact_match import evaluate_exact_match
 
     result = evaluate_exact_match(
@@ -144,6 +168,10 @@ def format_result(r: dict) -> str:
         from .toolcall import format_toolcall
 
         lines.append(format_toolcall(r))
+    elif r["kind"] == "vqa":
+        from .vqa import format_vqa
+
+        lines.append(format_vqa(r))
     else:
         for e in r["details"]["examples"]:
             lines.append(
@@ -223,14 +251,16 @@ def register(verbs) -> None:
         choices=list(TASKS),
         help="ceval, cmmlu, mmlu: multiple choice by letter log-probability; ppl: perplexity and bits "
         "per byte; gsm8k: math answers by exact match of the final number; toolcall: agentic "
-        "rollouts with the built-in tools, scored for tool-call validity and final-answer accuracy",
+        "rollouts with the built-in tools, scored for tool-call validity and final-answer accuracy; "
+        "vqa: questions about images (vision-language models), scored by the answer in the reply",
     )
     p.add_argument(
         "--data",
         required=True,
         help="choice: the data set directory (with dev/ and val/ or test/) or "
         "one CSV; ppl: a .txt or {text} .jsonl file; gsm8k: a .jsonl file; toolcall: "
-        "an agent-RL .jsonl file (system message with tools, gt)",
+        "an agent-RL .jsonl file (system message with tools, gt); vqa: a .jsonl of {image, question, "
+        "answer[, type]} (image paths relative to the file) or a MiniMind-V style .parquet with image_bytes",
     )
     p.add_argument("--limit", type=int, help="only the first N questions (per subject for choice tasks) / documents")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -270,6 +300,12 @@ def register(verbs) -> None:
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     g = p.add_argument_group("tool calling (toolcall; also takes --think, --max-new-tokens per reply, --temperature)")
     g.add_argument("--max-turns", type=int, default=3, help="most model replies per conversation (default 3)")
+    g = p.add_argument_group("image questions (vqa; also takes --think, --max-new-tokens, --temperature)")
+    g.add_argument(
+        "--blank-images",
+        action="store_true",
+        help="replace every image with a plain grey one: the control that shows how much the images earn",
+    )
     p.set_defaults(func=cmd_eval)
 
     # `minimind lm-eval` (lm-evaluation-harness) and `minimind report` (Markdown + plots)

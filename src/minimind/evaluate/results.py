@@ -16,6 +16,8 @@ Perplexity: metrics {"perplexity", "bits_per_byte", "tokens", "bytes"}, primary 
 Exact match: metrics {"accuracy", "n", "format_ok"}, primary "accuracy".
 Tool calling: metrics {"accuracy", "answer_score", "validity", "invalid_share", "calls_per_prompt", "n"},
 primary "accuracy".
+Image questions (vqa): metrics {"accuracy", "exact", "chance", "n"}, primary "accuracy"; details
+{"types": {type: {"accuracy", "exact", "chance", "n"}}, ...}.
 
 `write_result` fills "created" and "minimind_version" when absent; `read_results` returns every
 result of a model directory (or adapter directory), sorted by task name.
@@ -33,7 +35,7 @@ from ..errors import MiniMindError
 from ..files import atomic_write_text, read_json_object
 
 REQUIRED = ("task", "kind", "metrics", "primary")
-KINDS = ("choice", "perplexity", "exact_match", "lm_eval", "toolcall")
+KINDS = ("choice", "perplexity", "exact_match", "lm_eval", "toolcall", "vqa")
 
 
 def result_path(task: str, model_dir, lora=None) -> Path:

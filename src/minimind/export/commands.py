@@ -41,6 +41,24 @@ def cmd_import_pth(args) -> None:
         )
 
 
+def cmd_import_v_pth(args) -> None:
+    from .minimind_v_pth import import_minimind_v_pth
+
+    out, model = import_minimind_v_pth(
+        args.file,
+        args.out,
+        args.encoder,
+        tokenizer=args.tokenizer,
+        preset_name=args.preset,
+        dtype=args.dtype,
+        force=args.force,
+    )
+    v = model.vision_config
+    print(f"wrote {out}: a vision-language model, {v.image_tokens} tokens per {v.image_size} px image, tower {v.path}")
+    if args.tokenizer is None:
+        print(f"note: no --tokenizer given; copy MiniMind's tokenizer.json and tokenizer_config.json into {out}")
+
+
 def cmd_import_lora(args) -> None:
     from .minimind_lora import import_minimind_lora
 
@@ -119,6 +137,18 @@ def register(verbs) -> None:
     g.add_argument("--max-position-embeddings", type=int, help="longest context (default 32768)")
     a.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
     a.set_defaults(func=cmd_import_pth)
+
+    a = actions.add_parser("minimind-v-pth", help="a .pth saved by MiniMind-V (minimind-3v: LLM + projector)")
+    a.add_argument("file", help="the .pth file, e.g. sft_vlm_768.pth")
+    a.add_argument(
+        "--encoder", required=True, help="the local SigLIP vision tower directory (e.g. siglip2-base-p32-256-ve)"
+    )
+    a.add_argument("--out", required=True, help="the model directory to create")
+    a.add_argument("--tokenizer", help="directory with tokenizer.json and tokenizer_config.json to copy in")
+    a.add_argument("--preset", help="take what the tensors do not show from this preset, check the rest")
+    a.add_argument("--dtype", default="auto", help="auto (as stored), fp32, fp16, bf16")
+    a.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
+    a.set_defaults(func=cmd_import_v_pth)
 
     a = actions.add_parser("minimind-lora", help="a LoRA adapter .pth saved by the original MiniMind (train_lora.py)")
     a.add_argument("file", help="the adapter .pth file, e.g. out/lora_identity_768.pth")

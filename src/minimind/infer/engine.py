@@ -68,7 +68,11 @@ class Engine:
         ids, mask = ids.to(self.device), mask.to(self.device)
         cache = self.model.new_cache(len(sequences), width + room)
         cache.set_padding(mask)
-        out = self.model(ids, attention_mask=cache.attention_mask(width), cache=cache, logits_to_keep=1)
+        # A vision-language model's images enter at prefill, all newcomers' in row order; a text
+        # model never sees the argument.
+        images = [s.images for s in sequences if s.images is not None]
+        extra = {"pixel_values": torch.cat(images).to(self.device)} if images else {}
+        out = self.model(ids, attention_mask=cache.attention_mask(width), cache=cache, logits_to_keep=1, **extra)
         positions = torch.tensor(lengths, device=self.device)[:, None]
         seen, counts = self._penalty_state(sequences, ids, mask)
         if self.cache is None:

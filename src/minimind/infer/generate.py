@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from ..data.vision import expand_images
 from ..errors import MiniMindError
 from .engine import Engine
 from .sequence import Completion, SamplingParams, Sequence, seeded_generator
@@ -40,17 +41,21 @@ class _EvalMode:
         self.model.train(self.was_training)
 
 
-def generate(model, tokenizer, prompts: list[list[int]], params: SamplingParams | None = None) -> list[Completion]:
+def generate(
+    model, tokenizer, prompts: list[list[int]], params: SamplingParams | None = None, images: list | None = None
+) -> list[Completion]:
     """Generate a completion for each prompt (token id lists, any lengths), as one batch.
 
     Returns one Completion per prompt, in order. Raises MiniMindError for an empty prompt,
     ids outside the vocabulary, or a prompt that already fills the model's context;
     max_new_tokens is clipped per prompt so prompt + completion fit the context.
+    images: for a vision-language model, one entry per prompt: its images preprocessed
+    ([n, 3, S, S], model.preprocess) or None (see Sequence).
     """
     params = params if params is not None else SamplingParams()
     if not prompts:
         return []
-    sequences = _sequences(model, tokenizer, prompts, params, track_text=False)
+    sequences = _sequences(model, tokenizer, prompts, params, track_text=False, images=images)
     with _EvalMode(model):
         engine = Engine(model)
         engine.add(sequences, room=max(s.limit for s in sequences))  # no cache growth mid-way
@@ -59,16 +64,19 @@ def generate(model, tokenizer, prompts: list[list[int]], params: SamplingParams 
     return [s.completion() for s in sequences]
 
 
-def _sequences(model, tokenizer, prompts, params: SamplingParams, track_text: bool) -> list[Sequence]:
+def _sequences(model, tokenizer, prompts, params: SamplingParams, track_text: bool, images=None) -> list[Sequence]:
     """One Sequence per prompt, all drawing from one generator seeded from params.seed (or
     from torch's global RNG when it is None)."""
     generator = None
     if isinstance(params, SamplingParams) and params.temperature > 0:
         generator = seeded_generator(params, next(model.parameters()).device)
+    if images is not None and len(images) != len(prompts):
+        raise MiniMindError(f"images: one entry per prompt is needed, got {len(images)} for {len(prompts)} prompts")
     sequences = []
     for i, prompt in enumerate(prompts):
         try:
-            sequences.append(Sequence(model, tokenizer, prompt, params, generator, track_text))
+            row_images = images[i] if images is not None else None
+            sequences.append(Sequence(model, tokenizer, prompt, params, generator, track_text, images=row_images))
         except MiniMindError as e:
             raise MiniMindError(f"prompt {i}: {e}") from None
     return sequences
@@ -82,9 +90,10 @@ class Stream:
     leaves `.completion` as None.
     """
 
-    def __init__(self, model, tokenizer, prompt_ids: list[int], params: SamplingParams | None = None):
+    def __init__(self, model, tokenizer, prompt_ids: list[int], params: SamplingParams | None = None, images=None):
         self.params = params if params is not None else SamplingParams()
-        [self._sequence] = _sequences(model, tokenizer, [prompt_ids], self.params, track_text=True)
+        rows = None if images is None else [images]
+        [self._sequence] = _sequences(model, tokenizer, [prompt_ids], self.params, track_text=True, images=rows)
         self.prompt = self._sequence.prompt
         self.completion: Completion | None = None
         self._pieces = self._run(model)
@@ -110,16 +119,23 @@ class Stream:
         self._pieces.close()
 
 
-def stream(model, tokenizer, prompt_ids: list[int], params: SamplingParams | None = None) -> Stream:
+def stream(model, tokenizer, prompt_ids: list[int], params: SamplingParams | None = None, images=None) -> Stream:
     """Generate for one prompt, handing out text as it is produced (see Stream).
 
+    images: the prompt's preprocessed images for a vision-language model (see generate()).
     Bad prompts or parameters raise MiniMindError here, not on the first iteration.
     """
-    return Stream(model, tokenizer, prompt_ids, params)
+    return Stream(model, tokenizer, prompt_ids, params, images)
 
 
-def chat_prompt(tokenizer, messages: list[dict], open_thinking: bool = False, tools=None) -> list[int]:
-    """Render a conversation with the chat template, ending with the assistant's turn opener."""
+def chat_prompt(
+    tokenizer, messages: list[dict], open_thinking: bool = False, tools=None, image_tokens: int = 0
+) -> list[int]:
+    """Render a conversation with the chat template, ending with the assistant's turn opener.
+    image_tokens: for a vision-language model (its vision_config.image_tokens), each `<image>` in
+    the messages becomes that many <|image_pad|> tokens, which the images fill at prefill."""
+    if image_tokens:
+        messages = expand_images(messages, image_tokens)
     return tokenizer.encode_chat(messages, tools=tools, add_generation_prompt=True, open_thinking=open_thinking)
 
 

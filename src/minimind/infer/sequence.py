@@ -139,7 +139,11 @@ class Sequence:
     generator: the torch.Generator its random draws come from. None makes one from
         params.seed, so the row samples the same tokens in any company. Rows that share one
         generator object (generate() does, for the batch of one call) draw together.
-    Raises MiniMindError for a prompt the model cannot take (empty, too long, bad ids).
+    images: for a vision-language model, the prompt's images preprocessed ([n, 3, S, S], e.g.
+        model.preprocess(pil_images)), in the order of their <|image_pad|> runs; the engine
+        hands them to the model at prefill. None for text.
+    Raises MiniMindError for a prompt the model cannot take (empty, too long, bad ids, images
+    that do not match its <|image_pad|> runs).
     """
 
     def __init__(
@@ -150,11 +154,13 @@ class Sequence:
         params: SamplingParams | None = None,
         generator: torch.Generator | None = None,
         track_text: bool = True,
+        images: torch.Tensor | None = None,
     ):
         params = params if params is not None else SamplingParams()
         if not isinstance(params, SamplingParams):
             raise MiniMindError(f"params must be a SamplingParams, got {type(params).__name__}")
         self.prompt, self.params, self.tokenizer = _checked_prompt(model, prompt), params, tokenizer
+        self.images = _checked_images(model, self.prompt, images)
         max_pos = model.config.max_position_embeddings
         # Clip instead of failing: users expect "generate until the context is full".
         self.limit = min(params.max_new_tokens, max_pos - len(self.prompt))
@@ -278,6 +284,28 @@ def _checked_prompt(model, prompt) -> list[int]:
             f"{max_pos} (max_position_embeddings), leaving no room to generate"
         )
     return prompt
+
+
+def _checked_images(model, prompt: list[int], images):
+    """The images as a tensor, or a MiniMindError: a model that cannot see, a wrong shape, or a
+    count that does not fill the prompt's <|image_pad|> tokens (checked here, so a bad request
+    fails alone instead of failing the batch it would join)."""
+    if images is None:
+        return None
+    vision = getattr(model, "vision_config", None)
+    if vision is None:
+        raise MiniMindError("this model has no vision encoder: it cannot take images")
+    S = vision.image_size
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or tuple(images.shape[1:]) != (3, S, S):
+        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise MiniMindError(f"images must be a tensor [n, 3, {S}, {S}] (model.preprocess(...)), got {got}")
+    pads = sum(t == vision.image_token_id for t in prompt)
+    if pads != images.shape[0] * vision.image_tokens:
+        raise MiniMindError(
+            f"the prompt has {pads} <|image_pad|> tokens; {images.shape[0]} image(s) need "
+            f"{images.shape[0] * vision.image_tokens} ({vision.image_tokens} each)"
+        )
+    return images if images.shape[0] else None
 
 
 def _stop_prefix_len(text: str, stops: tuple[str, ...], longest: int) -> int:

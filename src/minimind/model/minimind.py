@@ -71,10 +71,12 @@ class MiniMindModel(nn.Module):
         with torch.device("cpu"):
             self.inv_freq, self.rope_scale = rope_inv_freq(self.config)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None):
+        """`inputs_embeds` [B, L, hidden] replaces the token embeddings (the vision-language
+        model puts image features into them); `input_ids` still gives the shape."""
         B, L = input_ids.shape
         past = cache.length if cache is not None else 0
-        h = self.embed_tokens(input_ids)
+        h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         if self.dropout and self.training:
             h = F.dropout(h, self.dropout, training=True)
         mask, is_causal = build_attention_mask(attention_mask, B, L, past, h.device)
@@ -174,12 +176,20 @@ class MiniMindForCausalLM(nn.Module):
         return self
 
     def forward(
-        self, input_ids, attention_mask=None, position_ids=None, cache=None, labels=None, logits_to_keep: int = 0
+        self,
+        input_ids,
+        attention_mask=None,
+        position_ids=None,
+        cache=None,
+        labels=None,
+        logits_to_keep: int = 0,
+        inputs_embeds=None,
     ) -> CausalLMOutput:
         """`labels` are the input ids themselves (shifted inside, -100 = ignore), as in
         transformers. `logits_to_keep=n` computes logits for the last n positions only
-        (generation needs just the last one, saving a [L, vocab] matmul)."""
-        h, aux = self.model(input_ids, attention_mask, position_ids, cache)
+        (generation needs just the last one, saving a [L, vocab] matmul). `inputs_embeds`:
+        see MiniMindModel.forward."""
+        h, aux = self.model(input_ids, attention_mask, position_ids, cache, inputs_embeds)
         logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
         loss = None
         if labels is not None:

@@ -39,6 +39,7 @@ from starlette.middleware.cors import CORSMiddleware
 from ..errors import MiniMindError
 from ..infer.sequence import SamplingParams
 from .guard import ClientGone, RequestGuard, RequireKey, check_origin, read_body
+from .images import ImageLimits, check_image_pads, expand_placeholders, request_images
 from .protocol import (
     APIError,
     ChatRequest,
@@ -88,10 +89,13 @@ def create_app(
     max_messages: int = MAX_MESSAGES,
     host: str = "127.0.0.1",
     allow_origins: tuple[str, ...] = (),
+    image_limits: ImageLimits | None = None,
 ) -> FastAPI:
     """host: the address the server is bound to (for the Host check when there is no key).
     allow_origins: web origins ("http://host:port", or "*" for any) allowed to call the API
-    from a browser (CORS); without a key they also lift the Host/Origin check for themselves."""
+    from a browser (CORS); without a key they also lift the Host/Origin check for themselves.
+    image_limits: where images may come from and how big they may be, for a vision-language
+    model (images.py; default: data URLs only, the default sizes)."""
     scheduler = Scheduler(model, tokenizer, max_batch=max_batch, max_queue=max_queue)
     created = int(time.time())
     context = model.config.max_position_embeddings
@@ -102,6 +106,8 @@ def create_app(
     if max_body < 1 or max_messages < 1:
         raise MiniMindError("the body size and message count limits must be at least 1")
     allow_origins = tuple(check_origin(o) for o in allow_origins)
+    image_limits = image_limits or ImageLimits()
+    vision = getattr(model, "vision_config", None)  # None: the model reads text only
     preparing: list[anyio.CapacityLimiter] = []
 
     @asynccontextmanager
@@ -194,8 +200,9 @@ def create_app(
             )
         return requested
 
-    def submit(body: _Sampling, prompts: list[list[int]], limit: int, param: str) -> Job:
-        """Check the prompts against the context, build each choice's sampling, queue the job."""
+    def submit(body: _Sampling, prompts: list[list[int]], limit: int, param: str, images=None) -> Job:
+        """Check the prompts against the context, build each choice's sampling, queue the job
+        (`images`: the preprocessed images of a chat prompt, shared by its n choices)."""
         requests = []
         logprobs, top_logprobs = body.logprob_settings()
         if len(prompts) * body.n > max_queue:  # it could never be queued: not a "try again" (429)
@@ -238,13 +245,13 @@ def create_app(
                     )
                 )
         try:
-            return scheduler.submit(requests, asyncio.get_running_loop())
+            return scheduler.submit(requests, asyncio.get_running_loop(), images)
         except QueueFull as e:
             raise APIError(429, f"server busy: {e}", code="rate_limit_exceeded", type="rate_limit_error") from None
         except MiniMindError as e:
             raise APIError(400, str(e), param) from None
 
-    def render_chat(body: ChatRequest) -> tuple[list[int], bool, bool, str]:
+    def render_chat(body: ChatRequest, images) -> tuple[list[int], bool, bool, str]:
         """The prompt ids, whether the prompt opened a <think> block, whether tools are
         offered, and the start of a forced tool call the prompt ends with ("" if none)."""
         tools = body.offered_tools()
@@ -252,10 +259,13 @@ def create_app(
             raise APIError(400, "this model's chat template does not support tools", "tools")
         forced = body.forced_call() if tools else ""
         thinking = body.thinking and not forced  # a forced call comes first: no think block
+        messages = body.template_messages()
+        if vision is not None:  # <image> -> image_tokens x <|image_pad|> (images.py)
+            messages = expand_placeholders(messages, images, vision)
         try:
             # both names: minimind-3's template reads open_thinking, MiniMind2's enable_thinking
             text = tokenizer.apply_chat_template(
-                body.template_messages(),
+                messages,
                 tools=tools,
                 add_generation_prompt=True,
                 open_thinking=thinking,
@@ -263,7 +273,10 @@ def create_app(
             )
         except MiniMindError as e:
             raise APIError(400, str(e), "messages") from None
-        return encode([text + forced])[0], text.endswith("<think>\n"), bool(tools), forced
+        ids = encode([text + forced])[0]
+        if vision is not None:
+            check_image_pads(ids, images, vision)
+        return ids, text.endswith("<think>\n"), bool(tools), forced
 
     def encode(texts: list[str]) -> list[list[int]]:
         # encode_batch, not encode: the tokenizer library holds the GIL through a whole encode()
@@ -288,7 +301,8 @@ def create_app(
             max_tokens_default,
             "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens",
         )
-        return body, limit, *render_chat(body)
+        images = request_images(body, model, image_limits, name)  # decoded and preprocessed, or None
+        return body, limit, images, *render_chat(body, images)
 
     def prepare_completion(raw: bytes):
         body = validated(decode_json(raw), CompletionRequest)
@@ -305,8 +319,9 @@ def create_app(
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        body, limit, ids, thinking, tools, forced = await off_loop(prepare_chat, await read_body(request, max_body))
-        job = submit(body, [ids], limit, "messages")
+        raw = await read_body(request, max_body)
+        body, limit, images, ids, thinking, tools, forced = await off_loop(prepare_chat, raw)
+        job = submit(body, [ids], limit, "messages", images)
         meta = {
             "id": f"chatcmpl-{secrets.token_hex(12)}",
             "object": "chat.completion",

@@ -2,7 +2,8 @@
 
 minimind serve --model DIR [--lora DIR] [--host 127.0.0.1] [--port 8998] [--api-key KEY]
                [--max-tokens-default N] [--max-tokens-limit N] [--max-body-mb MB] [--max-messages N]
-               [--allow-origin ORIGIN ...]
+               [--allow-origin ORIGIN ...] [--allow-local-images DIR] [--max-images N] [--max-image-pixels N]
+               [--backend torch|llama.cpp] [--gguf FILE] [--gguf-dtype q8_0|f32|f16|bf16] [--threads N]
 """
 
 from __future__ import annotations
@@ -33,19 +34,27 @@ def cmd_serve(args) -> None:
         )
     if not 0 < args.max_body_mb <= 4096 or args.max_messages < 1:
         raise MiniMindError("--max-body-mb must be in (0, 4096] and --max-messages at least 1")
+    if args.max_images < 1 or args.max_image_pixels < 1:
+        raise MiniMindError("--max-images and --max-image-pixels must be at least 1")
+    local_images = None
+    if args.allow_local_images is not None:
+        local_images = Path(args.allow_local_images).expanduser()
+        if not local_images.is_dir():
+            raise MiniMindError(f"--allow-local-images {args.allow_local_images}: not a directory")
     from .app import check_origin, create_app
+    from .images import ImageLimits
 
     origins = tuple(check_origin(o) for o in args.allow_origin or ())
     api_key = args.api_key if args.api_key is not None else os.environ.get("MINIMIND_API_KEY")
     if api_key is not None and not api_key.strip():
         raise MiniMindError("--api-key is empty")
 
-    from ..checkpoint import load
-    from ..device import resolve_device, resolve_inference_dtype
+    from ..infer.llamacpp import load_for_inference
 
-    device = resolve_device(args.device)
-    dtype = resolve_inference_dtype(args.dtype, device)
-    model, tokenizer = load(args.model, device=device, dtype=dtype, lora=args.lora)
+    gguf_export = None
+    if args.backend == "llama.cpp" and args.gguf is None:
+        from ..export.gguf import export_gguf as gguf_export
+    model, tokenizer = load_for_inference(args, export=gguf_export)
     name = args.name or Path(args.model).resolve().name
     app = create_app(
         model,
@@ -60,6 +69,7 @@ def cmd_serve(args) -> None:
         max_messages=args.max_messages,
         host=args.host,
         allow_origins=origins,
+        image_limits=ImageLimits(local_dir=local_images, max_pixels=args.max_image_pixels, max_images=args.max_images),
     )
     if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host} without --api-key: anyone who can reach this port can use the model")
@@ -117,8 +127,23 @@ def register(verbs) -> None:
         "browser (CORS). Without --api-key the server otherwise answers only requests addressed "
         "to its own address, from its own page, with JSON bodies. Repeatable",
     )
+    g = p.add_argument_group("images (vision-language models)")
+    g.add_argument(
+        "--allow-local-images",
+        metavar="DIR",
+        help="also accept image_url parts that name a file (a path or file:// URL) inside DIR; "
+        "default: data: URLs only (http(s) URLs are always refused: the server fetches nothing)",
+    )
+    g.add_argument("--max-images", type=int, default=16, help="images in one request at most (default 16)")
+    g.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=4096 * 4096,
+        help="width x height of one image at most, checked before decoding (default 4096 x 4096)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default auto)")
     p.add_argument("--dtype", default="auto", help="auto, fp32, bf16, fp16 (default: fp32 on CPU, bf16 on GPU)")
+    add_backend_args(p)
     p.add_argument(
         "--log-level",
         default="info",
@@ -126,3 +151,24 @@ def register(verbs) -> None:
         help="uvicorn's log level (default info)",
     )
     p.set_defaults(func=cmd_serve)
+
+
+def add_backend_args(p) -> None:
+    """--backend, --gguf, --gguf-dtype and --threads, shared by `minimind serve` and `minimind
+    chat` (read by infer.llamacpp.load_for_inference). Here, not there: parsers stay light."""
+    g = p.add_argument_group("backend")
+    g.add_argument(
+        "--backend",
+        choices=("torch", "llama.cpp"),
+        default="torch",
+        help="torch (default: our PyTorch engine) or llama.cpp: the fastest CPU decoding, one request "
+        "at a time, through llama-cpp-python (pip install llama-cpp-python)",
+    )
+    g.add_argument("--gguf", metavar="FILE", help="llama.cpp: the model's GGUF file (default: export one now)")
+    g.add_argument(
+        "--gguf-dtype",
+        choices=("q8_0", "f32", "f16", "bf16"),
+        default="q8_0",
+        help="llama.cpp: the precision of the GGUF exported when --gguf is not given (default q8_0)",
+    )
+    g.add_argument("--threads", type=int, help="CPU threads for decoding (default: PyTorch's or llama.cpp's choice)")

@@ -24,9 +24,11 @@ Ranges (OpenAI's where OpenAI has the parameter):
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..data.vision import IMAGE  # what an image part becomes in the text: the vision model's placeholder
 
 # Sampling defaults: MiniMind's (its server and web demo), not OpenAI's temperature 1 /
 # top_p 1, which make a model this small ramble.
@@ -70,6 +72,19 @@ class TextPart(_Body):
     text: str
 
 
+class ImageURL(_Body):
+    url: str  # a data: URL, or a local path / file:// URL when the server allows them (images.py)
+    detail: Literal["auto", "low", "high"] | None = None  # OpenAI's; one resolution here, so ignored
+
+
+class ImagePart(_Body):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+Part = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
 class FunctionCall(_Body):
     name: str
     arguments: str | dict = "{}"  # OpenAI sends a JSON string; a dict is accepted too
@@ -83,7 +98,7 @@ class ToolCall(_Body):
 
 class Message(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: list[Part] | str | None = None  # the list first: its errors are the ones worth naming
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
     reasoning_content: str | None = None
@@ -92,12 +107,29 @@ class Message(_Body):
     def _content_needed(self):
         if self.content is None and not (self.role == "assistant" and self.tool_calls):
             raise ValueError(f"a {self.role} message needs content")
+        if self.role != "user" and self.image_urls():
+            raise ValueError("image_url parts are accepted in user messages only")
         return self
 
     def text(self) -> str:
-        if isinstance(self.content, list):
-            return "".join(part.text for part in self.content)
-        return self.content or ""
+        """The content as one text; an image part becomes IMAGE, on a line of its own before text
+        that follows it (upstream's "<image>\nquestion")."""
+        if not isinstance(self.content, list):
+            return self.content or ""
+        out = []
+        for i, part in enumerate(self.content):
+            if isinstance(part, TextPart):
+                out.append(part.text)
+            else:
+                follows = i + 1 < len(self.content) and isinstance(self.content[i + 1], TextPart)
+                out.append(IMAGE + ("\n" if follows else ""))
+        return "".join(out)
+
+    def image_urls(self) -> list[tuple[int, str]]:
+        """(part index, url) of each image part, in order."""
+        if not isinstance(self.content, list):
+            return []
+        return [(i, p.image_url.url) for i, p in enumerate(self.content) if isinstance(p, ImagePart)]
 
 
 class Function(_Body):
@@ -230,6 +262,15 @@ class ChatRequest(_Sampling):
             return '<tool_call>\n{"name": "' + self.tool_choice.function["name"] + '", "arguments":'
         return "<tool_call>\n" if self.tool_choice == "required" else ""
 
+    def image_urls(self) -> list[tuple[str, str]]:
+        """(param naming the part, url) of every image part, in the order of the conversation
+        (the order of the IMAGE placeholders in the rendered prompt)."""
+        return [
+            (f"messages.{m}.content.{i}.image_url.url", url)
+            for m, message in enumerate(self.messages)
+            for i, url in message.image_urls()
+        ]
+
     def template_messages(self) -> list[dict]:
         """The messages as the chat template wants them (OpenAI's developer role is system)."""
         out = []
@@ -333,7 +374,12 @@ def _check_string(text: str, path: tuple) -> None:
 def validation_error(errors: list[dict]) -> APIError:
     """pydantic's error list -> one 400 naming the first problem and where it is."""
     e = errors[0] if errors else {"msg": "invalid request", "loc": ()}
-    loc = [str(x) for x in e.get("loc", ())]
+    loc = []
+    for x in map(str, e.get("loc", ())):
+        # pydantic names union members in the path (list[tagged-union[...]]) and repeats a part's
+        # tag ("image_url") before its field of the same name: neither is where the client looks
+        if "[" not in x and not (loc and loc[-1] == x):
+            loc.append(x)
     param = ".".join(loc) or None
     msg = e.get("msg", "invalid value").removeprefix("Value error, ")
     return APIError(400, f"{param}: {msg}" if param else msg, param, e.get("type"))

@@ -25,6 +25,7 @@ from collections import deque
 import torch
 
 from ..infer.engine import Engine
+from ..infer.llamacpp import new_engine  # ours, or llama.cpp's with --backend llama.cpp
 from ..infer.sequence import Completion, SamplingParams, Sequence
 
 log = logging.getLogger("minimind.serve")
@@ -125,10 +126,14 @@ class Scheduler:
         if self.thread is not None:
             self.thread.join()
 
-    def submit(self, requests: list[tuple[list[int], SamplingParams]], loop: asyncio.AbstractEventLoop) -> Job:
-        """Queue one job: a (prompt ids, SamplingParams) pair per choice. Raises MiniMindError
-        for a prompt the model cannot take (too long for its context, ...) and QueueFull."""
-        sequences = [Sequence(self.model, self.tokenizer, prompt, params) for prompt, params in requests]
+    def submit(
+        self, requests: list[tuple[list[int], SamplingParams]], loop: asyncio.AbstractEventLoop, images=None
+    ) -> Job:
+        """Queue one job: a (prompt ids, SamplingParams) pair per choice, and the prompt's
+        preprocessed images for a vision-language model (every choice's prompt is the same one).
+        Raises MiniMindError for a prompt the model cannot take (too long for its context,
+        images that do not fill its <|image_pad|> tokens, ...) and QueueFull."""
+        sequences = [Sequence(self.model, self.tokenizer, prompt, params, images=images) for prompt, params in requests]
         job = Job(sequences, loop)
         with self.wakeup:
             if len(self.waiting) + len(sequences) > self.max_queue:
@@ -155,8 +160,27 @@ class Scheduler:
             self.rows_running += len(taken)  # counted before their prefill, so none looks idle
             return taken
 
+    def _prefill(self, batch: Engine, admitted, rows: dict) -> None:
+        """Prefill the newcomers together; if that fails, one at a time, so that a request whose
+        input breaks the model (an image, say) fails alone and the others go on. (A failed
+        add leaves the batch as it was: the engine merges only after the forward pass.)"""
+        groups = [admitted]
+        while groups:
+            group = groups.pop()
+            try:
+                batch.add([s for _, _, s in group])
+            except Exception as e:
+                if len(group) > 1:  # find the culprit: try them one by one
+                    groups.extend([item] for item in group)
+                    continue
+                log.exception("prefill failed")
+                job, _, s = group[0]
+                rows.pop(id(s))
+                job.cancel()  # its other choices, if they got in
+                job.fail(e)
+
     def _loop(self) -> None:
-        batch = Engine(self.model)
+        batch = new_engine(self.model)
         rows: dict[int, tuple[Job, int]] = {}  # id(sequence) -> (job, choice index)
         while self.running:
             try:
@@ -165,7 +189,7 @@ class Scheduler:
                 admitted = self._admit(batch)
                 if admitted:
                     rows.update((id(s), (job, i)) for job, i, s in admitted)
-                    batch.add([s for _, _, s in admitted])
+                    self._prefill(batch, admitted, rows)
                 for s in batch.step():
                     job, i = rows[id(s)]
                     piece = s.new_text()
@@ -179,7 +203,7 @@ class Scheduler:
                 log.exception("generation failed")
                 for job in {id(j): j for j, _ in rows.values()}.values():
                     job.fail(e)
-                batch, rows = Engine(self.model), {}
+                batch, rows = new_engine(self.model), {}
                 self.rows_running = 0
                 if isinstance(e, torch.cuda.OutOfMemoryError):
                     torch.cuda.empty_cache()

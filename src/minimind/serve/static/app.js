@@ -1,6 +1,7 @@
 // The chat page of `minimind serve`: talks to the OpenAI-compatible API of the server that
 // served it (POST v1/chat/completions with stream: true, GET v1/models), keeps the
 // conversation and the settings. How messages look is in render.js. An ES module: no build step.
+import { Attachments, imageFiles, thumbnails } from "./attach.js";
 import { Reply, addMessage, renderText } from "./render.js";
 
 const $ = (id) => document.getElementById(id);
@@ -14,6 +15,7 @@ const state = {
   controller: null, // AbortController of the generation in flight, or null
   model: null,      // the id /v1/models gave; until then requests name no model (= the served one)
 };
+const attachments = new Attachments($("attachments"), (text) => showError(text)); // images for the next message
 
 // ---------- settings (saved in localStorage) ----------
 
@@ -146,13 +148,24 @@ function setBusy(busy) {
   document.body.classList.toggle("busy", busy);
 }
 
+/** A user message: plain text, or OpenAI content parts when images go with it (images first,
+ * as MiniMind-V's "<image>\nquestion"). The history keeps it whole, so later turns resend them. */
+function userMessage(text, images) {
+  if (!images.length) return { role: "user", content: text };
+  const parts = images.map((url) => ({ type: "image_url", image_url: { url } }));
+  if (text) parts.push({ type: "text", text });
+  return { role: "user", content: parts };
+}
+
 async function send(text) {
   let body;
   const system = $("system").value.trim();
-  const user = { role: "user", content: text };
+  const images = attachments.take();
+  const user = userMessage(text, images);
   try {
     body = requestBody([...(system ? [{ role: "system", content: system }] : []), ...state.history, user]);
   } catch (e) {
+    attachments.restore(images);
     showError(e.message);
     return;
   }
@@ -160,7 +173,14 @@ async function send(text) {
   $("input").value = "";
   autosize();
   const question = addMessage("user", "You");
+  if (images.length) {
+    const shown = document.createElement("div");
+    shown.className = "images";
+    shown.append(...thumbnails(images));
+    question.insertBefore(shown, question.querySelector(".body"));
+  }
   renderText(question.querySelector(".body"), text);
+  if (!text) question.querySelector(".body").hidden = true;
   const reply = new Reply(state.model || "MiniMind");
   const history = state.history; // "New chat" replaces it: this turn must not land in the new one
   const controller = (state.controller = new AbortController());
@@ -196,6 +216,7 @@ async function send(text) {
       question.remove();
       reply.el.remove();
       $("input").value = text;
+      attachments.restore(images);
       autosize();
       showError(res ? e.message : unreachable());
       if (!res) setStatus("error", "offline");
@@ -223,6 +244,7 @@ function stop() { state.controller?.abort(); }
 function newChat() {
   stop();
   state.history = [];
+  attachments.clear();
   for (const el of $("messages").querySelectorAll(".msg")) el.remove();
   $("empty").hidden = false;
   hideError();
@@ -239,7 +261,7 @@ function autosize() {
 
 function submit() {
   const text = $("input").value.trim();
-  if (text && !state.controller) send(text);
+  if ((text || attachments.count) && !state.controller) send(text);
 }
 
 $("settings").addEventListener("submit", (e) => e.preventDefault()); // Enter in a field must not reload
@@ -252,6 +274,23 @@ $("input").addEventListener("keydown", (e) => {
   }
 });
 $("input").addEventListener("input", autosize);
+$("attach").addEventListener("click", () => $("image-input").click());
+$("image-input").addEventListener("change", async (e) => {
+  await attachments.add([...e.target.files]);
+  e.target.value = ""; // choosing the same file again is a change too
+  $("input").focus();
+});
+$("input").addEventListener("paste", (e) => {
+  const files = imageFiles(e.clipboardData);
+  if (files.length) { e.preventDefault(); attachments.add(files); }
+});
+for (const el of [$("messages"), $("composer")]) {
+  el.addEventListener("dragover", (e) => { if (e.dataTransfer?.types?.includes("Files")) e.preventDefault(); });
+  el.addEventListener("drop", (e) => {
+    const files = imageFiles(e.dataTransfer);
+    if (files.length) { e.preventDefault(); attachments.add(files); }
+  });
+}
 $("stop").addEventListener("click", stop);
 $("new-chat").addEventListener("click", newChat);
 $("banner-close").addEventListener("click", hideError);

@@ -1,0 +1,183 @@
+"""The vision-language stages, `minimind vlm pretrain` and `minimind vlm sft`, on the one trainer,
+and `minimind vlm init` (a vision-language model directory from a language model directory).
+
+Both stages are next-token cross entropy on the assistant turns of image chats (captions for
+pretrain, conversations for SFT): LMObjective's loss, with the batch's images passed along.
+What differs is which parameters train (--train), with MiniMind-V's defaults:
+
+  vlm pretrain   projector only                               (freeze_llm=2), lr 4e-4
+  vlm sft        projector + the first and last LLM layers    (freeze_llm=1), lr 5e-6
+
+The rest is frozen before the optimizer is built (the optimizer holds only what trains), so a
+checkpoint's optimizer state resumes exactly, and DDP sees only trained parameters. A batch
+with no image still touches the projector (and our encoder, if it trains) with a zero-weight
+term, so that every trained parameter gets a gradient on every rank, as DDP requires.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..checkpoint import load_model, save_model_dir
+from ..config import ModelConfig
+from ..data.vision import build_vision_datasets
+from ..errors import MiniMindError
+from ..model.vision import IMAGE_PAD, VisionConfig, read_hf_tower
+from ..model.vlm import MiniMindVLM, set_trainable
+from ..tokenizer import Tokenizer
+from .objectives import LMObjective, packed_attention_mask
+
+
+def vision_config_of(model_dir) -> VisionConfig:
+    """The `vision` section of a model directory's config.json, or a clear error."""
+    path = Path(model_dir) / "config.json"
+    config = ModelConfig.load(path)
+    if "vision" not in config.extra:
+        raise MiniMindError(
+            f"{path}: not a vision-language model (no 'vision' section); make one with "
+            f"`minimind vlm init --lm {model_dir} --encoder patch --out DIR`"
+        )
+    return VisionConfig.from_dict(config.extra["vision"], str(path))
+
+
+def parts_of(cfg) -> list[str]:
+    """--train as a list (commas allowed: `--train projector,first_last`)."""
+    return [p for item in cfg.train for p in item.split(",") if p]
+
+
+class VLMObjective(LMObjective):
+    name = "vlm"
+
+    def build_data(self, cfg, tokenizer):
+        return build_vision_datasets(
+            cfg.data,
+            tokenizer,
+            vision_config_of(cfg.init),
+            seq_len=cfg.seq_len,
+            val_fraction=cfg.val_fraction,
+            seed=cfg.seed,
+            on_bad_record=cfg.on_bad_record,
+            random_system_prompt=cfg.random_system_prompt,
+            strip_empty_think=cfg.strip_empty_think,
+        )
+
+    def setup(self, ctx) -> None:
+        if not isinstance(ctx.model, MiniMindVLM):
+            raise MiniMindError(f"{ctx.cfg.init}: not a vision-language model")
+        counts = set_trainable(ctx.model, parts_of(ctx.cfg))
+        self.touch = [p for m in (ctx.model.projector, ctx.model.vision) for p in m.parameters() if p.requires_grad]
+        if ctx.dist.is_main:
+            total = sum(p.numel() for p in ctx.model.parameters() if p.requires_grad)
+            shown = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items())
+            print(f"training {total / 1e6:.2f}M parameters ({shown}); the rest is frozen", flush=True)
+
+    def loss_sum(self, model, batch: dict):
+        out = model(
+            batch["input_ids"],
+            attention_mask=packed_attention_mask(batch),
+            position_ids=batch["position_ids"],
+            pixel_values=batch.get("pixel_values"),
+        )
+        logits, targets = out.logits[:, :-1], batch["labels"][:, 1:]
+        ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
+        aux = out.aux_loss
+        if "pixel_values" not in batch and self.touch:  # see the module docstring (DDP)
+            aux = aux + 0.0 * sum(p.sum() for p in self.touch)
+        return ce, aux, {}
+
+    def describe_data(self, cfg, train_ds, val_ds) -> str:
+        s = train_ds.stats
+        return (
+            f"{len(train_ds)} rows of {cfg.seq_len} tokens from {s['docs']} image chats ({s['images']} images in all "
+            f"files), {s['padding_fraction'] * 100:.1f}% padding"
+            + (f", {s['truncated']} truncated" if s["truncated"] else "")
+            + (f", {s['skipped']} bad records skipped" if s["skipped"] else "")
+            + (f", {len(val_ds)} validation rows" if val_ds is not None else "")
+        )
+
+
+# ---------------------------------------------------------------------------- minimind vlm init
+
+
+def init_vlm(
+    lm_dir,
+    encoder: str,
+    out,
+    image_size: int = 64,
+    patch_size: int = 16,
+    hidden_size: int = 128,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    seed: int = 42,
+    force: bool = False,
+) -> tuple[Path, MiniMindVLM]:
+    """A vision-language model directory: the language model of `lm_dir` (its weights and
+    tokenizer), a new projector, and `encoder`: "patch" (our encoder, new) or the local
+    directory of a SigLIP/CLIP vision tower (frozen, referenced by its absolute path)."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise MiniMindError(f"{out}: directory exists and is not empty (use --force to overwrite)")
+    lm = load_model(lm_dir)
+    if isinstance(lm, MiniMindVLM):
+        raise MiniMindError(f"{lm_dir}: already a vision-language model; --lm takes a language model directory")
+    tokenizer = Tokenizer.from_dir(lm_dir)
+    pad = tokenizer.token_to_id(IMAGE_PAD)
+    if pad is None:
+        raise MiniMindError(f"{lm_dir}: the tokenizer has no {IMAGE_PAD} token, which images need")
+    if encoder == "patch":
+        tokens = (image_size // patch_size) ** 2
+        vision = VisionConfig(
+            encoder="patch",
+            image_size=image_size,
+            patch_size=patch_size,
+            hidden_size=hidden_size,
+            image_tokens=tokens,
+            image_token_id=pad,
+            num_layers=num_layers,
+            num_heads=num_heads,
+        )
+    else:
+        tower = Path(encoder).resolve()
+        info = read_hf_tower(tower)
+        vision = VisionConfig(
+            encoder="hf",
+            path=str(tower),
+            image_size=info["image_size"],
+            patch_size=info["patch_size"],
+            hidden_size=info["hidden_size"],
+            image_tokens=info["image_tokens"],
+            image_token_id=pad,
+            mean=info["mean"],
+            std=info["std"],
+            drop_cls=info["drop_cls"],
+        )
+    torch.manual_seed(seed)  # the projector's (and our encoder's) initialisation
+    model = MiniMindVLM(lm.config, vision)
+    model.lm.load_state_dict(lm.state_dict())
+    save_model_dir(model, out, tokenizer)
+    return out, model
+
+
+def cmd_init(args) -> None:
+    out, model = init_vlm(
+        args.lm,
+        args.encoder,
+        args.out,
+        image_size=args.image_size,
+        patch_size=args.patch_size,
+        hidden_size=args.hidden_size,
+        num_layers=args.num_layers,
+        num_heads=args.num_heads,
+        seed=args.seed,
+        force=args.force,
+    )
+    v = model.vision_config
+    enc = sum(p.numel() for p in model.vision.parameters())
+    proj = sum(p.numel() for p in model.projector.parameters())
+    print(
+        f"wrote {out}: {args.lm} + {'our patch encoder' if v.encoder == 'patch' else 'the frozen tower ' + v.path} "
+        f"({enc / 1e6:.2f}M) + projector ({proj / 1e6:.2f}M); {v.image_tokens} tokens per {v.image_size} px image"
+    )
