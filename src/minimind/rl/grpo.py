@@ -98,9 +98,17 @@ class GRPOObjective(Objective):
         self.cfg, self.ctx = cfg, ctx
         weights = parse_weights(cfg.reward) if cfg.reward.strip() else {}
         weights.update({spec: 1.0 for spec in cfg.reward_fn})  # a user's reward, module:function
+        given = {}
+        if cfg.reward_model:  # a local sequence-classification model (rl/reward_model.py)
+            from .reward_model import RewardModel
+
+            given["reward_model"] = RewardModel(cfg.reward_model, ctx.device, batch_size=cfg.reward_model_batch)
+            weights.setdefault("reward_model", 1.0)
         if not weights:
-            raise MiniMindError("minimind grpo needs a reward: --reward NAME=WEIGHT,... and/or --reward-fn")
-        self.rewards = combine(weights)  # (loads a user's reward now: a bad one fails before training)
+            raise MiniMindError(
+                f"minimind {cfg.stage} needs a reward: --reward NAME=WEIGHT,..., --reward-fn and/or --reward-model"
+            )
+        self.rewards = combine(weights, given)  # (loads a user's reward now: a bad one fails before training)
         # The reference: a frozen copy of the starting weights (the trainer restores a
         # checkpoint only after setup, so on --resume this is still the starting model).
         self.reference = None
@@ -146,7 +154,14 @@ class GRPOObjective(Objective):
             base = first + m * cfg.batch_size * world_size + rank * cfg.batch_size
             positions = list(range(base, base + cfg.batch_size))
             micro.append(self._rollout_batch(ds, [order[p] for p in positions], epoch, positions))
+        micro = self._rollouts_done(micro)
         atomic_write(self.saved, lambda f: torch.save({"epoch": epoch, "cycle": cycle, "batches": micro}, f))
+        return micro
+
+    def _rollouts_done(self, micro: list[dict]) -> list[dict]:
+        """This rank's micro-batches of a fresh batch of rollouts, before they are kept: a hook
+        for what needs the whole global batch (PPO whitens its advantages over it; every rank
+        calls it at the same moment, so it may all-reduce). Default: as they are."""
         return micro
 
     def _read_saved(self, epoch, cycle) -> list[dict]:
@@ -181,9 +196,7 @@ class GRPOObjective(Objective):
         sequences = []
         for row, position in zip(prompt_rows, positions):
             for g in range(cfg.num_generations):
-                # a seed per (epoch, place in the epoch's order, sample): the same reply on any
-                # number of processes, in any company
-                seed = ((cfg.seed * 1_000_003 + epoch) * 1_000_003 + position) * 64 + g
+                seed = reply_seed(cfg.seed, epoch, position, g)
                 gen = torch.Generator(device=ctx.device).manual_seed(seed % 2**63)
                 sequences.append(Sequence(model, tok, ds.ids[row], params, generator=gen, track_text=False))
         was_training = model.training
@@ -204,8 +217,12 @@ class GRPOObjective(Objective):
         batch["advantages"] = self._advantages(rewards)
         batch["rewards"] = rewards
         batch["reward_parts"] = parts
-        with ctx.autocast():
-            batch["old_logp"] = token_logprobs(model, batch).float()
+        return self._with_old_and_ref(batch)
+
+    def _with_old_and_ref(self, batch: dict) -> dict:
+        """The batch with the old and reference log-probs of its tokens, on the CPU (kept for a resume)."""
+        with self.ctx.autocast():
+            batch["old_logp"] = token_logprobs(self.ctx.model, batch).float()
             batch["ref_logp"] = (
                 token_logprobs(self.reference, batch).float()
                 if self.reference is not None
@@ -276,6 +293,12 @@ class GRPOObjective(Objective):
         batch["reply_mask"][-1] = False
 
 
+def reply_seed(seed: int, epoch: int, position: int, sample: int) -> int:
+    """The seed of one reply (or trajectory): by (epoch, place in the epoch's order, sample), so
+    it is the same on any number of processes, in any company."""
+    return ((seed * 1_000_003 + epoch) * 1_000_003 + position) * 64 + sample
+
+
 def token_logprobs(model, batch: dict) -> torch.Tensor:
     """log pi(token t | tokens before it) for t = 1.. of every row: [B, L - 1]."""
     out = model(batch["input_ids"], attention_mask=batch["attention_mask"])
@@ -284,9 +307,10 @@ def token_logprobs(model, batch: dict) -> torch.Tensor:
 
 
 def policy_loss(logp, old_logp, advantages, loss: str, epsilon: float, epsilon_high: float):
-    """The per-token policy loss [B, T] and where the ratio was clipped (see the module doc)."""
+    """The per-token policy loss [B, T] and where the ratio was clipped (see the module doc).
+    `advantages` is one per reply [B] (GRPO) or one per token [B, T] (PPO)."""
     ratio = torch.exp(logp - old_logp)
-    adv = advantages[:, None].to(logp.dtype)
+    adv = (advantages[:, None] if advantages.dim() == 1 else advantages).to(logp.dtype)
     if loss == "cispo":
         weight = ratio.clamp(max=epsilon_high)
         return -(weight.detach() * adv * logp), ratio > epsilon_high

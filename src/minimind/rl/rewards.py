@@ -15,6 +15,13 @@ Built in (name: range, what it measures):
     think_format    {0, 1}    a well-formed <think>...</think> followed by a non-empty answer
     length          [-1, 0]   0 between min_chars and max_chars, falling linearly to -1 outside
     repetition      [-1, 0]   minus the share of word trigrams that repeat an earlier one
+    tool_calls      [-1, 1]   agent RL: (valid - invalid calls) / calls of the trajectory, 0 without
+    reward_model    (any)     the score of a local sequence-classification model (--reward-model
+                              DIR, rl/reward_model.py): not built in, the run supplies it
+
+In agent RL (`minimind agent`) completion_text is every reply of the trajectory, in order, one
+a line (tool observations left out), and record["trajectory"] holds its counts: valid_calls,
+invalid_calls, turns and finish_reason.
 
 MiniMind scores every rollout with a 1.8B reward model loaded with remote code; these rules
 need nothing but the text, so RL runs anywhere, and a rule cannot be fooled the way a learned
@@ -176,6 +183,20 @@ def make_repetition(n: int = 3) -> RewardFn:
     return repetition
 
 
+# ---------------------------------------------------------------------------- agent ---
+
+
+def tool_calls(completion: str, record: dict) -> float:
+    """Agent RL: (valid calls - invalid calls) / calls, in [-1, 1], from record["trajectory"]
+    (as `minimind agent` fills it); 0.0 for a trajectory without calls. A call is invalid when
+    malformed, to a tool its prompt did not offer, with bad arguments, or answered with an error."""
+    t = record.get("trajectory") if isinstance(record, dict) else None
+    if not isinstance(t, dict):
+        raise MiniMindError("tool_calls scores agent trajectories: use it with minimind agent")
+    valid, invalid = t.get("valid_calls", 0), t.get("invalid_calls", 0)
+    return (valid - invalid) / (valid + invalid) if valid + invalid else 0.0
+
+
 # -------------------------------------------------------------------------- registry ---
 
 REWARDS: dict[str, RewardFn] = {
@@ -184,6 +205,7 @@ REWARDS: dict[str, RewardFn] = {
     "think_format": think_format,
     "length": make_length(),
     "repetition": make_repetition(),
+    "tool_calls": tool_calls,
 }
 
 
@@ -200,6 +222,8 @@ def get_reward(name: str) -> RewardFn:
     """A registered reward by name, or a user's function by "module:function"."""
     if ":" in name:
         return load_reward_fn(name)
+    if name == "reward_model" and name not in REWARDS:
+        raise MiniMindError("the reward reward_model needs --reward-model DIR (a local sequence-classification model)")
     if name not in REWARDS:
         raise MiniMindError(
             f"unknown reward {name!r}; built in: {', '.join(REWARDS)} (or give your own as module:function)"
@@ -225,7 +249,7 @@ def load_reward_fn(spec: str) -> RewardFn:
     return fn
 
 
-def _import_module(name: str, spec: str):
+def _import_module(name: str, spec: str, flag: str = "--reward-fn"):
     # A console script does not put the current directory on sys.path, but "my_rewards:f" most
     # often means ./my_rewards.py: look there too, for this import only.
     added = "" not in sys.path and str(Path.cwd()) not in sys.path
@@ -236,27 +260,27 @@ def _import_module(name: str, spec: str):
     except ModuleNotFoundError as e:
         if e.name and (name == e.name or name.startswith(e.name + ".")):  # the module (or its package)
             raise MiniMindError(
-                f"--reward-fn {spec}: no module named {name!r} (not installed, not in "
+                f"{flag} {spec}: no module named {name!r} (not installed, not in "
                 "the current directory; or give a file: path/to/file.py:function)"
             ) from None
-        raise MiniMindError(f"--reward-fn {spec}: importing {name} failed: {e}") from None
+        raise MiniMindError(f"{flag} {spec}: importing {name} failed: {e}") from None
     except Exception as e:  # the user's module raised while importing: say so, in one line
-        raise MiniMindError(f"--reward-fn {spec}: importing {name} failed: {type(e).__name__}: {e}") from None
+        raise MiniMindError(f"{flag} {spec}: importing {name} failed: {type(e).__name__}: {e}") from None
     finally:
         if added:
             sys.path.remove(str(Path.cwd()))
 
 
-def _import_file(path: str, spec: str):
+def _import_file(path: str, spec: str, flag: str = "--reward-fn"):
     file = Path(path)
     if not file.is_file():
-        raise MiniMindError(f"--reward-fn {spec}: file not found: {file}")
+        raise MiniMindError(f"{flag} {spec}: file not found: {file}")
     module_spec = importlib.util.spec_from_file_location(f"minimind_user_reward_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
     try:
         module_spec.loader.exec_module(module)
     except Exception as e:
-        raise MiniMindError(f"--reward-fn {spec}: running {file} failed: {type(e).__name__}: {e}") from None
+        raise MiniMindError(f"{flag} {spec}: running {file} failed: {type(e).__name__}: {e}") from None
     return module
 
 
@@ -291,41 +315,51 @@ def parse_weights(text: str) -> dict[str, float]:
 
 class Combined:
     """Several rewards with weights, called like one reward: returns (weighted sum, parts),
-    where parts holds each reward's own value (unweighted), so every component can be logged."""
+    where parts holds each reward's own value (unweighted), so every component can be logged.
 
-    def __init__(self, weights: Mapping[str, float]):
+    given: rewards the caller built, by name (the run's reward model), used before the registry.
+    A reward with a `batch(completions, records) -> values` method is scored in one call by
+    `batch` (a model scores many replies at once)."""
+
+    def __init__(self, weights: Mapping[str, float], given: Mapping[str, RewardFn] | None = None):
         self.weights = {}
         self.fns: dict[str, RewardFn] = {}
         for name, weight in weights.items():
             if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not math.isfinite(weight):
                 raise MiniMindError(f"reward weight of {name!r} must be a finite number, got {weight!r}")
-            self.fns[name] = get_reward(name)
+            self.fns[name] = given[name] if given and name in given else get_reward(name)
             self.weights[name] = float(weight)
         if not self.fns:
             raise MiniMindError("combine: no rewards given")
 
     def __call__(self, completion: str, record: dict) -> tuple[float, dict[str, float]]:
-        parts = {}
-        for name, fn in self.fns.items():
-            value = fn(completion, record)
-            # A NaN or a string would silently poison every advantage of the batch: stop here.
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise MiniMindError(f"reward {name} returned {value!r}; a reward must return a finite number")
-            parts[name] = float(value)
+        parts = {name: _checked(name, fn(completion, record)) for name, fn in self.fns.items()}
         return sum(self.weights[n] * v for n, v in parts.items()), parts
 
     def batch(self, completions: list[str], records: list[dict]) -> tuple[list[float], dict[str, list[float]]]:
         """Score many replies: (totals, {name: values}), in order."""
-        totals, parts = [], {name: [] for name in self.fns}
-        for completion, record in zip(completions, records, strict=True):
-            total, one = self(completion, record)
-            totals.append(total)
-            for name, value in one.items():
-                parts[name].append(value)
+        parts = {}
+        for name, fn in self.fns.items():
+            scorer = getattr(fn, "batch", None)
+            values = (
+                scorer(completions, records)
+                if callable(scorer)
+                else [fn(c, r) for c, r in zip(completions, records, strict=True)]
+            )
+            parts[name] = [_checked(name, v) for v in values]
+        totals = [sum(self.weights[n] * parts[n][i] for n in parts) for i in range(len(completions))]
         return totals, parts
 
 
-def combine(weights: Mapping[str, float] | str) -> Combined:
+def _checked(name: str, value) -> float:
+    # A NaN or a string would silently poison every advantage of the batch: stop here.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise MiniMindError(f"reward {name} returned {value!r}; a reward must return a finite number")
+    return float(value)
+
+
+def combine(weights: Mapping[str, float] | str, given: Mapping[str, RewardFn] | None = None) -> Combined:
     """The weighted sum of named rewards: combine({"exact_answer": 1, "repetition": 0.5}) or
-    combine("exact_answer=1,repetition=0.5"). Names are registered rewards or module:function."""
-    return Combined(parse_weights(weights) if isinstance(weights, str) else weights)
+    combine("exact_answer=1,repetition=0.5"). Names are registered rewards or module:function,
+    or rewards in `given` (see Combined)."""
+    return Combined(parse_weights(weights) if isinstance(weights, str) else weights, given)

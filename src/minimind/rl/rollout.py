@@ -96,6 +96,8 @@ def agent_rollouts(
     max_turns: int = 3,
     thinking: bool = False,
     max_batch: int | None = None,
+    seeds: list[int] | None = None,
+    max_len: int | None = None,
 ) -> list[Trajectory]:
     """Roll out every conversation (a prompt: messages ending with a user turn) as a multi-turn
     tool-using trajectory, all on one Engine; returns one Trajectory per conversation, in order.
@@ -107,6 +109,10 @@ def agent_rollouts(
         With a seed, trajectory i samples from seed + i, so results do not depend on batching.
     thinking: open a <think> block in every generation prompt (open_thinking).
     max_batch: most trajectories decoding at once (None = all); the rest wait for a free row.
+    seeds: one seed per conversation, instead of params.seed + i (RL seeds a trajectory by its
+        place in the epoch, so it is the same on any number of processes).
+    max_len: most tokens of a trajectory (default: the model's context); a reply that would pass
+        it is cut short ("length"), and the trajectory ends ("context").
     """
     if max_turns < 1:
         raise MiniMindError(f"max_turns must be at least 1, got {max_turns}")
@@ -114,13 +120,16 @@ def agent_rollouts(
         raise MiniMindError("agent rollouts need a tokenizer with an eos token (the end of a turn)")
     params = replace(params or SamplingParams(), stop_token_ids=(tokenizer.eos_token_id,), stop_strings=())
     device = next(model.parameters()).device
-    max_pos = model.config.max_position_embeddings
+    max_pos = min(model.config.max_position_embeddings, max_len or model.config.max_position_embeddings)
+    if seeds is not None and len(seeds) != len(conversations):
+        raise MiniMindError(f"agent rollouts: {len(seeds)} seeds for {len(conversations)} conversations")
     rollouts = []
     for i, conversation in enumerate(conversations):
         schemas = offered_tools(conversation) or tools.schemas()
         generator = None
-        if params.seed is not None and params.temperature > 0:
-            generator = torch.Generator(device=device).manual_seed((params.seed + i) % 2**63)
+        seed = seeds[i] if seeds is not None else None if params.seed is None else params.seed + i
+        if seed is not None and params.temperature > 0:
+            generator = torch.Generator(device=device).manual_seed(seed % 2**63)
         r = _Rollout(i, [dict(m) for m in conversation], schemas, generator)
         ids = tokenizer.encode_chat(r.messages, tools=schemas, add_generation_prompt=True, open_thinking=thinking)
         r.result = Trajectory(
@@ -130,10 +139,12 @@ def agent_rollouts(
 
     def sequence(r: _Rollout) -> Sequence | None:
         """The next turn of r, or None (and r finished) when the context has no room for it."""
-        if len(r.result.token_ids) >= max_pos:
+        room = max_pos - len(r.result.token_ids)
+        if room < 1:
             r.result.finish_reason = "context"
             return None
-        return Sequence(model, tokenizer, r.result.token_ids, params, generator=r.generator, track_text=False)
+        turn = params if params.max_new_tokens <= room else replace(params, max_new_tokens=room)
+        return Sequence(model, tokenizer, r.result.token_ids, turn, generator=r.generator, track_text=False)
 
     waiting: deque[Sequence] = deque()
     owner = {}  # id(Sequence) -> its _Rollout

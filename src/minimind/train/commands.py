@@ -24,18 +24,23 @@ STAGE_HELP = {
     "lora": "LoRA fine-tuning on conversations: train a small adapter, the base stays frozen",
     "dpo": 'DPO on preference pairs ({"chosen", "rejected"}) against a frozen reference',
     "grpo": "RL with verifiable rewards (GRPO / CISPO / Dr. GRPO) on prompts with gt answers",
+    "vlm_pretrain": "vision-language pretraining: image captions (default: the projector trains)",
+    "vlm_sft": "vision-language SFT: image chats (default: projector + first and last LLM layers)",
+    "agent": "agentic RL: multi-turn tool-using trajectories, rewarded on gt answers and valid tool calls",
+    "ppo": "PPO on prompts with gt answers: a critic, GAE, clipped policy and value losses",
 }
 # Kept for scripts that read a stage's defaults (benchmarks/dpo.py): derived from the fields.
 STAGE_DEFAULTS = {stage: stage_defaults(stage) for stage in STAGE_HELP}
 
 
-def add_train_parser(verbs, stage: str):
-    """The stage's verb, with one flag per TrainConfig field the stage takes. Flags are
-    suppressed when not given, so the stage defaults and --config can fill in beneath them."""
+def add_train_parser(verbs, stage: str, name: str | None = None):
+    """The stage's verb (named `name`, default the stage), with one flag per TrainConfig field
+    the stage takes. Flags are suppressed when not given, so the stage defaults and --config can
+    fill in beneath them."""
     help_text = STAGE_HELP[stage]
     shown = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in stage_defaults(stage).items())
     p = verbs.add_parser(
-        stage, help=help_text, argument_default=argparse.SUPPRESS, description=f"{help_text}. Defaults: {shown}"
+        name or stage, help=help_text, argument_default=argparse.SUPPRESS, description=f"{help_text}. Defaults: {shown}"
     )
     p.add_argument("--config", help="YAML file with any of these settings (flags override it)")
     types = setting_types()
@@ -161,3 +166,38 @@ def register_lora(verbs) -> None:
     m.add_argument("--out", required=True, help="the model directory to create")
     m.add_argument("--force", action="store_true", default=False, help="overwrite a non-empty --out")
     m.set_defaults(func=cmd_merge)
+
+
+# ---------------------------------------------------------------------------- minimind vlm
+
+
+def _cmd_vlm_init(args) -> None:
+    from .vlm import cmd_init  # (here: it imports torch; keeps `minimind --help` fast)
+
+    cmd_init(args)
+
+
+def register_vlm(verbs) -> None:
+    """`minimind vlm pretrain | sft` (stages vlm_pretrain, vlm_sft) and `minimind vlm init`."""
+    p = verbs.add_parser("vlm", help="vision-language model: init, pretrain (captions), sft (image chats)")
+    actions = p.add_subparsers(metavar="ACTION", required=True)
+    add_train_parser(actions, "vlm_pretrain", name="pretrain")
+    add_train_parser(actions, "vlm_sft", name="sft")
+    i = actions.add_parser("init", help="a vision-language model directory from a language model directory")
+    i.add_argument("--lm", required=True, help="the language model directory (weights and tokenizer)")
+    i.add_argument(
+        "--encoder",
+        required=True,
+        help="patch (our own small encoder, trained from scratch) or the local directory of a SigLIP/CLIP "
+        "vision tower (frozen; e.g. siglip2-base-p32-256-ve)",
+    )
+    i.add_argument("--out", required=True, help="the model directory to create")
+    g = i.add_argument_group("patch encoder")
+    g.add_argument("--image-size", type=int, default=64, help="pixels per side (default 64)")
+    g.add_argument("--patch-size", type=int, default=16, help="pixels per patch side (default 16: 16 tokens)")
+    g.add_argument("--hidden-size", type=int, default=128, help="encoder width (default 128)")
+    g.add_argument("--num-layers", type=int, default=2, help="transformer blocks (default 2)")
+    g.add_argument("--num-heads", type=int, default=4, help="attention heads (default 4)")
+    i.add_argument("--seed", type=int, default=42, help="initialisation seed (default 42)")
+    i.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
+    i.set_defaults(func=_cmd_vlm_init)

@@ -19,12 +19,15 @@ from functools import cache
 from ..config import PRESETS, SHAPE_FLAGS, check_shape, preset
 from ..errors import MiniMindError
 
-STAGES = ("pretrain", "sft", "reason", "distill", "lora", "dpo", "grpo")
+STAGES = ("pretrain", "sft", "reason", "distill", "lora", "dpo", "grpo", "agent", "ppo", "vlm_pretrain", "vlm_sft")
+VLM_PARTS = ("projector", "first_last", "llm", "encoder", "all")  # model/vlm.py TRAIN_PARTS
 TRACKERS = ("wandb", "swanlab", "tensorboard")
 DPO_LOSSES = ("sigmoid", "ipo", "hinge")  # train/dpo.py
 REF_MODES = ("cached", "online")
 KL_DIRECTIONS = ("forward", "reverse")  # train/distill.py
 RL_LOSSES = ("cispo", "grpo", "dr_grpo")  # rl/grpo.py
+RL_STAGES = ("grpo", "agent", "ppo")  # the stages that sample, reward and train on rollouts (rl/)
+GROUP_STAGES = ("grpo", "agent")  # those whose advantage compares a prompt's replies (ppo has a critic)
 
 
 # ---------------------------------------------------------------------------- value checks
@@ -119,7 +122,18 @@ class TrainConfig:
         "rows per micro-batch per process",
         check=at_least(1),
         resume_fixed=True,
-        per_stage={"sft": 16, "reason": 16, "distill": 16, "lora": 8, "dpo": 8, "grpo": 4},
+        per_stage={
+            "vlm_pretrain": 16,
+            "vlm_sft": 4,
+            "sft": 16,
+            "reason": 16,
+            "distill": 16,
+            "lora": 8,
+            "dpo": 8,
+            "grpo": 4,
+            "agent": 4,
+            "ppo": 4,
+        },
     )
     grad_accum: int = setting(
         1, "micro-batches per optimizer step", per_stage={"pretrain": 8}, check=at_least(1), resume_fixed=True
@@ -129,18 +143,43 @@ class TrainConfig:
         "tokens per packed row",
         check=at_least(1),
         resume_fixed=True,
-        per_stage={"sft": 768, "reason": 1024, "distill": 768, "lora": 384, "dpo": 1024, "grpo": 1024},
+        per_stage={
+            "vlm_pretrain": 512,
+            "vlm_sft": 768,
+            "sft": 768,
+            "reason": 1024,
+            "distill": 768,
+            "lora": 384,
+            "dpo": 1024,
+            "grpo": 1024,
+            "agent": 2048,
+            "ppo": 1024,
+        },
     )
     lr: float = setting(
         5e-4,
         "peak learning rate",
         check=positive,
-        per_stage={"sft": 1e-5, "reason": 1e-5, "distill": 1e-5, "lora": 1e-4, "dpo": 5e-6, "grpo": 1e-6},
+        per_stage={
+            "vlm_pretrain": 4e-4,
+            "vlm_sft": 5e-6,
+            "sft": 1e-5,
+            "reason": 1e-5,
+            "distill": 1e-5,
+            "lora": 1e-4,
+            "dpo": 5e-6,
+            "grpo": 1e-6,
+            "agent": 1e-6,
+            "ppo": 1e-6,
+        },
     )
     min_lr: float | None = setting(None, "final learning rate of the cosine (default lr/10)", check=at_least(0))
     warmup_steps: int | None = setting(None, "linear warmup steps (default 1% of the steps)", check=at_least(0))
     weight_decay: float = setting(
-        0.1, "AdamW weight decay on matrices", per_stage={"lora": 0.0, "dpo": 0.0, "grpo": 0.0}, check=at_least(0)
+        0.1,
+        "AdamW weight decay on matrices",
+        per_stage={"lora": 0.0, "dpo": 0.0, "grpo": 0.0, "agent": 0.0, "ppo": 0.0},
+        check=at_least(0),
     )
     grad_clip: float = setting(1.0, "max gradient norm", check=positive)
     save_every: int = setting(1000, "checkpoint every N optimizer steps (and at the end)", check=at_least(1))
@@ -169,7 +208,9 @@ class TrainConfig:
         "auto, fp32, bf16, fp16 (auto: bf16 on GPUs and on CPUs with bf16 units, else fp32)",
         check=one_of("auto", "fp32", "bf16", "fp16"),
     )
-    compile: bool = setting(False, "torch.compile the model")
+    compile: bool = setting(
+        False, "torch.compile the model (the first step pays the compile time, printed; pays off in long runs)"
+    )
     grad_checkpointing: bool = setting(False, "recompute activations in backward (less memory, ~30% slower)")
     fsdp: bool = setting(False, "shard the model over the torchrun processes (FSDP) instead of replicating it (DDP)")
     tracker: list[str] = setting(
@@ -292,51 +333,123 @@ class TrainConfig:
         stages=("dpo",),
         check=one_of(*REF_MODES),
     )
-    # RL with verifiable rewards (rl/grpo.py): G sampled replies per prompt, rewarded, compared
-    # within their group, trained on for a few update iterations; a KL pull to the start model.
+    # RL with verifiable rewards (rl/grpo.py; agent RL, rl/agent.py, over multi-turn tool-using
+    # trajectories): G samples per prompt, rewarded, compared within their group, trained on for
+    # a few update iterations; a KL pull to the start model.
     num_generations: int = setting(
-        4, "grpo: replies sampled per prompt (the group)", stages=("grpo",), check=at_least(2), resume_fixed=True
+        4,
+        "rl: replies sampled per prompt (grpo, agent: the group, >= 2; ppo: default 1, the critic is the baseline)",
+        stages=RL_STAGES,
+        per_stage={"ppo": 1},
+        check=at_least(1),
+        resume_fixed=True,
     )
     max_gen_len: int = setting(
-        256, "grpo: most tokens of a sampled reply", stages=("grpo",), check=at_least(1), resume_fixed=True
+        256, "rl: most tokens of a sampled reply", stages=RL_STAGES, check=at_least(1), resume_fixed=True
     )
     temperature: float = setting(
-        1.0, "grpo: sampling temperature of the rollouts", stages=("grpo",), check=positive, resume_fixed=True
+        1.0, "rl: sampling temperature of the rollouts", stages=RL_STAGES, check=positive, resume_fixed=True
     )
     top_p: float = setting(
         1.0,
-        "grpo: nucleus sampling of the rollouts (1 = off)",
-        stages=("grpo",),
+        "rl: nucleus sampling of the rollouts (1 = off)",
+        stages=RL_STAGES,
         check=between(0.01, 1),
         resume_fixed=True,
     )
     loss: str = setting(
         "cispo",
-        "grpo: cispo (default, MiniMind's), grpo (clipped ratio) or dr_grpo (no std, constant normaliser)",
-        stages=("grpo",),
+        "rl: cispo (default, MiniMind's), grpo (clipped ratio) or dr_grpo (no std, constant normaliser)",
+        stages=GROUP_STAGES,
         check=one_of(*RL_LOSSES),
     )
-    epsilon: float = setting(0.2, "grpo: clip range of the ratio (grpo, dr_grpo)", stages=("grpo",), check=positive)
-    epsilon_high: float = setting(5.0, "grpo: cispo's cap on the importance weight", stages=("grpo",), check=positive)
+    epsilon: float = setting(
+        0.2, "rl: clip range of the ratio (losses grpo and dr_grpo; ppo)", stages=RL_STAGES, check=positive
+    )
+    epsilon_high: float = setting(5.0, "rl: cispo's cap on the importance weight", stages=GROUP_STAGES, check=positive)
     iterations: int = setting(
         2,
-        "grpo: optimizer steps on each batch of rollouts (from the second on, the ratio moves)",
-        stages=("grpo",),
+        "rl: optimizer steps on each batch of rollouts (from the second on, the ratio moves)",
+        stages=RL_STAGES,
         check=at_least(1),
         resume_fixed=True,
     )
     kl_beta: float = setting(
-        0.1, "grpo: weight of the k3 KL to the starting model (0: no reference)", stages=("grpo",), check=at_least(0)
+        0.1,
+        "rl: weight of the KL to the starting model (grpo, agent: k3 in the loss; ppo: a per-token "
+        "penalty in the reward, default 0.02 as MiniMind's kl_coef; 0: no reference)",
+        stages=RL_STAGES,
+        per_stage={"ppo": 0.02},
+        check=at_least(0),
     )
     reward: str = setting(
         "exact_answer=1",
-        "grpo: built-in rewards and weights, e.g. exact_answer=1,think_format=0.2,repetition=0.5",
-        stages=("grpo",),
+        "rl: built-in rewards and weights, e.g. exact_answer=1,think_format=0.2,repetition=0.5",
+        stages=RL_STAGES,
+        per_stage={"agent": "answer_in_text=1,tool_calls=0.5"},
     )
     reward_fn: list[str] = setting(
-        help="grpo: your own rewards, module:function or file.py:function (weight 1 each)",
+        help="rl: your own rewards, module:function or file.py:function (weight 1 each)",
         factory=list,
-        stages=("grpo",),
+        stages=RL_STAGES,
+    )
+    reward_model: str | None = setting(
+        None,
+        "rl: a local transformers sequence-classification model directory, scored as the reward "
+        "`reward_model` (weight 1 unless --reward names it)",
+        stages=RL_STAGES,
+    )
+    reward_model_batch: int = setting(
+        16, "rl: replies per batch of the --reward-model", stages=RL_STAGES, check=at_least(1)
+    )
+    # PPO (rl/ppo.py): a critic (value model) beside the policy, GAE, value clipping, and an
+    # early stop of a batch's updates once the policy has moved --target-kl away from the sampler.
+    critic_lr: float = setting(
+        5e-6,
+        "ppo: peak learning rate of the critic (the same warmup and cosine as --lr)",
+        stages=("ppo",),
+        check=positive,
+    )
+    gamma: float = setting(1.0, "ppo: discount per token in GAE", stages=("ppo",), check=between(0, 1))
+    lam: float = setting(
+        0.95, "ppo: GAE's lambda (1: Monte Carlo returns, 0: one-step TD)", stages=("ppo",), check=between(0, 1)
+    )
+    value_clip: float = setting(
+        0.2,
+        "ppo: how far a value may move from its rollout value before its loss is clipped (0: off)",
+        stages=("ppo",),
+        check=at_least(0),
+    )
+    vf_coef: float = setting(0.5, "ppo: weight of the value loss", stages=("ppo",), check=at_least(0))
+    target_kl: float = setting(
+        0.25,
+        "ppo: skip the rest of a batch's updates once the approximate KL to the sampling policy exceeds this (0: off)",
+        stages=("ppo",),
+        check=at_least(0),
+    )
+    # Agent RL (rl/agent.py): tools and turns of a trajectory.
+    max_turns: int = setting(
+        3,
+        "agent: most replies per trajectory (each may call tools)",
+        stages=("agent",),
+        check=at_least(1),
+        resume_fixed=True,
+    )
+    tools: list[str] = setting(
+        help="agent: your own tools, module:function or file.py:function, or a module/file.py with a TOOLS list",
+        factory=list,
+        stages=("agent",),
+        resume_fixed=True,
+    )
+    # Vision-language stages (train/vlm.py): which parameters train; the rest stay frozen.
+    train: list[str] = setting(
+        help="vlm: the parameters that train: projector, first_last (LLM layers 0 and -1), llm, "
+        "encoder (our patch encoder), all (default: pretrain projector; sft projector first_last, as MiniMind-V)",
+        factory=list,
+        stages=("vlm_pretrain", "vlm_sft"),
+        per_stage={"vlm_pretrain": ["projector"], "vlm_sft": ["projector", "first_last"]},
+        check=one_of(*VLM_PARTS),
+        resume_fixed=True,
     )
     # A bool that defaults to True is turned off on the command line: --no-progress.
     progress: bool = setting(True, "no progress bar")
@@ -386,13 +499,27 @@ class TrainConfig:
                 "--random-system-prompt and --strip-empty-think are SFT augmentations; "
                 "dpo renders both sides of a pair the same way"
             )
-        if s == "grpo" and self.save_every % self.iterations:
+        if s in RL_STAGES and self.save_every % self.iterations:
             raise MiniMindError(
                 f"--save-every {self.save_every} must be a multiple of --iterations {self.iterations}: a "
                 "checkpoint falls between two batches of rollouts, so a resumed run samples them again exactly"
             )
-        if s == "grpo" and self.uses_lora:
-            raise MiniMindError("minimind grpo trains the whole model; --lora-rank is not supported yet")
+        if s in GROUP_STAGES and self.num_generations < 2:
+            raise MiniMindError(
+                f"--num-generations must be at least 2 for minimind {s} (each reply is compared with "
+                f"its group's), got {self.num_generations}"
+            )
+        if s == "ppo" and self.fsdp:
+            raise MiniMindError("minimind ppo keeps a whole critic on every process: drop --fsdp (DDP is used)")
+        if s in RL_STAGES and self.uses_lora:
+            raise MiniMindError(f"minimind {s} trains the whole model; --lora-rank is not supported yet")
+        if s.startswith("vlm_") and not self.init:
+            raise MiniMindError(
+                f"minimind vlm {s[4:]} starts from a vision-language model: pass --init DIR "
+                "(make one with `minimind vlm init --lm LM_DIR --encoder patch --out DIR`)"
+            )
+        if s.startswith("vlm_") and (self.fsdp or self.uses_lora):
+            raise MiniMindError(f"minimind vlm {s[4:]} supports neither --fsdp nor LoRA yet (DDP works)")
         if s == "distill" and not self.teacher:
             raise MiniMindError("minimind distill needs --teacher DIR (the model to learn from)")
         if s == "lora" and self.lora_rank < 1:

@@ -82,6 +82,23 @@ class Objective:
         FSDP (every rank must run every forward)."""
         batch["labels"][-1] = -100
 
+    # An objective that trains more than the model (PPO's critic) or decides to hold updates
+    # back (PPO's approximate-KL early stop) uses the three hooks below; the defaults do nothing.
+    def before_step(self, lr_scale: float, scaler) -> bool:
+        """Called on every rank after a step's backward passes, before the model's optimizer
+        step. Step what else the objective trains here, its learning rate scaled as the model's
+        is (lr_scale = this step's lr / --lr; through `scaler`, the trainer's GradScaler).
+        False holds this step's model update back; the answer must be the same on every rank."""
+        return True
+
+    def state_dict(self) -> dict:
+        """What a checkpoint must hold beyond the model and its optimizer for an exact resume
+        (tensors, numbers and containers of them; train_state/objective.pt). Default: nothing."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore state_dict() when resuming (after setup, before the first batch)."""
+
     def describe_data(self, cfg: TrainConfig, train_ds, val_ds) -> str:
         """The `data: ...` line printed when training starts."""
         s = train_ds.stats
@@ -139,6 +156,10 @@ STAGE_OBJECTIVES = {
     "lora": "minimind.train.objectives:LMObjective",
     "dpo": "minimind.train.dpo:DPOObjective",
     "grpo": "minimind.rl.grpo:GRPOObjective",
+    "vlm_pretrain": "minimind.train.vlm:VLMObjective",
+    "vlm_sft": "minimind.train.vlm:VLMObjective",
+    "agent": "minimind.rl.agent:AgentObjective",
+    "ppo": "minimind.rl.ppo:PPOObjective",
 }
 
 

@@ -5,6 +5,7 @@
         train_state/state.json              step, epoch, position in the data, the run's settings
         train_state/optimizer.pt            AdamW moments (+ grad scaler), tensors only
         train_state/rng-rank0.pt            every RNG state of each rank (dropout, sampling)
+        train_state/objective.pt            only for objectives that train more (PPO's critic)
 
 A checkpoint is written into a temporary folder, every file fsynced, then the folder is
 renamed into place: a run killed at any moment leaves either the whole checkpoint or none.
@@ -42,6 +43,7 @@ from ..model.lora import has_lora, read_lora_checkpoint, save_adapter
 
 CHECKPOINTS = "checkpoints"
 STATE = "train_state"
+OBJECTIVE = "objective.pt"  # what an objective trains beyond the model (PPO's critic), if anything
 
 
 # Whole (unsharded) state dicts keyed by parameter name, the same for one process, DDP and
@@ -223,10 +225,12 @@ def save_checkpoint(
     scaler,
     state: dict,
     keep_last: int,
+    objective_state: dict | None = None,
 ) -> Path:
     """Rank 0: write weights, optimizer and run state (from gather_state) into the staging
     folder (where every rank already wrote its RNG state), make it durable, rename it into
-    place, and delete the oldest checkpoints beyond `keep_last`."""
+    place, and delete the oldest checkpoints beyond `keep_last`. `objective_state`: what the
+    objective trains beyond the model (Objective.state_dict: PPO's critic), if anything."""
     stage = staging_dir(out_dir, step)
     final = Path(out_dir) / CHECKPOINTS / checkpoint_name(step)
     with writing_checkpoint(out_dir, step):
@@ -236,6 +240,8 @@ def save_checkpoint(
             save_model_dir(model, stage, tokenizer, state_dict=model_state)
         extra = {"scaler": scaler.state_dict()} if scaler is not None and scaler.is_enabled() else {}
         torch.save({"optimizer": optimizer_state, **extra}, stage / STATE / "optimizer.pt")
+        if objective_state:
+            torch.save(objective_state, stage / STATE / OBJECTIVE)
         (stage / STATE / "state.json").write_text(json.dumps({**state, "step": step}, indent=2) + "\n")
         _fsync_tree(stage)
     if final.exists():  # e.g. the final save coincides with a periodic one
@@ -328,6 +334,22 @@ def load_checkpoint(path: Path, model, optimizer, scaler, rank: int) -> tuple[di
         if window is not None and not _valid_window(window):
             raise MiniMindError(f"{rng_file}: 'log_window' is not a logging window")
     return state, window
+
+
+def load_objective_state(path: Path, objective) -> None:
+    """Give the objective what it kept in the checkpoint (Objective.load_state_dict), if the
+    checkpoint holds anything for it; a file that does not fit is one line naming it."""
+    file = path / STATE / OBJECTIVE
+    state = _load_tensors(file, "the objective's state") if file.is_file() else {}
+    if not isinstance(state, dict):
+        raise MiniMindError(f"{file}: not an objective's state (expected a dict)")
+    try:
+        objective.load_state_dict(state)
+    except MiniMindError as e:
+        raise MiniMindError(f"{file}: {e}") from None
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise MiniMindError(f"{file}: does not fit this run ({type(e).__name__}: {first})") from None
 
 
 def _check_optimizer_state(saved: dict, model) -> None:

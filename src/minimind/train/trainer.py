@@ -46,6 +46,7 @@ from .state import (
     gather_state,
     list_checkpoints,
     load_checkpoint,
+    load_objective_state,
     publish,
     read_state,
     save_checkpoint,
@@ -265,7 +266,9 @@ class Trainer:
         for key, now in self._run_settings().items():
             if key in saved and saved[key] != now:
                 raise MiniMindError(f"cannot resume {latest} exactly: {key} was {saved[key]!r}, now {now!r}")
-        return latest, *load_checkpoint(latest, self.model, self.optimizer, self.scaler, self.dist.rank)
+        state, window = load_checkpoint(latest, self.model, self.optimizer, self.scaler, self.dist.rank)
+        load_objective_state(latest, self.objective)  # (PPO's critic; nothing for most objectives)
+        return latest, state, window
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> Path:
@@ -298,15 +301,20 @@ class Trainer:
                         loss = loss_sum * dist.world_size / max(count, 1) + aux / len(group)
                         self.scaler.scale(loss).backward()
                     window["loss"] += loss_sum.detach().double().cpu()
-                    window["tokens"] += real_tokens(batch)
+                    window["tokens"] += real_tokens(batch) if count else 0  # (none: a step PPO skipped)
                     for name, value in metrics.items():
                         window["metrics"][name] = window["metrics"].get(name, 0.0) + float(value)
                 window["count"] += count
-                self.scaler.unscale_(self.optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                grad_norm = (grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm).item()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
+                # The objective steps what else it trains (PPO's critic), or holds this update
+                # back (PPO's KL early stop: then no AdamW step at all, not a step on zeros).
+                if self.objective.before_step(lr / cfg.lr, self.scaler):
+                    self.scaler.unscale_(self.optimizer)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                    grad_norm = (grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm).item()
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                else:
+                    grad_norm = 0.0
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
                 self.position = group[-1][0], group[-1][1]
@@ -324,6 +332,9 @@ class Trainer:
                     self._save()
                 if clock is None:
                     clock = (self.step, time.perf_counter())
+                    if cfg.compile and dist.is_main:  # the price of --compile, to weigh against its gain
+                        line = f"compile: the first step took {clock[1] - started:.1f} s (torch.compile builds kernels)"
+                        bar.write(line) if bar is not None else print(line, flush=True)
                 elif clock[0] >= 0 and self.step - clock[0] >= 3 and time.perf_counter() - clock[1] >= ESTIMATE_AFTER_S:
                     if dist.is_main:
                         self._estimate((time.perf_counter() - clock[1]) / (self.step - clock[0]), bar)
@@ -520,6 +531,7 @@ class Trainer:
                 self.scaler,
                 state,
                 self.cfg.keep_last,
+                objective_state=self.objective.state_dict(),
             )
         barrier(self.dist)
 
