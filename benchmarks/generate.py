@@ -1,4 +1,4 @@
-"""Decode throughput of minimind.infer.generate against transformers' generate, same weights.
+"""Decode throughput of minimind.infer.generate against transformers' and the original MiniMind's generate.
 
     python benchmarks/generate.py                 # minimind2-small and tiny, batch 1 and 8
     python benchmarks/generate.py --models tiny --batches 1 --new-tokens 64
@@ -8,7 +8,11 @@ For each preset we build our model with random weights and load the very same te
 the transformers class with the same architecture (strict load, names match exactly):
   * qk_norm presets (minimind-3 layout: tiny, nano, minimind3) -> Qwen3ForCausalLM
   * MiniMind2 presets (no q/k norm)                             -> LlamaForCausalLM
-The logits of both are checked to agree before anything is timed. Both decode greedily from
+and, for the minimind-3 layout, into the original MiniMind's own `MiniMindForCausalLM` (imported
+as-is from ../shared/reference/minimind-upstream; its parameter names are ours) whose own
+`generate` (do_sample=False) is timed as a third peer; it is skipped, with a note, when
+../shared is not there, and for MiniMind2 presets, which today's original code cannot build.
+The logits of all sides are checked to agree before anything is timed. Both decode greedily from
 the same ~32-token prompts for exactly --new-tokens tokens (no stop token on either side),
 after a warm-up run; the best of 3 runs (the two sides take turns) is reported as generated
 tokens per second (the 32-token prefill is included in the time). The ids are compared too.
@@ -25,15 +29,17 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from minimind import MiniMindForCausalLM, preset
-from minimind.infer import SamplingParams, generate
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_line  # noqa: E402
+
+from minimind import MiniMindForCausalLM, preset  # noqa: E402
+from minimind.infer import SamplingParams, generate  # noqa: E402
 
 SHARED_TOKENIZER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tokenizer" / "minimind3"
 
@@ -101,17 +107,6 @@ def build_pair(name: str, seed: int = 0, with_hf: bool = True):
     return ours, hf
 
 
-def cpu_name() -> str:
-    """The CPU's model name (platform.processor() is often empty on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def load_other_minimind(src: str):
     """The `minimind` package of another source tree, imported as `minimind_other` beside ours
     (its modules import each other relatively, so they resolve inside the alias)."""
@@ -130,6 +125,35 @@ def other_twin(other, name: str, ours):
     model = importlib.import_module("minimind_other.model").MiniMindForCausalLM(other.preset(name)).eval()
     model.load_state_dict({k: v.float().cpu() for k, v in ours.state_dict().items()}, strict=True)
     return model, importlib.import_module("minimind_other.infer")
+
+
+UPSTREAM = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "minimind-upstream"
+
+
+def original_twin(ours):
+    """The original MiniMind model class holding our model's tensors, or None when its code is
+    not here or cannot build this layout (today's original has q/k norms: minimind-3 only)."""
+    if not UPSTREAM.is_dir() or not ours.config.qk_norm:
+        return None
+    from train_throughput import upstream
+
+    model_minimind, _ = upstream()
+    c = ours.config
+    config = model_minimind.MiniMindConfig(
+        hidden_size=c.hidden_size,
+        num_hidden_layers=c.num_hidden_layers,
+        num_attention_heads=c.num_attention_heads,
+        num_key_value_heads=c.num_key_value_heads,
+        head_dim=c.head_dim,
+        intermediate_size=c.intermediate_size,
+        vocab_size=c.vocab_size,
+        rope_theta=c.rope_theta,
+        rms_norm_eps=c.rms_norm_eps,
+        max_position_embeddings=c.max_position_embeddings,
+    )
+    model = model_minimind.MiniMindForCausalLM(config).eval()
+    model.load_state_dict({k: v.float() for k, v in ours.state_dict().items()}, strict=True)
+    return model
 
 
 def check_logits(ours, hf, prompt: torch.Tensor) -> float:
@@ -171,6 +195,12 @@ def bench(
     g = torch.Generator().manual_seed(1)
     prompt = torch.randint(36, ours.config.vocab_size, (batch, prompt_len), generator=g)  # no special tokens
     diff = check_logits(ours, hf, prompt) if hf is not None else float("nan")  # fp32 on the CPU: one network?
+    original = original_twin(ours)
+    if original is not None:
+        with torch.no_grad():
+            gap = (ours(prompt).logits - original(prompt).logits).abs().max().item()
+        assert gap < 1e-3, f"the original model's logits differ by {gap}"
+        original = original.to(device, dtype)
     ours, prompt = ours.to(device, dtype), prompt.to(device)
     hf = hf.to(device, dtype) if hf is not None else None
     params = SamplingParams(max_new_tokens=new_tokens, temperature=0.0, stop_token_ids=())
@@ -194,7 +224,13 @@ def bench(
             )
         return out[:, prompt_len:].tolist()
 
-    sides = [run_ours, run_hf]
+    def run_original():
+        out = original.generate(
+            prompt, max_new_tokens=new_tokens, do_sample=False, top_k=0, top_p=1.0, temperature=1.0, eos_token_id=None
+        )
+        return out[:, prompt_len:].tolist()
+
+    sides = [run_ours, run_hf] + ([run_original] if original is not None else [])
     if other is not None:
         twin, other_infer = other_twin(other, name, ours)
         twin = twin.to(device, dtype)
@@ -225,6 +261,10 @@ def bench(
         "first_diff": first_diff,
         "logit_diff": diff,
     }
+    if original is not None:
+        t_orig, ids_orig = timed[2]
+        result.update(original=n / t_orig, original_ratio=t_orig / t_ours, original_same=ids_orig == ids_ours)
+    timed = timed[:2] + timed[3:] if original is not None else timed
     if other is not None:
         t_other, ids_other = timed[2]
         result.update(other=n / t_other, other_ratio=t_other / t_ours, other_same=ids_other == ids_ours)
@@ -254,18 +294,15 @@ def main():
         torch.set_num_threads(args.threads)
 
     version = "not used" if args.no_transformers else __import__("transformers").__version__
-    machine = (
-        torch.cuda.get_device_name()
-        if args.device.startswith("cuda")
-        else f"{torch.get_num_threads()} threads, {cpu_name()}"
-    )
-    print(f"torch {torch.__version__}, transformers {version}, {machine}")
+    print(machine_line(device="cuda" if args.device.startswith("cuda") else "cpu"))
+    print(f"transformers {version}; the original MiniMind: {UPSTREAM if UPSTREAM.is_dir() else 'not here (skipped)'}")
     print(
         f"greedy, {args.dtype} on {args.device}, prompt {args.prompt_len} tokens, "
         f"{args.new_tokens} new tokens, best of {args.repeats}\n"
     )
     tokenizer = load_tokenizer(args.tokenizer)
     header = f"| {'model':<16} | batch | ours tok/s | transformers tok/s | ratio | same ids |"
+    header += " original tok/s | ours / original | same ids |"
     if other is not None:
         print(f"--compare: {args.compare}")
         header += " other tok/s | ours / other | same ids |"
@@ -297,6 +334,11 @@ def main():
                 if not args.no_transformers
                 else f"| {r['model']:<16} | {r['batch']:>5} | {r['ours']:>10.1f} | - | - | - |"
             )
+            if "original" in r:
+                same_orig = "yes" if r["original_same"] else "no"
+                line += f" {r['original']:>14.1f} | {r['original_ratio']:>14.2f}x | {same_orig} |"
+            else:
+                line += " - | - | - |"
             if other is not None:
                 line += f" {r['other']:>11.1f} | {r['other_ratio']:>11.2f}x | {'yes' if r['other_same'] else 'no'} |"
             if "sampled" in r:

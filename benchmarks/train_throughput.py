@@ -1,154 +1,292 @@
-"""Training throughput: our packed loop vs a MiniMind-style padded loop, in one run.
+"""Training throughput against the original MiniMind code, in one run on one machine.
 
-Counts only real (non-padding) tokens per second. For each model (tiny, minimind2-small) and
-each data set (pretraining text, SFT conversations from ../shared/data):
+The anchor is MiniMind itself, imported as-is from ../shared/reference/minimind-upstream: its
+model (`MiniMindForCausalLM`), its dataset class (`lm_dataset.PretrainDataset`: one document a
+row, padded to seq_len) and its training step as trainer/train_pretrain.py runs it (forward
+with labels, loss + aux_loss, GradScaler, clip 1.0, torch.optim.AdamW with its defaults,
+zero_grad). Its CPU default is fp32 (no autocast on the CPU); `original bf16` patches a bf16
+autocast into the same step. Ours is the trainer's step (packed rows, our AdamW: fused on the
+CPU, clip) in fp32, in bf16 autocast, and optionally torch.compile'd. Both models start from
+the same weights (ours is built from the original's state dict), both read the same JSONL,
+both pay for their data loading (in the main process), both count only real (non-padding)
+tokens.
 
-  minimind-style   every sample padded (or cut) to seq_len, fp32, a loss over the padded batch
-                   (what MiniMind's trainer does on a CPU: no packing, no autocast)
-  ours fp32        rows packed with whole documents (minimind.data), the same model, fp32
-  ours bf16        the same with bf16 autocast (only where the CPU has bf16 matrix units,
-                   or with --force-bf16: elsewhere PyTorch emulates bf16 and it is far slower)
+The modes run in interleaved rounds (A B C ... A B C ...), so a machine that slows down
+mid-run slows every mode alike; the table shows the median round. MFU is against the
+machine's measured matmul peak in the mode's dtype.
 
-and MFU against the machine's measured matmul peak. Run: python benchmarks/train_throughput.py
+MiniMind's dataset module imports HF `datasets`; where it is not installed, a stand-in that
+reads the JSONL into a list of dicts is put in its place (load_dataset('json', ...) only).
+
+    python benchmarks/train_throughput.py                         # h512 x 8 and h256 x 4, seq 512
+    python benchmarks/train_throughput.py --configs 256x4 --steps 2 --rounds 2   # a quick check
+    python benchmarks/train_throughput.py --compile               # adds ours compiled (bf16)
+
+Exits 2 when the original code (../shared) is not there: it is not part of a user's clone.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import statistics
 import sys
 import time
+import types
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from minimind import MiniMindForCausalLM, preset
-from minimind.data import build_datasets, iterate_batches, read_records
-from minimind.device import cpu_has_fast_bf16
-from minimind.tokenizer import Tokenizer
-from minimind.train.flops import flops_per_token, measured_peak_flops
-from minimind.train.objectives import LMObjective, real_tokens
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe_machine, machine_line  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from minimind.data import build_datasets, iterate_batches  # noqa: E402
+from minimind.device import resolve_train_dtype  # noqa: E402
+from minimind.export.common import build_model  # noqa: E402
+from minimind.export.minimind_pth import infer_config  # noqa: E402
+from minimind.tokenizer import Tokenizer  # noqa: E402
+from minimind.train.flops import flops_per_token, measured_peak_flops  # noqa: E402
+from minimind.train.objectives import LMObjective, autocast, real_tokens, to_device  # noqa: E402
+from minimind.train.optim import make_optimizer  # noqa: E402
 
-
-def minimind_style_batches(path: Path, kind: str, tok: Tokenizer, seq_len: int, batch_size: int):
-    """MiniMind's datasets: one sample per row, right-padded with 0 (or cut) to seq_len."""
-    from minimind.data.sft import encode_chats
-
-    records = [r.data for r in read_records(path, kind)]
-    if kind == "pretrain":
-        seqs = [[tok.bos_token_id] + tok.encode(r["text"])[: seq_len - 2] + [tok.eos_token_id] for r in records]
-        masks = [[1] * len(s) for s in seqs]
-    else:
-        encoded = encode_chats(tok, [r["conversations"] for r in records])
-        seqs = [list(ids[:seq_len]) for ids, _ in encoded]
-        masks = [list(m[:seq_len]) for _, m in encoded]
-    for i in range(0, len(seqs) - batch_size + 1, batch_size):
-        ids = torch.zeros(batch_size, seq_len, dtype=torch.long)
-        labels = torch.full((batch_size, seq_len), -100, dtype=torch.long)
-        real = 0
-        for b, (s, m) in enumerate(zip(seqs[i : i + batch_size], masks[i : i + batch_size])):
-            ids[b, : len(s)] = torch.tensor(s)
-            labels[b, : len(s)] = torch.where(torch.tensor(m, dtype=torch.bool), torch.tensor(s), -100)
-            real += len(s)
-        yield ids, labels, real
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+UPSTREAM = SHARED / "reference" / "minimind-upstream"
+DATA = SHARED / "data" / "minimind_format" / "pretrain_en_c4_wiki_demo.jsonl"
+CPU = torch.device("cpu")
 
 
-def time_steps(step_fn, batches, steps: int, warmup: int = 1) -> tuple[float, int]:
-    """Seconds and real tokens of `steps` timed steps after `warmup` untimed ones."""
-    seconds, tokens = 0.0, 0
-    for i, batch in enumerate(batches):
-        if i >= warmup + steps:
-            break
-        start = time.perf_counter()
-        n = step_fn(batch)
-        if i >= warmup:
-            seconds += time.perf_counter() - start
-            tokens += n
-    return seconds, tokens
+# ------------------------------------------------------------------ the original code
 
 
-def run(
-    model_name: str, kind: str, data: Path, tok: Tokenizer, seq_len: int, batch_size: int, steps: int, modes: list[str]
-) -> list[dict]:
-    results = []
-    for mode in modes:
-        torch.manual_seed(0)
-        model = MiniMindForCausalLM(preset(model_name, vocab_size=tok.vocab_size)).init_weights(0).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        dtype = torch.bfloat16 if mode == "ours bf16" else torch.float32
-        if mode == "minimind-style":
+def _datasets_stand_in() -> types.ModuleType:
+    """HF `datasets`, as much of it as MiniMind's lm_dataset uses for pretraining data:
+    load_dataset('json', data_files=PATH, split='train') -> the records, as a list."""
+    mod = types.ModuleType("datasets")
 
-            def step(batch):
-                ids, labels, real = batch
-                out = model(ids)
-                loss = F.cross_entropy(out.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
-                loss.backward(), opt.step(), opt.zero_grad(set_to_none=True)
-                return real
+    def load_dataset(kind, data_files, split="train", features=None):
+        assert kind == "json" and split == "train"
+        with open(data_files, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
 
-            batches = minimind_style_batches(data, kind, tok, seq_len, batch_size)
-        else:
-            objective = LMObjective()
-            train_ds, _ = build_datasets([str(data)], tok, kind, seq_len)
+    mod.load_dataset = load_dataset
+    mod.Features = mod.Sequence = mod.Value = lambda *a, **k: None
+    return mod
 
-            def step(batch):
-                with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-                    loss_sum, aux, _ = objective.loss_sum(model, batch)
-                (loss_sum / max(objective.count(batch), 1) + aux).backward()
-                opt.step(), opt.zero_grad(set_to_none=True)
-                return real_tokens(batch)
 
-            batches = iterate_batches(train_ds, batch_size, seed=0, epoch=0)
-        seconds, tokens = time_steps(step, batches, steps)
-        tps = tokens / seconds
-        mfu = tps * flops_per_token(model.config, seq_len) / measured_peak_flops(torch.device("cpu"), dtype)
-        results.append({"model": model_name, "data": kind, "mode": mode, "tokens_per_s": tps, "mfu": mfu})
-        print(f"  {model_name:16s} {kind:8s} {mode:15s} {tps:9.0f} tok/s  MFU {mfu * 100:5.1f}%", flush=True)
-    return results
+def upstream():
+    """The original's modules (model_minimind, lm_dataset), imported as they are; exits 2
+    with a message when ../shared is not there."""
+    if not UPSTREAM.is_dir():
+        print(f"needs the original MiniMind code at {UPSTREAM} (../shared, not in a user's clone)", file=sys.stderr)
+        sys.exit(2)
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        sys.modules["datasets"] = _datasets_stand_in()
+    sys.path.insert(0, str(UPSTREAM))
+    from dataset import lm_dataset
+    from model import model_minimind
+
+    return model_minimind, lm_dataset
+
+
+def original_model(hidden: int, layers: int, seed: int = 0):
+    model_minimind, _ = upstream()
+    torch.manual_seed(seed)
+    return model_minimind.MiniMindForCausalLM(
+        model_minimind.MiniMindConfig(hidden_size=hidden, num_hidden_layers=layers)
+    )
+
+
+def ours_from(original) -> torch.nn.Module:
+    """Our model holding the original's weights (the names are the same since minimind-3)."""
+    sd = {k: v.detach().clone() for k, v in original.state_dict().items()}
+    config = infer_config(sd, "upstream", max_position_embeddings=original.config.max_position_embeddings)
+    if config.tie_word_embeddings:
+        sd.pop("lm_head.weight", None)
+    return build_model(config, sd, "upstream")
+
+
+def cycle(make):
+    while True:
+        yield from make()
+
+
+class OriginalStep:
+    """trainer/train_pretrain.py's step on its own model, dataset and optimizer."""
+
+    def __init__(self, hidden, layers, seq_len, batch_size, bf16: bool, device: torch.device = CPU):
+        _, lm_dataset = upstream()
+        from transformers import AutoTokenizer
+
+        self.device = device
+        self.model = original_model(hidden, layers).to(device).train()
+        tokenizer = AutoTokenizer.from_pretrained(str(UPSTREAM / "model"))
+        ds = lm_dataset.PretrainDataset(str(DATA), tokenizer, max_length=seq_len)
+        loader = torch.utils.data.DataLoader
+        self.batches = cycle(lambda: loader(ds, batch_size=batch_size, shuffle=True, num_workers=0, drop_last=True))
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=5e-4)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=False)  # its fp16-only scaler, off
+        self.ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+        self.config = self.model.config
+
+    def __call__(self) -> int:
+        input_ids, labels = next(self.batches)
+        input_ids, labels = input_ids.to(self.device), labels.to(self.device)
+        with self.ctx():
+            res = self.model(input_ids, labels=labels)
+            loss = res.loss + res.aux_loss
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return int((labels != -100).sum())
+
+
+class OurStep:
+    """The trainer's step (train/trainer.py): packed rows, token-mean loss, clip, our AdamW."""
+
+    def __init__(
+        self, hidden, layers, seq_len, batch_size, dtype: torch.dtype, compile: bool = False, device: torch.device = CPU
+    ):
+        self.device = device
+        self.model = ours_from(original_model(hidden, layers)).to(device).train()
+        tok = Tokenizer.from_dir(UPSTREAM / "model")
+        train_ds, _ = build_datasets([str(DATA)], tok, "pretrain", seq_len)
+        epochs = iter(range(10**6))
+        self.batches = cycle(lambda: iterate_batches(train_ds, batch_size, seed=0, epoch=next(epochs)))
+        self.optimizer = make_optimizer(self.model, lr=5e-4)
+        self.objective, self.dtype = LMObjective(), dtype
+        self.forward = torch.compile(self.model) if compile else self.model
+        self.config = self.model.config
+
+    def __call__(self) -> int:
+        batch = to_device(next(self.batches), self.device)
+        with autocast(self.device, self.dtype):
+            loss_sum, aux, _ = self.objective.loss_sum(self.forward, batch)
+        (loss_sum / max(self.objective.count(batch), 1) + aux).backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return real_tokens(batch)
+
+
+# ------------------------------------------------------------------ the run
+
+
+def bench_config(hidden, layers, args) -> list[dict]:
+    default = resolve_train_dtype("auto", CPU)
+    bf16, fp32 = torch.bfloat16, torch.float32
+    modes = {
+        "original fp32 (its CPU default)": (
+            lambda: OriginalStep(hidden, layers, args.seq_len, args.batch_size, False),
+            fp32,
+        ),
+        "original bf16 (autocast patched in)": (
+            lambda: OriginalStep(hidden, layers, args.seq_len, args.batch_size, True),
+            bf16,
+        ),
+        "ours fp32": (lambda: OurStep(hidden, layers, args.seq_len, args.batch_size, fp32), fp32),
+        "ours bf16": (lambda: OurStep(hidden, layers, args.seq_len, args.batch_size, bf16), bf16),
+    }
+    if args.compile:
+        modes["ours bf16 compiled"] = (lambda: OurStep(hidden, layers, args.seq_len, args.batch_size, bf16, True), bf16)
+    steps, setup = {}, {}
+    for name, (make, _) in modes.items():
+        started = time.perf_counter()
+        steps[name] = make()
+        steps[name]()  # warm-up (and compile)
+        setup[name] = time.perf_counter() - started
+    rates = {name: [] for name in modes}
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            tokens, started = 0, time.perf_counter()
+            for _ in range(args.steps):
+                tokens += step()
+            rates[name].append(tokens / (time.perf_counter() - started))
+    rows = []
+    for name, (_, dtype) in modes.items():
+        tps = statistics.median(rates[name])
+        flops = flops_per_token_of(steps[name], args.seq_len)
+        rows.append(
+            {
+                "config": f"h{hidden} x {layers}",
+                "mode": name,
+                "dtype": str(dtype).replace("torch.", ""),
+                "tokens_per_s": tps,
+                "rounds": rates[name],
+                "mfu": tps * flops / measured_peak_flops(CPU, dtype),
+                "first_step_s": setup[name],
+            }
+        )
+    by = {r["mode"]: r["tokens_per_s"] for r in rows}
+    ours_default = "ours bf16" if default == bf16 else "ours fp32"
+    for r in rows:
+        r["ratio"] = {
+            "ours fp32": by["ours fp32"] / by["original fp32 (its CPU default)"],
+            "ours bf16": by["ours bf16"] / by["original bf16 (autocast patched in)"],
+            "ours bf16 compiled": by.get("ours bf16 compiled", 0) / by["original bf16 (autocast patched in)"],
+        }.get(r["mode"])
+    rows.append(
+        {
+            "config": f"h{hidden} x {layers}",
+            "mode": f"default vs default ({ours_default} / original fp32)",
+            "ratio": by[ours_default] / by["original fp32 (its CPU default)"],
+        }
+    )
+    return rows
+
+
+def flops_per_token_of(step, seq_len) -> float:
+    """Training FLOPs per token of the step's model (the original's config read as ours)."""
+    if isinstance(step, OurStep):
+        return flops_per_token(step.config, seq_len)
+    return flops_per_token(ours_from(step.model).config, seq_len)
+
+
+def markdown(rows: list[dict], args) -> str:
+    lines = [
+        f"seq_len {args.seq_len}, batch {args.batch_size}, {args.rounds} interleaved rounds of {args.steps} steps "
+        "(median round shown), real tokens only",
+        "",
+        "| config | mode | tokens/s | MFU | ours / original | first step (s) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        tps = f"{r['tokens_per_s']:,.0f}" if "tokens_per_s" in r else ""
+        mfu = f"{r['mfu'] * 100:.1f}%" if "mfu" in r else ""
+        ratio = f"{r['ratio']:.2f}x" if r.get("ratio") else ""
+        first = f"{r['first_step_s']:.1f}" if "first_step_s" in r else ""
+        lines.append(f"| {r['config']} | {r['mode']} | {tps} | {mfu} | {ratio} | {first} |")
+    return "\n".join(lines)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=["tiny", "minimind2-small"])
+    p.add_argument("--configs", nargs="+", default=["512x8", "256x4"], help="HIDDENxLAYERS (default 512x8 256x4)")
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--force-bf16", action="store_true", help="also time bf16 on a CPU without bf16 units")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per mode per round (default 3)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--compile", action="store_true", help="also time ours with torch.compile (bf16)")
     p.add_argument("--json", help="write the results here too")
     args = p.parse_args()
-    if not SHARED.is_dir():
-        print(f"skipped: {SHARED} (the shared data) is not there", file=sys.stderr)
-        return 0
-    tok = Tokenizer.from_dir(SHARED / "tokenizer" / "minimind3")
-    datasets = {
-        "pretrain": SHARED / "minimind_format" / "pretrain_en_c4_wiki_demo.jsonl",
-        "sft": SHARED / "minimind_format" / "sft_sharegpt_zh_1k.jsonl",
-    }
-    modes = ["minimind-style", "ours fp32"] + (["ours bf16"] if cpu_has_fast_bf16() or args.force_bf16 else [])
-    fp32 = measured_peak_flops(torch.device("cpu"), torch.float32)
-    bf16 = measured_peak_flops(torch.device("cpu"), torch.bfloat16)
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; matmul peak fp32 {fp32 / 1e9:.1f} GFLOP/s, "
-        f"bf16 {bf16 / 1e9:.1f} GFLOP/s (bf16 units: {'yes' if cpu_has_fast_bf16() else 'no, bf16 is emulated'})"
-    )
-    print(f"seq_len {args.seq_len}, batch {args.batch_size}, {args.steps} timed steps after 1 warm-up")
-    results = []
-    for model_name in args.models:
-        for kind, path in datasets.items():
-            results += run(model_name, kind, path, tok, args.seq_len, args.batch_size, args.steps, modes)
-    print("\nspeed-up over the MiniMind-style loop (real tokens/s):")
-    for r in results:
-        if r["mode"] != "minimind-style":
-            base = next(
-                b
-                for b in results
-                if b["model"] == r["model"] and b["data"] == r["data"] and b["mode"] == "minimind-style"
-            )
-            print(f"  {r['model']:16s} {r['data']:8s} {r['mode']:10s} {r['tokens_per_s'] / base['tokens_per_s']:5.2f}x")
+    upstream()  # exits 2 without the original code
+    if not DATA.is_file():
+        print(f"needs {DATA} (../shared/data)", file=sys.stderr)
+        return 2
+    info = describe_machine()
+    print(machine_line(info), flush=True)
+    rows = []
+    for spec in args.configs:
+        hidden, layers = (int(x) for x in spec.split("x"))
+        rows += bench_config(hidden, layers, args)
+    print(markdown(rows, args))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        Path(args.json).write_text(json.dumps({"machine": info, "results": rows}, indent=2))
     return 0
 
 

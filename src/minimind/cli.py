@@ -19,8 +19,9 @@ from .data.commands import register as register_data
 from .errors import MiniMindError
 from .evaluate.commands import register as register_eval
 from .export.commands import register as register_export
+from .serve.commands import add_backend_args
 from .serve.commands import register as register_serve
-from .train.commands import add_train_parser, register_lora
+from .train.commands import add_train_parser, register_lora, register_vlm
 
 # ---------------------------------------------------------------------------- verbs
 
@@ -67,10 +68,23 @@ def cmd_init(args) -> None:
 
 
 def cmd_quickstart(args) -> None:
+    if args.vision:  # the vision pipeline (vision_quickstart.py): shapes drawn offline, a model that sees
+        from .vision_quickstart import check_args, vision_quickstart
+
+        check_args(args.vision_steps, args.vision_images, None)
+        vision_quickstart(
+            out=args.out or "out/quickstart-vision",
+            steps=args.vision_steps,
+            train_images=args.vision_images,
+            seed=args.seed,
+            device=args.device,
+            progress=not args.no_progress,
+        )
+        return
     from .quickstart import quickstart
 
     quickstart(
-        out=args.out,
+        out=args.out or "out/quickstart",
         data=args.data,
         preset=args.preset,
         seed=args.seed,
@@ -78,13 +92,17 @@ def cmd_quickstart(args) -> None:
         pretrain_steps=args.pretrain_steps,
         sft_steps=args.sft_steps,
         progress=not args.no_progress,
+        minutes=args.minutes,
     )
 
 
 def cmd_chat(args) -> None:
     from .infer.repl import chat_main
 
-    chat_main(args)
+    gguf_export = None
+    if args.backend == "llama.cpp" and args.gguf is None:
+        from .export.gguf import export_gguf as gguf_export
+    chat_main(args, gguf_export)
 
 
 def cmd_generate_data(args) -> None:
@@ -184,14 +202,29 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=VerbParser)
 
     p = verbs.add_parser("quickstart", help="the whole pipeline offline on a CPU: tokenizer, pretrain, SFT, exam")
-    p.add_argument("--out", default="out/quickstart", help="where everything goes (default out/quickstart)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="where everything goes (default out/quickstart, with --vision out/quickstart-vision)",
+    )
     p.add_argument("--data", default="demo", help="demo (generated, offline; default) or minimind (downloaded)")
     p.add_argument("--preset", default="tiny", help="model size (default tiny)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--pretrain-steps", type=int, default=None, help="override the number of pretraining steps")
     p.add_argument("--sft-steps", type=int, default=None, help="override the number of SFT steps")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="size both training stages to finish in about N minutes on this machine (measured "
+        "from a few probe steps): a faster machine trains longer (default: fixed lengths, under 10 min)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    v = p.add_argument_group("vision (--vision: coloured shapes drawn offline, a model that sees)")
+    v.add_argument("--vision", action="store_true", help="train and test a small vision-language model instead")
+    v.add_argument("--vision-steps", type=int, default=None, help="training steps (default 600)")
+    v.add_argument("--vision-images", type=int, default=None, help="training pictures to draw (default 3000)")
     p.set_defaults(func=cmd_quickstart)
 
     p = verbs.add_parser("info", help="parameters and memory of a preset or model directory")
@@ -222,12 +255,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora", help="a LoRA adapter directory trained on --model, applied on top of it")
     p.add_argument("--prompt", help="answer this once and exit")
     p.add_argument("--system", help="a system prompt")
+    p.add_argument(
+        "--image",
+        action="append",
+        metavar="PATH",
+        help="an image for the first message (vision-language models; repeatable; /image PATH in the REPL)",
+    )
     p.add_argument("--think", action="store_true", help="let the model reason in a <think> block first (open_thinking)")
     p.add_argument(
         "--raw", action="store_true", help="no chat template: continue the text (for pretrained-only models)"
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default auto)")
     p.add_argument("--dtype", default="auto", help="auto, fp32, bf16, fp16 (default: fp32 on CPU, bf16 on GPU)")
+    add_backend_args(p)
     add_sampling_args(p)
     p.set_defaults(func=cmd_chat)
 
@@ -252,7 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_data_parser(verbs)
     add_train_parser(verbs, "dpo")
     add_train_parser(verbs, "grpo")
+    add_train_parser(verbs, "agent")
+    add_train_parser(verbs, "ppo")
     register_lora(verbs)  # `minimind lora` (a training stage) and `minimind lora merge`
+    register_vlm(verbs)  # `minimind vlm init | pretrain | sft`
     register_data(verbs)
     register_export(verbs)
     register_eval(verbs)

@@ -65,12 +65,59 @@ def exam_accuracy(model, tok, questions) -> tuple[dict[str, float], list[str]]:
     return {k: sum(v) / len(v) for k, v in scores.items()}, replies
 
 
+# --minutes: the training time goes 5/8 to pretraining and 3/8 to SFT (the default run's split:
+# about 200 pretraining steps for 120 SFT steps); 10% of the budget (at least 15 s) is kept for
+# the results (sample chats and the exam of both models); a few probe steps measure the speed.
+PRETRAIN_SHARE = 5 / 8
+RESULTS_SHARE, RESULTS_MIN_S = 0.10, 15.0
+PROBE_STEPS = 4
+MIN_PRETRAIN_STEPS, MIN_SFT_STEPS = 20, 10
+
+
+def plan_steps(minutes: float, elapsed_s: float, step_s: float) -> dict:
+    """Pretraining and SFT steps that fill a budget of `minutes`, given the seconds already
+    spent and the measured seconds per training step (both stages train the same model on
+    rows of the same shape, so one step costs the same in each). Never below the minimums:
+    a budget too small for them overruns rather than trains nothing."""
+    budget = minutes * 60
+    results = max(RESULTS_SHARE * budget, RESULTS_MIN_S)
+    train_s = max(budget - elapsed_s - results, 0.0)
+    steps = int(train_s / step_s)
+    pretrain = max(int(steps * PRETRAIN_SHARE), MIN_PRETRAIN_STEPS)
+    sft = max(steps - int(steps * PRETRAIN_SHARE), MIN_SFT_STEPS)
+    return {"pretrain_steps": pretrain, "sft_steps": sft, "step_s": step_s, "train_s": train_s, "results_s": results}
+
+
+def measure_step_seconds(root: Path, config: dict) -> float:
+    """Seconds per training step on this machine: PROBE_STEPS throwaway steps of the pretraining
+    run, the first (warm-ups) left out. Its output is hidden; its folder removed."""
+    import contextlib
+    import io
+    import shutil
+
+    probe = root / "speed-probe"
+    cfg = {**config, "out": str(probe), "max_steps": PROBE_STEPS, "log_every": 1, "progress": False}
+    cfg.update(resume=False, overwrite=True, save_every=PROBE_STEPS, eval_every=0)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            train(TrainConfig(**cfg))
+        rows = [json.loads(line) for line in (probe / "metrics.jsonl").read_text().splitlines()]
+        rows = [r for r in rows if "tokens_per_s" in r]
+        seconds = [(b["tokens"] - a["tokens"]) / b["tokens_per_s"] for a, b in zip(rows, rows[1:])]
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+    return sum(seconds) / len(seconds)
+
+
 SETTINGS_FILE = "quickstart.json"  # in --out: the settings and the stages done (for a re-run)
 
 
-def command(out, data="demo", preset="tiny", seed=0, pretrain_steps=None, sft_steps=None, device="auto") -> str:
+def command(
+    out, data="demo", preset="tiny", seed=0, pretrain_steps=None, sft_steps=None, device="auto", minutes=None
+) -> str:
     """The `minimind quickstart` command line of these settings (defaults left out)."""
     flags = [
+        ("--minutes", minutes, None),
         ("--out", out, None),
         ("--data", data, "demo"),
         ("--preset", preset, "tiny"),
@@ -128,8 +175,13 @@ def quickstart(
     device: str = "auto",
     cache_dir: str | None = None,
     progress: bool = True,
+    minutes: float | None = None,
 ) -> Path:
     """Run every stage into `out`; returns the fine-tuned model directory.
+
+    minutes: size both training stages to finish in about this many minutes, from the speed
+    of a few probe steps (a faster machine trains longer and gets a better model), instead of
+    the fixed default lengths; the plan is printed and kept for a re-run.
 
     Stopped (Ctrl-C) and run again with the same settings, it continues where it stopped:
     finished stages are skipped, a stopped training stage resumes from its checkpoint."""
@@ -137,14 +189,19 @@ def quickstart(
         raise MiniMindError(f"unknown --data {data!r}: use demo (generated, offline) or minimind (downloaded)")
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    run = Run(root, dict(data=data, preset=preset, seed=seed, pretrain_steps=pretrain_steps, sft_steps=sft_steps))
+    if minutes is not None and (minutes <= 0 or pretrain_steps is not None or sft_steps is not None):
+        raise MiniMindError("--minutes must be above 0, and sizes the stages itself: drop --pretrain-steps/--sft-steps")
+    settings = dict(data=data, preset=preset, seed=seed, pretrain_steps=pretrain_steps, sft_steps=sft_steps)
+    if minutes is not None:  # (only then: a run made before --minutes existed continues)
+        settings["minutes"] = minutes
+    run = Run(root, settings)
     try:
         return _pipeline(run, device, cache_dir, progress)
     except KeyboardInterrupt as e:
         where = f"during {run.current}" if run.current else "before the first stage"
         if isinstance(e, TrainingStopped):
             where += f" (step {e.step} of {e.total_steps}, saved in {e.out})"
-        again = command(out, data, preset, seed, pretrain_steps, sft_steps, device)
+        again = command(out, data, preset, seed, pretrain_steps, sft_steps, device, minutes)
         print(f"\nstopped {where}. Run the same command again to continue where it stopped:\n  {again}", flush=True)
         raise
 
@@ -207,24 +264,33 @@ def _pipeline(run: Run, device: str, cache_dir: str | None, progress: bool) -> P
         resume=True,
     )
     pre, sft = root / "pretrain", root / "sft"
+    pretrain_config = dict(
+        stage="pretrain",
+        data=pretrain_files,
+        out=str(pre),
+        preset=preset,
+        tokenizer=str(root / "tokenizer"),
+        lr=2e-3,
+        warmup_steps=20,
+        epochs=5.0,
+        **common,
+    )
+    if run.settings.get("minutes") is not None:
+        if "plan" not in run.done:
+            step_s = measure_step_seconds(root, pretrain_config)
+            run.finish("plan", plan_steps(run.settings["minutes"], run.elapsed(), step_s))
+        plan = run.done["plan"]
+        pretrain_steps, sft_steps = plan["pretrain_steps"], plan["sft_steps"]
+        print(
+            f"plan for {run.settings['minutes']:g} minutes: {plan['step_s']:.2f} s a step here, so "
+            f"{pretrain_steps} pretraining + {sft_steps} SFT steps (~{plan['train_s'] / 60:.1f} min), "
+            f"~{plan['results_s']:.0f} s kept for the results"
+        )
     run.stage("3/5 pretrain")
     if run.has("pretrain", pre / "model.safetensors"):
         print(f"already done: {pre}")
     else:
-        train(
-            TrainConfig(
-                stage="pretrain",
-                data=pretrain_files,
-                out=str(pre),
-                preset=preset,
-                tokenizer=str(root / "tokenizer"),
-                lr=2e-3,
-                warmup_steps=20,
-                max_steps=pretrain_steps,
-                epochs=5.0,
-                **common,
-            )
-        )
+        train(TrainConfig(**pretrain_config, max_steps=pretrain_steps))
         run.finish("pretrain")
     run.stage("4/5 supervised fine-tuning")
     if run.has("sft", sft / "model.safetensors"):
