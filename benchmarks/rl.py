@@ -1,21 +1,24 @@
-"""Does RL visibly work on a CPU? GRPO (or PPO) against its SFT base on a task with verifiable answers.
+"""Does RL visibly work on a CPU? GRPO (and PPO) against their SFT base on a task with verifiable answers.
 
-    python benchmarks/rl.py                     # seeds 0 1 2
-    python benchmarks/rl.py --seeds 0 --grpo-steps 40
-    python benchmarks/rl.py --algo ppo          # PPO on the same task, base and budget
+    python benchmarks/rl.py                     # GRPO, seeds 0 1 2
+    python benchmarks/rl.py --algo grpo ppo     # both, from the same SFT base of each seed
+    python benchmarks/rl.py --seeds 0 --rl-steps 40
 
-The task: addition word problems ("Tom has 23 apples and buys 19 more. How many now?"), in
-MiniMind's RLAIF format with `gt`, answered by a number. Everything is made here, nothing is
-downloaded:
-  1. a small tokenizer trained on the task's text;
-  2. the SFT base: a fresh `nano` model fine-tuned on --sft-examples solved problems for
-     --sft-steps steps, stopped early on purpose, so it knows the format and gets some sums right;
-  3. GRPO from the base on other problems (prompts only, the reward is `exact_answer`); with
-     --algo ppo, PPO with the same prompts, replies and steps: its critic (--critic-lr) and GAE
-     make the advantages instead of the group of 8 replies;
-  4. exact match of both, greedy, on --eval problems neither saw.
-Both models are saved as model directories under --work. Reported per seed: the base's and the
-RL model's held-out exact match, the gain in points, and the minutes each stage took.
+The task: addition word problems ("Tom has 23 apples and gets 19 more. How many apples now?"),
+in MiniMind's RLAIF format with `gt`, answered by a number. The prompt is the question as the
+user turn of the chat template; the reply is the number alone. Everything is made here, nothing
+is downloaded:
+  1. SFT data with noisy demonstrations, as real SFT data is: of the problems that need a
+     carry, a --forget-carry share (60%) are answered as a child who forgets to carry the one
+     would (23 + 19 = 32). A small tokenizer is trained on it;
+  2. the SFT base: a fresh `nano` model (0.45M parameters) fine-tuned on it. It learns both
+     habits, and greedy decoding picks the more frequent, wrong one on carrying problems;
+  3. RL from the base on other problems (prompts only, the reward is `exact_answer` against
+     `gt`): GRPO compares the 8 replies of a prompt; PPO gets the same prompts, replies and
+     steps, its critic (--critic-lr) and GAE making the advantages;
+  4. greedy exact match of each model on --eval problems none of them saw, overall and on
+     those that need a carry.
+The models are saved as model directories under --work (seedN/sft, seedN/grpo, seedN/ppo).
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ def make_data(work: Path, seed: int, n_sft: int, n_rl: int, n_eval: int, forget_
             rows.append((q, answer, no_carry))
     sft = [(q, c if rng.random() < forget_carry else a) for q, a, c in rows[:n_sft]]
     rl = [(q, a) for q, a, _ in rows[n_sft : n_sft + n_rl]]
-    held = [(q, a) for q, a, _ in rows[n_sft + n_rl :]]
+    held = [(q, a, a != c) for q, a, c in rows[n_sft + n_rl :]]
 
     def convo(q, reply):
         return [{"role": "user", "content": q}, {"role": "assistant", "content": reply}]
@@ -74,15 +77,18 @@ def make_data(work: Path, seed: int, n_sft: int, n_rl: int, n_eval: int, forget_
     return {
         "sft": write(work / "sft.jsonl", [{"conversations": convo(q, f"{a}")} for q, a in sft]),
         "rl": write(work / "rl.jsonl", [{"conversations": convo(q, ""), "gt": [str(a)]} for q, a in rl]),
-        "eval": [(q, a) for q, a in held],
+        "eval": held,
     }
 
 
-def exact_match(model_dir: Path, problems: list[tuple[str, int]]) -> float:
+def exact_match(model_dir: Path, problems: list[tuple[str, int, bool]]) -> tuple[float, float]:
+    """Greedy exact match on all problems, and on those that need a carry."""
     model, tok = load(model_dir)
-    prompts = [tok.encode_chat([{"role": "user", "content": q}], add_generation_prompt=True) for q, _ in problems]
+    prompts = [tok.encode_chat([{"role": "user", "content": q}], add_generation_prompt=True) for q, _, _ in problems]
     done = generate(model, tok, prompts, SamplingParams(max_new_tokens=8, temperature=0.0))
-    return sum(exact_answer(c.text, {"gt": [str(a)]}) for c, (_, a) in zip(done, problems)) / len(problems)
+    right = [exact_answer(c.text, {"gt": [str(a)]}) for c, (_, a, _) in zip(done, problems)]
+    carry = [r for r, (_, _, needs_carry) in zip(right, problems) if needs_carry]
+    return sum(right) / len(right), sum(carry) / max(len(carry), 1)
 
 
 def run_seed(seed: int, args) -> dict:
@@ -90,7 +96,7 @@ def run_seed(seed: int, args) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     data = make_data(work, seed, args.sft_examples, args.rl_prompts, args.eval, args.forget_carry)
     train_tokenizer([str(data["sft"])], vocab_size=400, out_dir=str(work / "tokenizer"))
-    common = dict(dtype=args.dtype, progress=False, seed=seed, log_every=10, overwrite=True)
+    common = dict(dtype=args.dtype, progress=False, seed=seed, log_every=50, overwrite=True)
     t0 = time.perf_counter()
     train(
         TrainConfig.for_stage(
@@ -108,31 +114,35 @@ def run_seed(seed: int, args) -> dict:
             **common,
         )
     )
-    t1 = time.perf_counter()
-    own = {"loss": args.loss} if args.algo == "grpo" else {"critic_lr": args.critic_lr}
-    train(
-        TrainConfig.for_stage(
-            args.algo,
-            data=[str(data["rl"])],
-            init=str(work / "sft"),
-            out=str(work / args.algo),
-            max_steps=args.grpo_steps,
-            batch_size=args.grpo_batch,
-            num_generations=8,
-            max_gen_len=8,
-            seq_len=128,
-            lr=args.grpo_lr,
-            iterations=2,
-            save_every=args.grpo_steps - args.grpo_steps % 2 or 2,
-            kl_beta=0.0,
-            reward="exact_answer=1",
-            **own,
-            **common,
+    row = {"seed": seed, "sft_min": (time.perf_counter() - t0) / 60, "sft": exact_match(work / "sft", data["eval"])}
+    for algo in args.algo:
+        t1 = time.perf_counter()
+        # the same prompts, replies per prompt and steps for both: PPO's critic and GAE make the
+        # advantages where GRPO compares the 8 replies of a prompt
+        own = {"loss": args.loss} if algo == "grpo" else {"critic_lr": args.critic_lr}
+        train(
+            TrainConfig.for_stage(
+                algo,
+                data=[str(data["rl"])],
+                init=str(work / "sft"),
+                out=str(work / algo),
+                max_steps=args.rl_steps,
+                batch_size=args.rl_batch,
+                num_generations=8,
+                max_gen_len=8,
+                seq_len=128,
+                lr=args.rl_lr,
+                iterations=2,
+                save_every=args.rl_steps - args.rl_steps % 2 or 2,
+                kl_beta=0.0,
+                reward="exact_answer=1",
+                **own,
+                **common,
+            )
         )
-    )
-    t2 = time.perf_counter()
-    before, after = exact_match(work / "sft", data["eval"]), exact_match(work / args.algo, data["eval"])
-    return {"seed": seed, "sft": before, "rl": after, "sft_min": (t1 - t0) / 60, "rl_min": (t2 - t1) / 60}
+        row[f"{algo}_min"] = (time.perf_counter() - t1) / 60
+        row[algo] = exact_match(work / algo, data["eval"])
+    return row
 
 
 def main() -> None:
@@ -140,12 +150,14 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--work", default="out/bench-rl")
     ap.add_argument("--sft-examples", type=int, default=3000)
-    ap.add_argument("--sft-steps", type=int, default=300)
+    ap.add_argument("--sft-steps", type=int, default=1500)
     ap.add_argument("--rl-prompts", type=int, default=2000)
-    ap.add_argument("--algo", default="grpo", choices=["grpo", "ppo"], help="the RL stage (default grpo)")
-    ap.add_argument("--grpo-steps", type=int, default=300, help="RL steps (grpo or ppo)")
-    ap.add_argument("--grpo-batch", type=int, default=32, help="prompts per step (8 replies each)")
-    ap.add_argument("--grpo-lr", type=float, default=3e-5, help="the policy's learning rate (grpo or ppo)")
+    ap.add_argument(
+        "--algo", nargs="+", default=["grpo"], choices=["grpo", "ppo"], help="the RL stages, each from the same base"
+    )
+    ap.add_argument("--rl-steps", type=int, default=150, help="RL optimizer steps (2 per batch of rollouts)")
+    ap.add_argument("--rl-batch", type=int, default=32, help="prompts per step (8 replies each)")
+    ap.add_argument("--rl-lr", type=float, default=5e-5, help="the policy's learning rate")
     ap.add_argument("--critic-lr", type=float, default=1e-4, help="ppo: the critic's learning rate")
     ap.add_argument(
         "--forget-carry", type=float, default=0.6, help="share of carrying SFT answers written without the carry"
@@ -157,18 +169,20 @@ def main() -> None:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     rows = [run_seed(s, args) for s in args.seeds]
     print(
-        f"\naddition word problems, {args.eval} held-out, greedy exact match; "
-        + (f"loss {args.loss}, " if args.algo == "grpo" else f"critic lr {args.critic_lr:g}, ")
-        + f"SFT {args.sft_steps} steps, {args.algo.upper()} {args.grpo_steps} steps"
+        f"\naddition word problems, {args.eval} held-out, greedy exact match (in brackets: on those "
+        f"that need a carry); SFT {args.sft_steps} steps, RL {args.rl_steps} steps of {args.rl_batch} "
+        f"prompts x 8 replies, lr {args.rl_lr:g}, loss {args.loss}, ppo critic lr {args.critic_lr:g}"
     )
-    name = args.algo.upper()
-    print(f"| seed | SFT base | after {name} | gain | SFT min | {name} min |")
-    print("|---|---|---|---|---|---|")
+    head = "| seed | SFT base | SFT min |" + "".join(
+        f" after {a.upper()} | gain | {a.upper()} min |" for a in args.algo
+    )
+    print(head + "\n|" + "---|" * (head.count("|") - 1))
     for r in rows:
-        print(
-            f"| {r['seed']} | {r['sft']:.1%} | {r['rl']:.1%} | {100 * (r['rl'] - r['sft']):+.1f} pt "
-            f"| {r['sft_min']:.1f} | {r['rl_min']:.1f} |"
-        )
+        line = f"| {r['seed']} | {r['sft'][0]:.1%} ({r['sft'][1]:.0%}) | {r['sft_min']:.1f} |"
+        for a in args.algo:
+            gain = 100 * (r[a][0] - r["sft"][0])
+            line += f" {r[a][0]:.1%} ({r[a][1]:.0%}) | {gain:+.1f} pt | {r[f'{a}_min']:.1f} |"
+        print(line)
 
 
 if __name__ == "__main__":

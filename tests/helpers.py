@@ -342,3 +342,36 @@ def start_server(model_dir: Path, log_path: Path, *flags: str, env: dict | None 
                 return proc, url
         except httpx.TransportError:
             time.sleep(0.1)
+
+
+# ---------------------------------------------------------------------------- vision (tests/test_vision_*.py)
+
+VISION_TOKENS = 16  # image tokens per image of the tiny model (32 px, 8 px patches)
+
+
+def tiny_vlm_dir(path, tokenizer, seed: int = 0):
+    """A nano language model with our patch encoder (32 px images, 16 tokens each), every matrix
+    redrawn with std 0.1 so that its greedy text varies with the image; saved to `path`."""
+    from minimind.checkpoint import save_model_dir
+    from minimind.model.vision import VisionConfig
+    from minimind.model.vlm import MiniMindVLM
+
+    vision = VisionConfig(image_size=32, patch_size=8, hidden_size=32, image_tokens=VISION_TOKENS, num_heads=2)
+    model = MiniMindVLM(preset("nano", tokenizer=tokenizer), vision).init_weights(seed).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    save_model_dir(model, path, tokenizer)
+    return path
+
+
+def shape_image(path, colour, size=64, shape="ellipse"):
+    """A coloured shape on white, written as PNG; returns the path."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (size, size), "white")
+    getattr(ImageDraw.Draw(image), shape)((size // 6, size // 6, size * 5 // 6, size * 5 // 6), fill=colour)
+    image.save(path)
+    return path

@@ -1,50 +1,22 @@
 """`minimind chat` with images: `--image PATH` and `/image PATH` in the REPL, end to end on a tiny
 random vision-language model. Its answers are gibberish; what is tested is the mechanics: the
 image reaches the model (another image, another greedy answer; the prompt holds its pads), the
-REPL keeps earlier turns' images in the history, and mistakes are one clear line.
-
-`tiny_vlm_dir` and `shape_image` are used by the other tests/test_vision_*.py files too."""
+REPL keeps earlier turns' images in the history, and mistakes are one clear line."""
 
 import io
 
 import pytest
-import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 import minimind
-from minimind.checkpoint import save_model_dir
+from helpers import VISION_TOKENS as TOKENS
+from helpers import shape_image, tiny_vlm_dir
 from minimind.cli import main
-from minimind.config import preset
 from minimind.infer import SamplingParams, chat_prompt, generate
 from minimind.infer.repl import ChatSession, repl
-from minimind.model.vision import VisionConfig
-from minimind.model.vlm import MiniMindVLM
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-TOKENS = 16  # image tokens per image of the tiny model (32 px, 8 px patches)
 GREEDY = ["--temperature", "0", "--max-new-tokens", "8"]
-
-
-def tiny_vlm_dir(path, tokenizer, seed: int = 0):
-    """A nano language model with our patch encoder (32 px images, 16 tokens each), every matrix
-    redrawn with std 0.1 so that its greedy text varies with the image; saved to `path`."""
-    vision = VisionConfig(image_size=32, patch_size=8, hidden_size=32, image_tokens=TOKENS, num_heads=2)
-    model = MiniMindVLM(preset("nano", tokenizer=tokenizer), vision).init_weights(seed).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    save_model_dir(model, path, tokenizer)
-    return path
-
-
-def shape_image(path, colour, size=64, shape="ellipse"):
-    """A coloured shape on white, written as PNG; returns the path."""
-    image = Image.new("RGB", (size, size), "white")
-    getattr(ImageDraw.Draw(image), shape)((size // 6, size // 6, size * 5 // 6, size * 5 // 6), fill=colour)
-    image.save(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from test_vision_chat import TOKENS, shape_image, tiny_vlm_dir
 
 import minimind
-from helpers import write_jsonl
+from helpers import VISION_TOKENS as TOKENS
+from helpers import shape_image, tiny_vlm_dir, write_jsonl
 from minimind.cli import main
 from minimind.errors import MiniMindError
 from minimind.evaluate.vqa import normalise, read_vqa, score, summarise

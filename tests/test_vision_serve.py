@@ -13,9 +13,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from test_vision_chat import TOKENS, shape_image, tiny_vlm_dir
 
-from helpers import start_server
+from helpers import VISION_TOKENS as TOKENS
+from helpers import shape_image, start_server, tiny_vlm_dir
 from minimind.config import preset
 from minimind.model import MiniMindForCausalLM
 from minimind.serve.app import create_app

@@ -7,9 +7,8 @@ import base64
 import shutil
 
 import pytest
-from test_vision_chat import shape_image, tiny_vlm_dir
 
-from helpers import start_server
+from helpers import shape_image, start_server, tiny_vlm_dir
 
 PEERS = "scripts/install-test-peers.sh"
 sync_playwright = pytest.importorskip(

@@ -102,18 +102,7 @@ def import_minimind_v_pth(
         lm_sd.pop("lm_head.weight", None)
     keep = target or stored_dtype({**lm_sd, **proj_sd})
     lm = build_model(config, lm_sd, source)
-    vision = VisionConfig(
-        encoder="hf",
-        path=str(tower),
-        image_size=info["image_size"],
-        patch_size=info["patch_size"],
-        hidden_size=info["hidden_size"],
-        image_tokens=info["image_tokens"],
-        image_token_id=image_id,
-        mean=info["mean"],
-        std=info["std"],
-        drop_cls=info["drop_cls"],
-    )
+    vision = VisionConfig.for_tower(tower, image_id, info)
     model = MiniMindVLM(config, vision)
     model.lm.load_state_dict(lm.state_dict(), strict=True)
     model.projector.load_state_dict({k: v.float() for k, v in proj_sd.items()}, strict=True)

@@ -80,6 +80,14 @@ class VisionConfig:
         return asdict(self)
 
     @classmethod
+    def for_tower(cls, tower: str | Path, image_token_id: int, info: dict | None = None) -> VisionConfig:
+        """The config of a frozen transformers tower at `tower` (its settings read by read_hf_tower
+        unless `info` already holds them)."""
+        info = info or read_hf_tower(tower)
+        keep = ("image_size", "patch_size", "hidden_size", "image_tokens", "mean", "std", "drop_cls")
+        return cls(encoder="hf", path=str(tower), image_token_id=image_token_id, **{k: info[k] for k in keep})
+
+    @classmethod
     def from_dict(cls, d: dict, source: str = "config.json") -> VisionConfig:
         if not isinstance(d, dict):
             raise MiniMindError(f"{source}: 'vision' must be an object, got {type(d).__name__}")

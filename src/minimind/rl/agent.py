@@ -42,8 +42,7 @@ import torch
 from ..data.rl import prompt_messages
 from ..errors import MiniMindError
 from ..infer import SamplingParams
-from .data import read_rl_prompts
-from .grpo import GRPOObjective, PromptSet, reply_seed
+from .grpo import GRPOObjective, reply_seed
 from .rewards import _import_file, _import_module, parse_weights
 from .rollout import Trajectory, agent_rollouts
 from .tools import ToolBox
@@ -57,42 +56,25 @@ class AgentObjective(GRPOObjective):
     # ------------------------------------------------------------------ data
     def build_data(self, cfg, tokenizer):
         self.tools = load_tools(cfg.tools)
-        ids, records, too_long = [], [], 0
-        room = cfg.seq_len - cfg.max_gen_len  # what a prompt may take (its first reply needs the rest)
-        if room < 1:
+        # the rewards that compare with `gt`: a prompt without one is an error found now, not at
+        # the first rollout that meets it
+        self.wants_gt = [n for n in parse_weights(cfg.reward or "_") if n in ("answer_in_text", "exact_answer")]
+        return super().build_data(cfg, tokenizer)
+
+    def prompt_ids(self, p, tokenizer) -> list[int]:
+        if self.wants_gt and not p.gt:
             raise MiniMindError(
-                f"--seq-len {cfg.seq_len} leaves no room for a prompt next to --max-gen-len "
-                f"{cfg.max_gen_len}: raise --seq-len or lower --max-gen-len"
+                f"{p.where}: no 'gt' (the values the answer should state), which {self.wants_gt[0]} needs"
             )
-        wants_gt = [n for n in parse_weights(cfg.reward or "_") if n in ("answer_in_text", "exact_answer")]
-        for path in cfg.data:
-            for p in read_rl_prompts(path, on_bad_record=cfg.on_bad_record):
-                if wants_gt and not p.gt:  # found now, not at the first rollout that meets it
-                    raise MiniMindError(
-                        f"{p.where}: no 'gt' (the values the answer should state), which {wants_gt[0]} needs"
-                    )
-                names = [s.get("function", s).get("name") for s in p.tools]
-                missing = [n for n in names if n not in self.tools]
-                if missing:
-                    raise MiniMindError(
-                        f"{p.where}: offers the tool {missing[0]!r}, which is neither built in nor given with "
-                        f"--tools (tools here: {', '.join(self.tools.names)})"
-                    )
-                prompt = tokenizer.encode_chat(
-                    p.messages, tools=p.tools or self.tools.schemas(), add_generation_prompt=True
-                )
-                if len(prompt) > room:
-                    too_long += 1
-                    continue
-                ids.append(prompt)
-                records.append({**p.record, "gt": p.gt})
-        if not ids:
+        names = [s.get("function", s).get("name") for s in p.tools]
+        missing = [n for n in names if n not in self.tools]
+        if missing:
             raise MiniMindError(
-                f"no prompt of {', '.join(cfg.data)} fits --seq-len {cfg.seq_len} "
-                f"- --max-gen-len {cfg.max_gen_len} tokens"
+                f"{p.where}: offers the tool {missing[0]!r}, which is neither built in nor given with "
+                f"--tools (tools here: {', '.join(self.tools.names)})"
             )
-        self.too_long = too_long
-        return PromptSet(ids, records, cfg.iterations), None
+        # a prompt that offers no tools is given all of them
+        return tokenizer.encode_chat(p.messages, tools=p.tools or self.tools.schemas(), add_generation_prompt=True)
 
     def describe_data(self, cfg, train_ds, val_ds) -> str:
         skipped = f", {self.too_long} longer than --seq-len - --max-gen-len skipped" if self.too_long else ""

@@ -71,7 +71,7 @@ class GRPOObjective(Objective):
             )
         for path in cfg.data:
             for p in read_rl_prompts(path, on_bad_record=cfg.on_bad_record):
-                prompt = tokenizer.encode_chat(p.messages, tools=p.tools or None, add_generation_prompt=True)
+                prompt = self.prompt_ids(p, tokenizer)
                 if len(prompt) > room:
                     too_long += 1
                     continue
@@ -84,6 +84,10 @@ class GRPOObjective(Objective):
             )
         self.too_long = too_long
         return PromptSet(ids, records, cfg.iterations), None
+
+    def prompt_ids(self, p, tokenizer) -> list[int]:
+        """One prompt's tokens (an RLPrompt of data/rl.py), or a MiniMindError naming its line."""
+        return tokenizer.encode_chat(p.messages, tools=p.tools or None, add_generation_prompt=True)
 
     def describe_data(self, cfg, train_ds, val_ds) -> str:
         skipped = f", {self.too_long} longer than --seq-len - --max-gen-len skipped" if self.too_long else ""
@@ -273,18 +277,21 @@ class GRPOObjective(Objective):
         per_token, clipped = policy_loss(
             logp, batch["old_logp"], batch["advantages"], cfg.loss, cfg.epsilon, cfg.epsilon_high
         )
-        k3 = kl_k3(logp, batch["ref_logp"])
-        if cfg.kl_beta > 0:
-            per_token = per_token + cfg.kl_beta * k3
         m = batch["reply_mask"][:, 1:].float()
+        # The k3 KL to the reference; with --kl-beta 0 there is no reference (ref_logp is zeros)
+        # and nothing to measure, so neither the loss nor the log has it.
+        k3 = kl_k3(logp, batch["ref_logp"]) if cfg.kl_beta > 0 else None
+        if k3 is not None:
+            per_token = per_token + cfg.kl_beta * k3
         units = self.count(batch)
         per_reply_token = units / max(m.sum().item(), 1.0)  # loss units per reply token (1 but for dr_grpo)
         metrics = {  # sums over the loss units, as the trainer wants them
-            "kl": (k3.detach() * m).sum().item() * per_reply_token,
             "clipped": (clipped.float() * m).sum().item() * per_reply_token,
             "reward": batch["rewards"].mean().item() * units,
             "reply_len": m.sum(dim=1).mean().item() * units,
         }
+        if k3 is not None:
+            metrics["kl"] = (k3.detach() * m).sum().item() * per_reply_token
         for name, values in batch["reward_parts"].items():
             metrics[f"reward_{name}"] = values.float().mean().item() * units
         return (per_token * m).sum(), torch.zeros((), device=logp.device), metrics

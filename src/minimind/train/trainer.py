@@ -289,7 +289,7 @@ class Trainer:
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr
                 count = all_reduce_sum(
-                    torch.tensor(float(sum(self.objective.count(b) for _, _, b in group))), dist
+                    torch.tensor(float(sum(self.objective.count(b) for _, _, b in group)), device=self.device), dist
                 ).item()
                 for i, (_, _, batch) in enumerate(group):
                     batch = to_device(batch, self.device)

@@ -25,7 +25,7 @@ from ..checkpoint import load_model, save_model_dir
 from ..config import ModelConfig
 from ..data.vision import build_vision_datasets
 from ..errors import MiniMindError
-from ..model.vision import IMAGE_PAD, VisionConfig, read_hf_tower
+from ..model.vision import IMAGE_PAD, VisionConfig
 from ..model.vlm import MiniMindVLM, set_trainable
 from ..tokenizer import Tokenizer
 from .objectives import LMObjective, packed_attention_mask
@@ -141,19 +141,7 @@ def init_vlm(
         )
     else:
         tower = Path(encoder).resolve()
-        info = read_hf_tower(tower)
-        vision = VisionConfig(
-            encoder="hf",
-            path=str(tower),
-            image_size=info["image_size"],
-            patch_size=info["patch_size"],
-            hidden_size=info["hidden_size"],
-            image_tokens=info["image_tokens"],
-            image_token_id=pad,
-            mean=info["mean"],
-            std=info["std"],
-            drop_cls=info["drop_cls"],
-        )
+        vision = VisionConfig.for_tower(tower, pad)
     torch.manual_seed(seed)  # the projector's (and our encoder's) initialisation
     model = MiniMindVLM(lm.config, vision)
     model.lm.load_state_dict(lm.state_dict())
