@@ -135,3 +135,57 @@ def test_minimind_v_parquet(tmp_path, tok, vision):
     ds, _ = build_vision_datasets(tmp_path / "sft.parquet", tok, vision, seq_len=128, on_bad_record="skip")
     px = ds.get_batch(list(range(len(ds))))["pixel_values"]
     assert px.shape == (1, 3, 32, 32) and np.isclose(float(px[0, 0].mean()), 1.0, atol=0.1)  # red, normalised
+
+
+def test_cached_features_follow_the_pictures_and_a_damaged_cache_is_rebuilt(tmp_path, tok, vision):
+    """A stand-in encoder (each picture's first 16 x 32 pixel values): the cached features of a
+    batch are those of its pixel_values, in the same order; a second build reuses the cache, a
+    damaged one is rebuilt, a changed picture gets a new cache."""
+    import torch
+
+    from minimind.data.vision_cache import cache_image_features
+
+    colours = [(200, 30, 30), (20, 20, 220), (30, 160, 60)]
+    names = [picture(tmp_path / f"{i}.png", c) for i, c in enumerate(colours)]
+    records = [
+        {"conversations": chat("<image><image>\nSame?", "No."), "images": names[:2]},
+        {"conversations": chat("Hello", "Hi!")},
+        {"conversations": chat(), "image": names[2]},
+    ]
+    data = write_jsonl(tmp_path / "d.jsonl", records)
+    ds, _ = build_vision_datasets(data, tok, vision, seq_len=256)
+    calls = []
+
+    def encode(px):
+        calls.append(len(px))
+        return px.flatten(1)[:, : 16 * 32].reshape(-1, 16, 32).clone()
+
+    def build():
+        return cache_image_features(ds.chats, encode, vision, "stand-in", {"device": "cpu"}, cache_dir=tmp_path / "c")
+
+    rows = list(range(len(ds)))
+    pixels = ds.get_batch(rows)["pixel_values"]
+    features, report = build()
+    assert report["encoded"] == report["images"] == 3 and calls == [3]
+    ds.use_features(features)
+    batch = ds.get_batch(rows)
+    assert "pixel_values" not in batch and torch.equal(batch["image_features"], encode(pixels))
+    in_chat_order = features.gather([0, 1, 2])
+    calls.clear()
+    (cache,) = (tmp_path / "c").glob("d-features-*")
+    mtime = (cache / "features.npy").stat().st_mtime_ns
+    _, report = build()
+    assert report["reused"] == 3 and calls == [] and (cache / "features.npy").stat().st_mtime_ns == mtime
+    file = cache / "features.npy"
+    for damaged in (file.read_bytes()[:-7], file.read_bytes()[:-4] + b"\1\2\3\4"):  # cut short; other bytes
+        file.write_bytes(damaged)
+        features, report = build()
+        assert report["encoded"] == 3 and torch.equal(features.gather([0, 1, 2]), in_chat_order)
+    picture(tmp_path / names[2], (235, 190, 20))  # a picture changes: another key, another cache
+    _, report = build()
+    assert report["encoded"] == 3 and len(list((tmp_path / "c").glob("d-features-*"))) == 2
+    # bf16 features (numpy has no bfloat16: kept as their bits) come back as they were
+    cache_image_features(ds.chats, lambda px: encode(px).bfloat16(), vision, "bf16", {}, tmp_path / "c")
+    again, report = cache_image_features(ds.chats, None, vision, "bf16", {}, tmp_path / "c")  # (encodes nothing)
+    assert report["reused"] == 3 and again.gather([0, 1, 2]).dtype == torch.bfloat16
+    assert torch.equal(again.gather([0, 1, 2]), build()[0].gather([0, 1, 2]).bfloat16())

@@ -88,7 +88,7 @@ class TokenizedFile:
         return np.asarray(self.ids[a:b]), np.asarray(mask)
 
 
-def _source_id(path: Path) -> dict:
+def source_id(path: Path) -> dict:
     st = path.stat()
     return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
@@ -103,7 +103,7 @@ def cache_key(path, tokenizer, kind: str, random_system_prompt=False, strip_empt
     key = {
         "version": FORMAT_VERSION,
         "kind": kind,
-        "source": _source_id(Path(path)),
+        "source": source_id(Path(path)),
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "options": options,
     }
@@ -168,7 +168,7 @@ def tokenize_file(
         root.mkdir(parents=True, exist_ok=True)
         # One builder at a time per cache (e.g. all DDP ranks start together): the others wait
         # here, then find the finished cache instead of tokenizing the same file again.
-        with _locked(root / f".lock-{cache_path.name}"):
+        with locked(root / f".lock-{cache_path.name}"):
             loaded = _load(cache_path, path, kind) if cache_path.is_dir() else None
             if loaded is None:
                 renderer = (
@@ -188,7 +188,7 @@ def tokenize_file(
 
 
 @contextlib.contextmanager
-def _locked(lock_path: Path):
+def locked(lock_path: Path):
     """An exclusive lock on lock_path for the duration (POSIX flock; a no-op where missing).
     The kernel releases it if the process dies, so a killed build never blocks the next one."""
     try:
@@ -208,16 +208,16 @@ def _build_atomically(
     path: Path, tokenizer, kind: str, root: Path, cache_path: Path, on_bad_record: str, renderer
 ) -> None:
     """Build into a temporary directory, then rename it to cache_path in one step."""
-    _remove_stale(root, path, kind)
+    remove_stale(root, path, kind)
     tmp = root / f".tmp-{uuid.uuid4().hex[:12]}-{cache_path.name}"
     tmp.mkdir()
     (tmp / "owner.json").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
     try:
-        source = _source_id(path)
+        source = source_id(path)
         _build(path, tokenizer, kind, tmp, on_bad_record, renderer)
-        if _source_id(path) != source:
+        if source_id(path) != source:
             raise MiniMindError(f"{path}: the file changed while it was being tokenized; run again")
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if cache_path.is_dir():  # a damaged cache (it did not load): set it aside first
             log.warning("%s: damaged token cache, rebuilt", cache_path)
             trash = root / f".tmp-{uuid.uuid4().hex[:12]}-damaged"
@@ -228,7 +228,7 @@ def _build_atomically(
         except OSError:  # another machine sharing the directory finished first: use theirs
             if not cache_path.is_dir():
                 raise
-        _fsync_dir(root)
+        fsync_dir(root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -348,7 +348,7 @@ def _build(path: Path, tokenizer, kind: str, out: Path, on_bad_record: str, rend
     meta = {
         "version": FORMAT_VERSION,
         "kind": kind,
-        "source": _source_id(path),
+        "source": source_id(path),
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "tokenizer_source": tokenizer.source,
         "dtype": np.dtype(dtype).name,
@@ -398,7 +398,7 @@ def _add_bos_eos(flat: np.ndarray, lengths: np.ndarray, bos, eos) -> tuple[np.nd
     return out, new_lengths
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:  # e.g. Windows cannot open directories
@@ -409,10 +409,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _remove_stale(root: Path, path: Path, kind: str) -> None:
+def remove_stale(root: Path, path: Path, kind: str) -> None:
     """Delete caches of this same file made before it last changed (they can never be used
     again), and temporary directories left by killed builds on this machine."""
-    source = _source_id(path)
+    source = source_id(path)
     host = socket.gethostname()
     for d in root.iterdir():
         if d.name.startswith(".tmp-"):

@@ -20,8 +20,9 @@ dummy image and no `<image>`: in Parquet such a row is read as text only (counte
 Loss only on assistant turns: the chats are rendered and masked by data/sft.py's ChatRenderer
 and AssistantMasker (the image pads sit in user turns, never trained). Documents are packed
 into rows as the text formats are (best-fit decreasing); a row's images travel with it in
-row-major order, as MiniMindVLM.forward expects. Images are decoded when a batch is built.
-Not done: caching a frozen encoder's features on disk (every epoch re-encodes).
+row-major order, as MiniMindVLM.forward expects. Images are decoded when a batch is built,
+unless the dataset was given a frozen encoder's cached features (use_features; built by
+data/vision_cache.py): then a batch carries them (`image_features`) and decodes nothing.
 """
 
 from __future__ import annotations
@@ -170,12 +171,21 @@ def _rows(path: Path):
 class VisionDataset:
     """Packed rows of image chats: get_batch(rows) gives the text fields of data/packing.py's
     PackedDataset (input_ids, labels, position_ids, segment_ids) plus `pixel_values`
-    [N, 3, S, S], every image of the batch in row-major order (absent when there is none)."""
+    [N, 3, S, S], every image of the batch in row-major order (absent when there is none), or,
+    after use_features(), `image_features` [N, image_tokens, enc_hidden] in its place."""
 
     def __init__(self, chats, ids, masks, pieces, row_ptr, seq_len, pad_token_id, vision: VisionConfig, stats):
         self.chats, self.ids, self.masks = chats, ids, masks
         self.pieces, self.row_ptr = pieces, row_ptr
         self.seq_len, self.pad_token_id, self.vision, self.stats = seq_len, pad_token_id, vision, stats
+        self.features = None
+
+    def use_features(self, features) -> None:
+        """Serve the images as a frozen encoder's features (vision_cache.ImageFeatures, built
+        over this dataset's `chats`) instead of pixels."""
+        if features.chats is not self.chats:
+            raise MiniMindError("these image features were built over another list of chats")
+        self.features = features
 
     def __len__(self) -> int:
         return len(self.row_ptr) - 1
@@ -186,7 +196,7 @@ class VisionDataset:
         labels = np.full((B, L), -100, dtype=np.int64)
         pos = np.zeros((B, L), dtype=np.int64)
         seg = np.full((B, L), -1, dtype=np.int64)
-        images = []
+        images, docs = [], []
         for b, r in enumerate(rows):
             at = 0
             for s, d in enumerate(self.pieces[self.row_ptr[r] : self.row_ptr[r + 1]].tolist()):
@@ -198,6 +208,9 @@ class VisionDataset:
                 seg[b, at : at + n] = s
                 at += n
                 chat = self.chats[d]
+                if self.features is not None:
+                    docs.append(d)
+                    continue
                 for k, src in enumerate(chat.images):
                     try:
                         images.append(open_image(src, f"image {k + 1}"))
@@ -212,6 +225,9 @@ class VisionDataset:
         if images:
             v = self.vision
             batch["pixel_values"] = preprocess_images(images, v.image_size, v.mean, v.std)
+        features = self.features.gather(docs) if docs else None
+        if features is not None:
+            batch["image_features"] = features
         return batch
 
 

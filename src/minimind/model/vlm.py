@@ -10,7 +10,9 @@ encoder, `projector.` for the projector. A frozen transformers tower (`vision.to
 saved: `unsaved_prefixes` tells checkpoint.py to leave it out and to take it from the tower's
 own directory when loading.
 
-Images enter at prefill only (`pixel_values`); decode steps are the plain LM. Every maximal run
+Images enter at prefill only (`pixel_values`, or `image_features`: the encoder's output
+computed beforehand, as the trainer's feature cache of a frozen encoder gives it; the projector
+runs on them all the same); decode steps are the plain LM. Every maximal run
 of <|image_pad|> holds whole images of exactly image_tokens tokens each (two adjacent
 images make one run of 2 x image_tokens), and the images fill them in row-major order:
 row 0's images left to right, then row 1's, ... One vectorised masked_scatter does it (no
@@ -93,8 +95,9 @@ class MiniMindVLM(nn.Module):
         v = self.vision_config
         return preprocess_images(images, v.image_size, v.mean, v.std)
 
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[N, 3, S, S] -> projected features [N, image_tokens, hidden]."""
+    def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[N, 3, S, S] -> the encoder's features [N, image_tokens, enc_hidden] (before the
+        projector): what the trainer caches for a frozen encoder."""
         v = self.vision_config
         if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != (3, v.image_size, v.image_size):
             raise MiniMindError(
@@ -107,16 +110,37 @@ class MiniMindVLM(nn.Module):
                 f"the vision encoder gives {features.shape[1]} tokens per image, config.json says "
                 f"image_tokens {v.image_tokens}"
             )
-        return self.projector(features)
+        return features
 
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
-        """Token embeddings with every <|image_pad|> run filled by its image's features."""
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[N, 3, S, S] -> projected features [N, image_tokens, hidden]."""
+        return self.projector(self.vision_features(pixel_values))
+
+    def project_features(self, image_features: torch.Tensor) -> torch.Tensor:
+        """The encoder's features [N, image_tokens, enc_hidden], computed beforehand -> projected
+        features [N, image_tokens, hidden]. Their dtype is kept (the projector gets what the
+        encoder gave), so the result is the one encode_images gives for the same pictures."""
+        v = self.vision_config
+        if image_features.dim() != 3 or tuple(image_features.shape[1:]) != (v.image_tokens, v.hidden_size):
+            raise MiniMindError(
+                f"image_features must be [N, {v.image_tokens}, {v.hidden_size}], got {tuple(image_features.shape)}"
+            )
+        return self.projector(image_features.to(self.projector.fc1.weight.device))
+
+    def embed(
+        self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None, image_features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Token embeddings with every <|image_pad|> run filled by its image's features (from
+        `pixel_values`, or from the encoder's `image_features` computed beforehand)."""
         h = self.lm.model.embed_tokens(input_ids)
-        if pixel_values is None:
+        if pixel_values is not None and image_features is not None:
+            raise MiniMindError("give the images as pixel_values or as image_features, not both")
+        images = pixel_values if pixel_values is not None else image_features
+        if images is None:
             return h
         v = self.vision_config
         is_image = input_ids == v.image_token_id
-        n_images, T = pixel_values.shape[0], v.image_tokens
+        n_images, T = images.shape[0], v.image_tokens
         found = int(is_image.sum())
         if found != n_images * T:
             raise MiniMindError(
@@ -136,7 +160,10 @@ class MiniMindVLM(nn.Module):
                 f"image {k}'s {T} <|image_pad|> tokens are not one unbroken run: a run of pad tokens "
                 f"must hold whole images of {T} tokens each"
             )
-        features = self.encode_images(pixel_values)
+        if pixel_values is not None:
+            features = self.encode_images(pixel_values)
+        else:
+            features = self.project_features(image_features)
         return h.masked_scatter(is_image[..., None], features.to(h.dtype))
 
     def forward(
@@ -148,10 +175,14 @@ class MiniMindVLM(nn.Module):
         labels=None,
         logits_to_keep: int = 0,
         pixel_values=None,
+        image_features=None,
     ) -> CausalLMOutput:
         """As MiniMindForCausalLM.forward, plus `pixel_values` [N_images, 3, S, S]: every image
-        of the batch in row-major order (None on decode steps and for text-only input)."""
-        embeds = self.embed(input_ids, pixel_values) if pixel_values is not None else None
+        of the batch in row-major order (None on decode steps and for text-only input), or
+        instead `image_features` [N_images, image_tokens, enc_hidden], the encoder's output for
+        them computed beforehand (the trainer's feature cache)."""
+        has_images = pixel_values is not None or image_features is not None
+        embeds = self.embed(input_ids, pixel_values, image_features) if has_images else None
         return self.lm(
             input_ids,
             attention_mask=attention_mask,

@@ -451,6 +451,12 @@ class TrainConfig:
         check=one_of(*VLM_PARTS),
         resume_fixed=True,
     )
+    feature_cache: bool = setting(
+        True,
+        "vlm: encode every batch's pictures instead of caching a frozen encoder's features on disk "
+        "(default: each picture encoded once, data/vision_cache.py)",
+        stages=("vlm_pretrain", "vlm_sft"),
+    )
     # A bool that defaults to True is turned off on the command line: --no-progress.
     progress: bool = setting(True, "no progress bar")
 

@@ -12,6 +12,13 @@ The rest is frozen before the optimizer is built (the optimizer holds only what 
 checkpoint's optimizer state resumes exactly, and DDP sees only trained parameters. A batch
 with no image still touches the projector (and our encoder, if it trains) with a zero-weight
 term, so that every trained parameter gets a gradient on every rank, as DDP requires.
+
+When the encoder does not train (a transformers tower; our patch encoder unless --train names
+`encoder` or `all`), every picture of the data is encoded once before the first step and kept
+on disk (data/vision_cache.py), in the run's precision and on its device: batches then carry
+the encoder's features, the projector and the LLM run as before, and the loss is the one the
+pictures would give. --no-feature-cache turns this off (pictures are decoded and encoded in
+every batch).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import torch.nn.functional as F
 from ..checkpoint import load_model, save_model_dir
 from ..config import ModelConfig
 from ..data.vision import build_vision_datasets
+from ..data.vision_cache import cache_image_features, encoder_fingerprint
 from ..errors import MiniMindError
 from ..model.vision import IMAGE_PAD, VisionConfig
 from ..model.vlm import MiniMindVLM, set_trainable
@@ -73,6 +81,34 @@ class VLMObjective(LMObjective):
             total = sum(p.numel() for p in ctx.model.parameters() if p.requires_grad)
             shown = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items())
             print(f"training {total / 1e6:.2f}M parameters ({shown}); the rest is frozen", flush=True)
+        frozen = not any(p.requires_grad for p in ctx.model.vision.parameters())
+        if frozen and ctx.cfg.feature_cache:
+            self.cache_features(ctx)
+
+    def cache_features(self, ctx) -> None:
+        """The frozen encoder's features of every picture of the data, from the disk cache (built
+        here if missing), served by the datasets in place of pixels. They are computed as the
+        loss would compute them: on the run's device, under its autocast, in the encoder's mode."""
+        model = ctx.model
+
+        def encode(pixel_values):
+            with torch.no_grad(), ctx.autocast():
+                return model.vision_features(pixel_values.to(ctx.device))
+
+        chats = ctx.train_ds.chats
+        features, report = cache_image_features(
+            chats,
+            encode,
+            model.vision_config,
+            encoder_fingerprint(model.vision),
+            {"device": ctx.device.type, "dtype": str(ctx.dtype).removeprefix("torch.")},
+            cache_dir=ctx.cfg.cache_dir,
+        )
+        for ds in (ctx.train_ds, ctx.val_ds):
+            if ds is not None:
+                ds.use_features(features)
+        if ctx.dist.is_main and report["images"]:
+            print("image features: " + describe_feature_cache(report), flush=True)
 
     def loss_sum(self, model, batch: dict):
         out = model(
@@ -80,11 +116,13 @@ class VLMObjective(LMObjective):
             attention_mask=packed_attention_mask(batch),
             position_ids=batch["position_ids"],
             pixel_values=batch.get("pixel_values"),
+            image_features=batch.get("image_features"),
         )
         logits, targets = out.logits[:, :-1], batch["labels"][:, 1:]
         ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
         aux = out.aux_loss
-        if "pixel_values" not in batch and self.touch:  # see the module docstring (DDP)
+        images = "pixel_values" in batch or "image_features" in batch
+        if not images and self.touch:  # see the module docstring (DDP)
             aux = aux + 0.0 * sum(p.sum() for p in self.touch)
         return ce, aux, {}
 
@@ -97,6 +135,25 @@ class VLMObjective(LMObjective):
             + (f", {s['skipped']} bad records skipped" if s["skipped"] else "")
             + (f", {len(val_ds)} validation rows" if val_ds is not None else "")
         )
+
+
+def describe_feature_cache(report: dict) -> str:
+    """The one line saying where a run's image features came from."""
+
+    def size(n):
+        return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
+
+    parts = []
+    if report["encoded"]:
+        parts.append(f"{report['encoded']} images encoded once ({report['seconds']:.1f} s)")
+    if report["waited"]:
+        parts.append(f"{report['waited']} images encoded once by another process")
+    if report["reused"]:
+        parts.append(f"{report['reused']} images reused from the cache")
+    return (
+        ", ".join(parts) + f"; {size(report['bytes'])} of frozen-encoder features in {report['root']} "
+        "(--no-feature-cache: encode every batch)"
+    )
 
 
 # ---------------------------------------------------------------------------- minimind vlm init
