@@ -89,3 +89,46 @@ def test_compiled_training_gives_the_eager_losses_and_plain_checkpoints(tok_dir,
     assert sorted(compiled_weights) == sorted(eager_weights)  # no `_orig_mod.` prefixes
     for k, v in compiled_weights.items():
         torch.testing.assert_close(v, eager_weights[k], rtol=1e-3, atol=1e-4, msg=k)
+
+
+def test_a_bf16_step_casts_each_weight_once_whatever_its_micro_batches(tok_dir, tmp_path):
+    """One autocast region spans a step's micro-batches (train/trainer.py), so autocast's cache
+    casts a weight to bf16 once a step: 4 micro-batches cast the output matrix as often as 1 does
+    (without the shared region: 4 times as often). Counted below autocast, at the dispatcher."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    data = write_jsonl(tmp_path / "pre.jsonl", pretrain_records(80))
+    vocab_by_hidden = tuple(MiniMindForCausalLM(preset("nano")).lm_head.weight.shape)
+
+    class CountCasts(TorchDispatchMode):
+        casts = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.ops.aten._to_copy.default and kwargs.get("dtype") is torch.bfloat16:
+                self.casts += tuple(args[0].shape) == vocab_by_hidden and args[0].dtype is torch.float32
+            return func(*args, **kwargs)
+
+    def casts(grad_accum):
+        cfg = TrainConfig(
+            stage="pretrain",
+            data=[str(data)],
+            out=str(tmp_path / f"accum{grad_accum}"),
+            preset="nano",
+            tokenizer=str(tok_dir),
+            max_steps=1,
+            batch_size=2,
+            grad_accum=grad_accum,
+            seq_len=64,
+            eval_every=0,
+            val_fraction=0.0,
+            dtype="bf16",
+            cache_dir=str(tmp_path / "cache"),
+            progress=False,
+        )
+        with CountCasts() as mode:
+            train(cfg)
+        return mode.casts
+
+    one, four = casts(1), casts(4)
+    assert one >= 1 and four == one

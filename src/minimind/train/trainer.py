@@ -274,6 +274,13 @@ class Trainer:
     def fit(self) -> Path:
         cfg, dist = self.cfg, self.dist
         precision = autocast(self.device, self.dtype)
+        # With several micro-batches a step, one autocast region spans them all: autocast caches
+        # the compute-dtype copy of each weight until its outermost region ends, so every weight
+        # is cast once a step instead of once a micro-batch (the weights change only at the
+        # optimizer step). Backward runs with autocast off inside it, as PyTorch recommends. Not
+        # under FSDP, whose gathered weights are new tensors at every forward.
+        cache_casts = cfg.grad_accum > 1 and not cfg.fsdp and self.dtype != torch.float32
+        no_autocast = torch.autocast(self.device.type, enabled=False)
         batches = _micro_batches(self.objective, self.train_ds, cfg, dist, *self.position)
         flops_tok = flops_per_token(self.model.config, cfg.seq_len)
         peak = measured_peak_flops(self.device, self.dtype) * dist.world_size
@@ -291,19 +298,21 @@ class Trainer:
                 count = all_reduce_sum(
                     torch.tensor(float(sum(self.objective.count(b) for _, _, b in group)), device=self.device), dist
                 ).item()
-                for i, (_, _, batch) in enumerate(group):
-                    batch = to_device(batch, self.device)
-                    last = i == len(group) - 1
-                    with self._grad_sync(last):
-                        with precision:
-                            loss_sum, aux, metrics = self.objective.loss_sum(self.forward_model, batch)
-                        # DDP averages gradients over ranks; * world_size turns that into the sum.
-                        loss = loss_sum * dist.world_size / max(count, 1) + aux / len(group)
-                        self.scaler.scale(loss).backward()
-                    window["loss"] += loss_sum.detach().double().cpu()
-                    window["tokens"] += real_tokens(batch) if count else 0  # (none: a step PPO skipped)
-                    for name, value in metrics.items():
-                        window["metrics"][name] = window["metrics"].get(name, 0.0) + float(value)
+                with autocast(self.device, self.dtype) if cache_casts else contextlib.nullcontext():
+                    for i, (_, _, batch) in enumerate(group):
+                        batch = to_device(batch, self.device)
+                        last = i == len(group) - 1
+                        with self._grad_sync(last):
+                            with precision:
+                                loss_sum, aux, metrics = self.objective.loss_sum(self.forward_model, batch)
+                            # DDP averages gradients over ranks; * world_size turns that into the sum.
+                            loss = loss_sum * dist.world_size / max(count, 1) + aux / len(group)
+                            with no_autocast:
+                                self.scaler.scale(loss).backward()
+                        window["loss"] += loss_sum.detach().double().cpu()
+                        window["tokens"] += real_tokens(batch) if count else 0  # (none: a step PPO skipped)
+                        for name, value in metrics.items():
+                            window["metrics"][name] = window["metrics"].get(name, 0.0) + float(value)
                 window["count"] += count
                 # The objective steps what else it trains (PPO's critic), or holds this update
                 # back (PPO's KL early stop: then no AdamW step at all, not a step on zeros).
