@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     v = p.add_argument_group("vision (--vision: coloured shapes drawn offline, a model that sees)")
     v.add_argument("--vision", action="store_true", help="train and test a small vision-language model instead")
-    v.add_argument("--vision-steps", type=int, default=None, help="training steps (default 600)")
+    v.add_argument("--vision-steps", type=int, default=None, help="training steps (default 2000)")
     v.add_argument("--vision-images", type=int, default=None, help="training pictures to draw (default 3000)")
     p.set_defaults(func=cmd_quickstart)
 

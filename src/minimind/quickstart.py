@@ -65,35 +65,41 @@ def exam_accuracy(model, tok, questions) -> tuple[dict[str, float], list[str]]:
     return {k: sum(v) / len(v) for k, v in scores.items()}, replies
 
 
-# --minutes: the training time goes 5/8 to pretraining and 3/8 to SFT (the default run's split:
-# about 200 pretraining steps for 120 SFT steps); 10% of the budget (at least 15 s) is kept for
-# the results (sample chats and the exam of both models); a few probe steps measure the speed.
+# --minutes: 5/8 of the training time goes to pretraining, the rest to SFT. Each stage is sized
+# from probe steps of its own (its rows hold other numbers of real tokens), SFT's only once
+# pretraining is done, from the time actually left: whatever pretraining's estimate missed (a
+# run's first steps are slow, the machine gets busier) is made up there. 5% of the budget (at
+# least 10 s) is kept for the results (sample chats and the exam of both models take a few s).
 PRETRAIN_SHARE = 5 / 8
-RESULTS_SHARE, RESULTS_MIN_S = 0.10, 15.0
-PROBE_STEPS = 4
+RESULTS_SHARE, RESULTS_MIN_S = 0.05, 10.0
+PROBE_STEPS, PROBE_SKIP = 8, 3  # the first PROBE_SKIP steps pay for warm-ups: not counted
 MIN_PRETRAIN_STEPS, MIN_SFT_STEPS = 20, 10
 
 
-def plan_steps(minutes: float, elapsed_s: float, step_s: float) -> dict:
-    """Pretraining and SFT steps that fill a budget of `minutes`, given the seconds already
-    spent and the measured seconds per training step (both stages train the same model on
-    rows of the same shape, so one step costs the same in each). Never below the minimums:
-    a budget too small for them overruns rather than trains nothing."""
+def plan_pretrain(minutes: float, elapsed_s: float, step_s: float) -> dict:
+    """Pretraining steps for its share of a budget of `minutes`, given the seconds already spent
+    and the measured seconds per pretraining step. Never below the minimum: a budget too small
+    overruns rather than trains nothing."""
     budget = minutes * 60
     results = max(RESULTS_SHARE * budget, RESULTS_MIN_S)
     train_s = max(budget - elapsed_s - results, 0.0)
-    steps = int(train_s / step_s)
-    pretrain = max(int(steps * PRETRAIN_SHARE), MIN_PRETRAIN_STEPS)
-    sft = max(steps - int(steps * PRETRAIN_SHARE), MIN_SFT_STEPS)
-    return {"pretrain_steps": pretrain, "sft_steps": sft, "step_s": step_s, "train_s": train_s, "results_s": results}
+    steps = max(int(train_s * PRETRAIN_SHARE / step_s), MIN_PRETRAIN_STEPS)
+    return {"pretrain_steps": steps, "step_s": step_s, "train_s": train_s, "results_s": results}
+
+
+def plan_sft(minutes: float, elapsed_s: float, step_s: float, results_s: float) -> int:
+    """SFT steps that fill what is left of the budget before the results, at `step_s` a step."""
+    left = max(minutes * 60 - elapsed_s - results_s, 0.0)
+    return max(int(left / step_s), MIN_SFT_STEPS)
 
 
 def measure_step_seconds(root: Path, config: dict) -> float:
-    """Seconds per training step on this machine: PROBE_STEPS throwaway steps of the pretraining
-    run, the first (warm-ups) left out. Its output is hidden; its folder removed."""
+    """Seconds per training step of `config` on this machine: PROBE_STEPS throwaway steps, the
+    median of those after the first PROBE_SKIP. Its output is hidden; its folder removed."""
     import contextlib
     import io
     import shutil
+    import statistics
 
     probe = root / "speed-probe"
     cfg = {**config, "out": str(probe), "max_steps": PROBE_STEPS, "log_every": 1, "progress": False}
@@ -106,7 +112,7 @@ def measure_step_seconds(root: Path, config: dict) -> float:
         seconds = [(b["tokens"] - a["tokens"]) / b["tokens_per_s"] for a, b in zip(rows, rows[1:])]
     finally:
         shutil.rmtree(probe, ignore_errors=True)
-    return sum(seconds) / len(seconds)
+    return statistics.median(seconds[PROBE_SKIP - 1 :] or seconds)
 
 
 SETTINGS_FILE = "quickstart.json"  # in --out: the settings and the stages done (for a re-run)
@@ -275,16 +281,16 @@ def _pipeline(run: Run, device: str, cache_dir: str | None, progress: bool) -> P
         epochs=5.0,
         **common,
     )
-    if run.settings.get("minutes") is not None:
+    minutes = run.settings.get("minutes")
+    if minutes is not None:
         if "plan" not in run.done:
             step_s = measure_step_seconds(root, pretrain_config)
-            run.finish("plan", plan_steps(run.settings["minutes"], run.elapsed(), step_s))
+            run.finish("plan", plan_pretrain(minutes, run.elapsed(), step_s))
         plan = run.done["plan"]
-        pretrain_steps, sft_steps = plan["pretrain_steps"], plan["sft_steps"]
+        pretrain_steps = plan["pretrain_steps"]
         print(
-            f"plan for {run.settings['minutes']:g} minutes: {plan['step_s']:.2f} s a step here, so "
-            f"{pretrain_steps} pretraining + {sft_steps} SFT steps (~{plan['train_s'] / 60:.1f} min), "
-            f"~{plan['results_s']:.0f} s kept for the results"
+            f"plan for {minutes:g} minutes: {plan['step_s']:.2f} s a pretraining step here, so {pretrain_steps} "
+            f"pretraining steps; SFT gets the time left after them (~{plan['results_s']:.0f} s kept for the results)"
         )
     run.stage("3/5 pretrain")
     if run.has("pretrain", pre / "model.safetensors"):
@@ -293,21 +299,19 @@ def _pipeline(run: Run, device: str, cache_dir: str | None, progress: bool) -> P
         train(TrainConfig(**pretrain_config, max_steps=pretrain_steps))
         run.finish("pretrain")
     run.stage("4/5 supervised fine-tuning")
+    sft_config = dict(stage="sft", data=sft_files, out=str(sft), init=str(pre), lr=2e-3, warmup_steps=10, **common)
+    if minutes is not None:
+        plan = run.done["plan"]
+        if "sft_steps" not in plan:
+            step_s = measure_step_seconds(root, sft_config)
+            plan.update(sft_steps=plan_sft(minutes, run.elapsed(), step_s, plan["results_s"]), sft_step_s=step_s)
+            run.finish("plan", plan)
+        sft_steps = plan["sft_steps"]
+        print(f"plan: {plan['sft_step_s']:.2f} s an SFT step here, so {sft_steps} SFT steps for the time left")
     if run.has("sft", sft / "model.safetensors"):
         print(f"already done: {sft}")
     else:
-        train(
-            TrainConfig(
-                stage="sft",
-                data=sft_files,
-                out=str(sft),
-                init=str(pre),
-                lr=2e-3,
-                warmup_steps=10,
-                max_steps=sft_steps or 120,
-                **common,
-            )
-        )
+        train(TrainConfig(**sft_config, max_steps=sft_steps or 120))
         run.finish("sft")
 
     run.stage("5/5 results")
