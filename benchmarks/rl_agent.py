@@ -176,7 +176,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--work", default="out/bench-rl-agent")
     ap.add_argument("--sft-examples", type=int, default=2000)
-    ap.add_argument("--sft-steps", type=int, default=300)
+    ap.add_argument("--sft-steps", type=int, default=1500)
     ap.add_argument("--noise", type=float, default=0.7, help="share of bad SFT demonstrations")
     ap.add_argument("--rl-prompts", type=int, default=1000)
     ap.add_argument("--rl-steps", type=int, default=200, help="optimizer steps (2 per batch of rollouts)")

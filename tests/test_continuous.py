@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from helpers import scrambled_model
+from minimind.errors import MiniMindError
 from minimind.infer import Engine, SamplingParams, Sequence, generate
 
 GREEDY = {"temperature": 0.0, "stop_token_ids": ()}
@@ -160,3 +161,36 @@ def test_logprobs_are_the_models_own(model, tokenizer):
             assert [v for _, v in entry.top] == pytest.approx(best.values.tolist(), abs=1e-4)
             ids.append(token)
     assert generate(model, tokenizer, [prompt], SamplingParams(max_new_tokens=2))[0].logprobs is None
+
+
+def test_a_row_given_its_past_reads_only_the_rest_and_equals_a_full_prefill(model, tokenizer):
+    """A conversation's next turn started from the keys and values its first turn left
+    (keep_kv -> kv -> past) generates what a full prefill of the whole history generates, in a
+    batch with rows of other past lengths and a row without one, and with the repetition
+    penalty seeing the whole prompt (past included)."""
+    params = SamplingParams(max_new_tokens=5, repetition_penalty=1.3, logprobs=True, **GREEDY)
+    firsts = [tokenizer.encode(t) for t in ("Once upon a time", "a b c d e f g h i j", "你好")]
+    turn1 = [Sequence(model, tokenizer, p, params, keep_kv=True) for p in firsts]
+    run(model, tokenizer, {0: turn1[:2], 2: turn1[2:]})
+    for s, p in zip(turn1, firsts):
+        assert s.kv.length == len(p) + len(s.token_ids) - 1  # the newest token was never read
+    follow = tokenizer.encode(" and then")
+    seconds = [p + s.token_ids + follow for p, s in zip(firsts, turn1)]
+    fresh = tokenizer.encode("The answer is")
+    with_past = [Sequence(model, tokenizer, q, params, past=s.kv) for q, s in zip(seconds, turn1)]
+    with_past.append(Sequence(model, tokenizer, fresh, params))
+    run(model, tokenizer, {0: with_past})
+    reference = generate(model, tokenizer, seconds + [fresh], params)
+    assert [s.completion().token_ids for s in with_past] == [c.token_ids for c in reference]
+    for s, c in zip(with_past, reference):
+        assert [e.logprob for e in s.logprobs] == pytest.approx([e.logprob for e in c.logprobs], abs=1e-4)
+
+
+def test_a_past_that_cannot_be_the_prompts_start_is_refused(model, tokenizer):
+    prompt = tokenizer.encode("Once upon a time")
+    first = Sequence(model, tokenizer, prompt, SamplingParams(max_new_tokens=3, **GREEDY), keep_kv=True)
+    run(model, tokenizer, {0: [first]})
+    with pytest.raises(MiniMindError, match="must leave at least one"):
+        Sequence(model, tokenizer, prompt[:2], past=first.kv)  # covers more than the prompt
+    with pytest.raises(MiniMindError, match="layers"):
+        Sequence(scrambled_model(num_hidden_layers=1), tokenizer, prompt + first.token_ids, past=first.kv)

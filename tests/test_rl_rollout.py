@@ -9,8 +9,8 @@ import torch
 
 from helpers import scrambled_model, write_jsonl
 from minimind.cli import main
-from minimind.infer import SamplingParams
-from minimind.rl.rollout import agent_rollouts
+from minimind.infer import Engine, SamplingParams
+from minimind.rl.rollout import MIN_SHARED_PREFIX, agent_rollouts, shared_prefixes
 from minimind.rl.tools import BUILTIN_SCHEMAS, ToolBox
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -39,27 +39,34 @@ class Scripted(torch.nn.Module):
     template's own tokens, and the tool observations it is fed are the script's if the tools
     answered as expected. A nano model runs underneath so that the engine's cache works."""
 
-    def __init__(self, script: list[int], eos: int):
+    def __init__(self, script: list[int], eos: int, free_from: int | None = None):
         super().__init__()
         self.inner, self.script, self.eos = scrambled_model(), script, eos
         self.config = self.inner.config
+        self.free_from = free_from  # from this position on, the nano model writes freely
+        self.read = 0  # tokens read by every forward so far
 
     def new_cache(self, batch_size, capacity):
         return self.inner.new_cache(batch_size, capacity)
 
     def forward(self, ids, attention_mask=None, position_ids=None, cache=None, logits_to_keep=0):
-        self.inner(
+        past = cache.length if cache is not None else 0
+        self.read += ids.numel()
+        free = self.inner(
             ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache, logits_to_keep=1
-        )  # fills the cache
+        ).logits  # and fills the cache
         if position_ids is not None:
             pos = position_ids[:, -1].tolist()
         elif attention_mask is not None:
             pos = (attention_mask.sum(-1) - 1).tolist()
         else:
-            pos = [ids.shape[1] - 1] * ids.shape[0]
+            pos = [past + ids.shape[1] - 1] * ids.shape[0]
         logits = torch.zeros(ids.shape[0], 1, self.config.vocab_size)
         for row, p in enumerate(pos):
-            logits[row, 0, self.script[p + 1] if p + 1 < len(self.script) else self.eos] = 10.0
+            if self.free_from is not None and p + 1 >= self.free_from:
+                logits[row] = free[row, -1:]
+            else:
+                logits[row, 0, self.script[p + 1] if p + 1 < len(self.script) else self.eos] = 10.0
         return SimpleNamespace(logits=logits)
 
 
@@ -99,6 +106,49 @@ def test_scripted_tool_call_gets_observation_and_second_turn(tok):
     assert t.mask == generated_spans(tok, full, CALC)
     assert len(t.logprobs) == len(t.token_ids)
     assert all(lp == 0.0 for lp, m in zip(t.logprobs, t.mask) if not m)
+
+
+def test_a_turn_started_from_the_last_turns_kv_equals_reading_it_all_again(tok):
+    """The first reply is a scripted tool call; after the observation the nano model writes on
+    its own, so the second reply depends on the keys and values of everything before it."""
+    box = ToolBox(["calculate_math"])
+    prompt = [SYSTEM, {"role": "user", "content": "What is 17 times 3?"}]
+    observation = box.call("calculate_math", {"expression": "17*3"}).observation
+    before = prompt + [call("17*3"), {"role": "tool", "content": observation}]
+    script = tok.encode_chat(before, tools=CALC, add_generation_prompt=True)
+    model = Scripted(script, tok.eos_token_id, free_from=len(script))
+    params = SamplingParams(max_new_tokens=40, temperature=0, logprobs=True)
+    (a,) = agent_rollouts(model, tok, [prompt], box, params, max_turns=2)
+    read, model.read = model.read, 0
+    (b,) = agent_rollouts(model, tok, [prompt], box, params, max_turns=2, reuse_kv=False)
+    # the second turn read only the reply's <|im_end|> and the observation, not the history again
+    history = a.prompt_len + sum(a.mask[: len(script)]) - 1  # the prompt and the reply but its <|im_end|>
+    assert model.read - read == history
+    assert a.turns == 2 and a.valid_calls == 1 and sum(a.mask[len(script) :]) > 0  # a free second reply
+    assert (a.token_ids, a.mask, a.messages) == (b.token_ids, b.mask, b.messages)
+    assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+
+
+def test_prompts_that_begin_alike_share_one_read_of_their_common_prefix(tok):
+    model = scrambled_model(2)
+    alike = conversations(4)  # one system prompt and tool list, different questions
+    other = [{"role": "system", "content": "Answer in one word. " * 10}, {"role": "user", "content": "Why?"}]
+    lonely = [{"role": "user", "content": "hi"}]
+    convs = alike + [other, lonely, other]
+    prompts = [tok.encode_chat(c, tools=CALC, add_generation_prompt=True) for c in alike]
+    prompts += [tok.encode_chat(c, add_generation_prompt=True) for c in (other, lonely, other)]
+    pasts = shared_prefixes(Engine(model), prompts)
+    common = min(next(j for j, (x, y) in enumerate(zip(prompts[0], p)) if x != y) for p in prompts[1:4])
+    assert common >= MIN_SHARED_PREFIX and all(p is pasts[0] for p in pasts[1:4]) and pasts[0].length == common
+    assert pasts[4] is pasts[6] and pasts[4].length == len(prompts[4]) - 1  # two copies: all but one token
+    assert pasts[5] is None  # nothing to share
+    # and the rollouts are those of reading every prompt whole
+    params = SamplingParams(max_new_tokens=10, temperature=0, logprobs=True)
+    shared = agent_rollouts(model, tok, convs, ToolBox(), params, max_turns=2)
+    whole = agent_rollouts(model, tok, convs, ToolBox(), params, max_turns=2, reuse_kv=False)
+    for a, b in zip(shared, whole):
+        assert (a.token_ids, a.mask) == (b.token_ids, b.mask)
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
 
 
 def test_max_turns_is_honoured(tok):

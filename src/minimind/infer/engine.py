@@ -17,12 +17,19 @@ carries its own position ids, so a row computes exactly what it would alone. New
 prefilled together and merged in (the narrower side is padded on the left); a row that
 finishes leaves the batch at once, so the rest run faster (MiniMind keeps computing finished
 rows until the last one ends), and columns that only held its padding are dropped.
+
+A conversation that goes on after a reply (agentic rollouts: the reply, a tool's answer, the
+next reply) need not read its whole history again: a Sequence made with keep_kv leaves its
+keys and values in `seq.kv` when it finishes, and the next turn's Sequence, given them as
+`past`, is prefilled from where they end. Many prompts that begin alike (one system prompt,
+G samples of one question) can share one `past` made by `read`.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..model.cache import RowKV
 from .sampling import BatchSampling
 from .sequence import Sequence, TokenLogprob
 
@@ -56,25 +63,37 @@ class Engine:
         """
         if not sequences:
             return
+        # A newcomer with a past (a KV prefix kept from its previous turn) reads only the rest
+        # of its prompt. Layout of the new rows: pasts right-aligned in the first `width_past`
+        # columns, the tokens to read right-aligned after them, padding masked in between.
         lengths = [len(s.prompt) for s in sequences]
-        width = max(lengths)
+        pasts = [s.past.length if s.past is not None else 0 for s in sequences]
+        width_past = max(pasts)
+        width = max(n - p for n, p in zip(lengths, pasts))  # tokens read by this prefill
         if room is None:
             room = min(max(s.limit for s in sequences), DEFAULT_ROOM)
         ids = torch.zeros(len(sequences), width, dtype=torch.long)
-        mask = torch.ones(len(sequences), width, dtype=torch.long)
-        for i, s in enumerate(sequences):
-            ids[i, width - len(s.prompt) :] = torch.as_tensor(s.prompt)
-            mask[i, : width - len(s.prompt)] = 0
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        cache = self.model.new_cache(len(sequences), width + room)
-        cache.set_padding(mask)
+        mask = torch.zeros(len(sequences), width_past + width, dtype=torch.long)
+        for i, (s, past) in enumerate(zip(sequences, pasts)):
+            new = len(s.prompt) - past
+            ids[i, width - new :] = torch.as_tensor(s.prompt[past:])
+            mask[i, width_past - past : width_past] = 1
+            mask[i, width_past + width - new :] = 1
+        ids = ids.to(self.device)
+        cache = self.model.new_cache(len(sequences), width_past + width + room)
+        cache.set_padding(mask.to(self.device))
+        if width_past:
+            cache.load_past([s.past for s in sequences], width_past)
+            for s in sequences:
+                s.past = None  # read: let its memory go
         # A vision-language model's images enter at prefill, all newcomers' in row order; a text
         # model never sees the argument.
         images = [s.images for s in sequences if s.images is not None]
         extra = {"pixel_values": torch.cat(images).to(self.device)} if images else {}
+        # Position ids follow from the mask: each row counts its own real tokens, past included.
         out = self.model(ids, attention_mask=cache.attention_mask(width), cache=cache, logits_to_keep=1, **extra)
         positions = torch.tensor(lengths, device=self.device)[:, None]
-        seen, counts = self._penalty_state(sequences, ids, mask)
+        seen, counts = self._penalty_state(sequences)
         if self.cache is None:
             self.cache, self.logits, self.positions = cache, out.logits[:, -1], positions
             self.seen, self.counts = seen, counts
@@ -87,13 +106,22 @@ class Engine:
         self.sequences += sequences
         self._sampling = None
 
-    def _penalty_state(self, sequences, ids, mask):
+    @torch.inference_mode()
+    def read(self, tokens: list[int]) -> RowKV:
+        """The keys and values of `tokens`, read in one forward pass (nothing is generated and
+        the batch is untouched): a `past` that every sequence beginning with these tokens can
+        share, so a prefix common to many prompts is read once."""
+        cache = self.model.new_cache(1, len(tokens))
+        self.model(torch.tensor([tokens], device=self.device), cache=cache, logits_to_keep=1)
+        return cache.row(0)
+
+    def _penalty_state(self, sequences):
         """The newcomers' `seen` (their prompts) and `counts` (zeros), when any row needs them."""
         seen = counts = None
         if any(s.params.repetition_penalty != 1.0 for s in sequences):
-            occurrences = torch.zeros(len(sequences), self.vocab, device=self.device)
-            occurrences.scatter_add_(1, ids, mask.float())  # padding adds 0
-            seen = occurrences > 0
+            seen = torch.zeros(len(sequences), self.vocab, dtype=torch.bool, device=self.device)
+            for i, s in enumerate(sequences):
+                seen[i, torch.as_tensor(s.prompt, device=self.device)] = True
         if any(s.params.frequency_penalty or s.params.presence_penalty for s in sequences):
             counts = torch.zeros(len(sequences), self.vocab, device=self.device)
         return seen, counts
@@ -161,6 +189,8 @@ class Engine:
                 )
             elif not s.push(token):
                 keep.append(i)
+            elif s.keep_kv:
+                s.kv = self.cache.row(i)
         self._keep(keep)
         if keep:
             next_ids = tokens if len(keep) == len(stepped) else tokens[torch.tensor(keep, device=self.device)]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import MiniMindError
+from ..model.cache import RowKV
 
 MIN_TEMPERATURE = 1e-4  # the smallest temperature above 0 (0 = greedy)
 
@@ -142,6 +143,13 @@ class Sequence:
     images: for a vision-language model, the prompt's images preprocessed ([n, 3, S, S], e.g.
         model.preprocess(pil_images)), in the order of their <|image_pad|> runs; the engine
         hands them to the model at prefill. None for text.
+    past: the keys and values of the prompt's first past.length tokens, kept from an earlier
+        run (`kv` of a finished Sequence whose tokens begin this prompt: the next turn of a
+        conversation); the engine then prefills only the rest. It must be the KV of exactly
+        those tokens, by this model; it cannot go with images.
+    keep_kv: when this sequence finishes, the engine leaves its keys and values in `kv` (a
+        RowKV of every token the model has read: the prompt and the replies' tokens but the
+        last one, which was sampled and never fed back).
     Raises MiniMindError for a prompt the model cannot take (empty, too long, bad ids, images
     that do not match its <|image_pad|> runs).
     """
@@ -155,12 +163,17 @@ class Sequence:
         generator: torch.Generator | None = None,
         track_text: bool = True,
         images: torch.Tensor | None = None,
+        past: RowKV | None = None,
+        keep_kv: bool = False,
     ):
         params = params if params is not None else SamplingParams()
         if not isinstance(params, SamplingParams):
             raise MiniMindError(f"params must be a SamplingParams, got {type(params).__name__}")
         self.prompt, self.params, self.tokenizer = _checked_prompt(model, prompt), params, tokenizer
         self.images = _checked_images(model, self.prompt, images)
+        self.past = _checked_past(model, self.prompt, past, images)
+        self.keep_kv = keep_kv
+        self.kv: RowKV | None = None  # set when it finishes, with keep_kv
         max_pos = model.config.max_position_embeddings
         # Clip instead of failing: users expect "generate until the context is full".
         self.limit = min(params.max_new_tokens, max_pos - len(self.prompt))
@@ -306,6 +319,21 @@ def _checked_images(model, prompt: list[int], images):
             f"{images.shape[0] * vision.image_tokens} ({vision.image_tokens} each)"
         )
     return images if images.shape[0] else None
+
+
+def _checked_past(model, prompt: list[int], past: RowKV | None, images) -> RowKV | None:
+    """The past, or a MiniMindError when it cannot be the start of this prompt's KV."""
+    if past is None:
+        return None
+    if images is not None:
+        raise MiniMindError("a sequence with a past cannot take images (they enter at its first prefill)")
+    if len(past.k) != model.config.num_hidden_layers:
+        raise MiniMindError(f"the past has {len(past.k)} layers; the model has {model.config.num_hidden_layers}")
+    if not 0 < past.length < len(prompt):
+        raise MiniMindError(
+            f"the past covers {past.length} tokens of a {len(prompt)}-token prompt; it must leave at least one to read"
+        )
+    return past
 
 
 def _stop_prefix_len(text: str, stops: tuple[str, ...], longest: int) -> int:

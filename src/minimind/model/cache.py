@@ -17,7 +17,23 @@ to 1, because the tokens that will fill them are real.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+
+@dataclass
+class RowKV:
+    """One sequence's keys and values, taken out of a batch: per layer [K, length, D], its real
+    tokens only (no padding), in order. A sequence that goes on (the next turn of a
+    conversation) hands it to the engine as `past`, so only its new tokens are prefilled."""
+
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+
+    @property
+    def length(self) -> int:
+        return self.k[0].shape[1]
 
 
 class KVCache:
@@ -58,6 +74,25 @@ class KVCache:
         self.k[layer][:, :, end - new : end] = k
         self.v[layer][:, :, end - new : end] = v
         return self.k[layer][:, :, self.start : end], self.v[layer][:, :, self.start : end]
+
+    def row(self, i: int) -> RowKV:
+        """Row i's keys and values (its real columns only), copied out of the batch."""
+        live = slice(self.start, self.start + self.length)
+        real = self.mask[i, live].bool()
+        return RowKV([k[i, :, live][:, real] for k in self.k], [v[i, :, live][:, real] for v in self.v])
+
+    def load_past(self, pasts: list[RowKV | None], width: int) -> None:
+        """Before a prefill: put each row's past right-aligned in the first `width` columns (a
+        row without one gets none) and make them the live part. The padding mask of these
+        columns is the caller's (set_padding)."""
+        if self.start or self.length:
+            raise ValueError("load_past is for a new, empty cache")
+        for i, past in enumerate(pasts):
+            if past is not None:
+                for layer, (k, v) in enumerate(zip(past.k, past.v)):
+                    self.k[layer][i, :, width - past.length : width] = k
+                    self.v[layer][i, :, width - past.length : width] = v
+        self.length = width
 
     def set_padding(self, mask: torch.Tensor) -> None:
         """Mark the first mask.shape[1] columns with a prompt's padding mask (1 = real token);

@@ -3,8 +3,9 @@ of the one trainer (`minimind grpo`).
 
 Its batches are made online. For every batch of prompts:
   1. rollouts: the current model samples G replies per prompt on the generation engine
-     (batched, KV-cached; each reply draws from its own seeded generator, so a reply is the
-     same whatever else is in the batch, on any number of processes);
+     (batched, KV-cached, the prompt read once for its G replies; each reply draws from its
+     own seeded generator, so a reply is the same whatever else is in the batch, on any
+     number of processes);
   2. rewards: each reply is scored by the rewards named in --reward (rl/rewards.py) against
      the prompt's `gt`; its advantage is its reward against its group's:
      A = (r - mean) / (std + 1e-4), or r - mean for Dr. GRPO;
@@ -41,6 +42,7 @@ from ..infer import Engine, SamplingParams, Sequence
 from ..train.objectives import Objective, SetupContext
 from .data import read_rl_prompts
 from .rewards import combine, parse_weights
+from .rollout import shared_prefixes
 
 
 class PromptSet:
@@ -197,17 +199,20 @@ class GRPOObjective(Objective):
             top_p=cfg.top_p,
             stop_token_ids=() if tok.eos_token_id is None else (tok.eos_token_id,),
         )
-        sequences = []
-        for row, position in zip(prompt_rows, positions):
-            for g in range(cfg.num_generations):
-                seed = reply_seed(cfg.seed, epoch, position, g)
-                gen = torch.Generator(device=ctx.device).manual_seed(seed % 2**63)
-                sequences.append(Sequence(model, tok, ds.ids[row], params, generator=gen, track_text=False))
+        prompts = [ds.ids[row] for row in prompt_rows for _ in range(cfg.num_generations)]
+        seeds = [reply_seed(cfg.seed, epoch, p, g) for p in positions for g in range(cfg.num_generations)]
         was_training = model.training
         model.eval()
         try:
             with ctx.autocast():
                 engine = Engine(model)
+                # the G copies of a prompt (and prompts that begin alike) read their common prefix once
+                pasts = shared_prefixes(engine, prompts)
+                generators = [torch.Generator(device=ctx.device).manual_seed(seed % 2**63) for seed in seeds]
+                sequences = [
+                    Sequence(model, tok, prompt, params, generator=gen, track_text=False, past=past)
+                    for prompt, gen, past in zip(prompts, generators, pasts)
+                ]
                 engine.add(sequences, room=cfg.max_gen_len)
                 while engine.sequences:
                     engine.step()

@@ -19,8 +19,12 @@ turn's prompt is the trajectory's own tokens so far (the prompt, the tokens the 
 its stop token) plus the observation tokens. Re-rendering the conversation as text instead
 would hand the model a normalised copy of its reply (the template rewrites tool-call JSON and
 <think> blocks), so the tokens RL trains on would not be the ones sampled, and their old
-log-probs would not match. Prefix caching across turns is not needed: each turn re-prefills
-the whole trajectory, which is simplest and cheap at these lengths.
+log-probs would not match. Nor does a turn read its history again: each reply's Sequence keeps
+its keys and values (keep_kv), and the next turn starts from them (`past`), so its prefill
+reads only the reply's stop token and the observation (MiniMind re-reads the whole
+conversation every turn, usually the larger part of a rollout's work). The first turns' prompts
+share their system prompt and tool list (and, in RL, G copies of each question): the longest
+prefix common to a group of them is read once (Engine.read) and given to each as its past.
 
 The observation segment of a turn is the tokens encode_chat adds after the assistant turn: the
 text after the reply's <|im_end|> ("\n"), the `tool` turn(s) and the next generation prompt.
@@ -45,7 +49,12 @@ from ..errors import MiniMindError
 from ..infer.engine import Engine
 from ..infer.sequence import SamplingParams, Sequence
 from ..infer.toolcalls import CALL_OPEN, THINK_OPEN, parse_output
+from ..model.cache import RowKV
 from .tools import ToolBox
+
+# Prompts share a past only when they begin with at least this many equal tokens: below it,
+# the extra forward pass would cost more than it saves.
+MIN_SHARED_PREFIX = 32
 
 
 @dataclass
@@ -85,6 +94,7 @@ class _Rollout:
         self.index, self.messages, self.schemas, self.generator = index, messages, schemas, generator
         self.offered = [s.get("function", s).get("name") for s in schemas]
         self.result: Trajectory | None = None
+        self.past = None  # the KV of the trajectory so far (all but its newest tokens)
 
 
 def agent_rollouts(
@@ -98,6 +108,7 @@ def agent_rollouts(
     max_batch: int | None = None,
     seeds: list[int] | None = None,
     max_len: int | None = None,
+    reuse_kv: bool = True,
 ) -> list[Trajectory]:
     """Roll out every conversation (a prompt: messages ending with a user turn) as a multi-turn
     tool-using trajectory, all on one Engine; returns one Trajectory per conversation, in order.
@@ -113,6 +124,9 @@ def agent_rollouts(
         place in the epoch, so it is the same on any number of processes).
     max_len: most tokens of a trajectory (default: the model's context); a reply that would pass
         it is cut short ("length"), and the trajectory ends ("context").
+    reuse_kv: start each turn from the previous turn's keys and values, and read prefixes common
+        to the first prompts once (False: every turn reads its whole trajectory; the same
+        tokens, up to float rounding, and slower).
     """
     if max_turns < 1:
         raise MiniMindError(f"max_turns must be at least 1, got {max_turns}")
@@ -144,15 +158,28 @@ def agent_rollouts(
             r.result.finish_reason = "context"
             return None
         turn = params if params.max_new_tokens <= room else replace(params, max_new_tokens=room)
-        return Sequence(model, tokenizer, r.result.token_ids, turn, generator=r.generator, track_text=False)
+        past, r.past = r.past, None
+        return Sequence(
+            model,
+            tokenizer,
+            r.result.token_ids,
+            turn,
+            generator=r.generator,
+            track_text=False,
+            past=past,
+            keep_kv=reuse_kv,
+        )
 
+    engine = Engine(model)
+    if reuse_kv:
+        for r, past in zip(rollouts, shared_prefixes(engine, [r.result.token_ids for r in rollouts])):
+            r.past = past
     waiting: deque[Sequence] = deque()
     owner = {}  # id(Sequence) -> its _Rollout
     for r in rollouts:
         if (s := sequence(r)) is not None:
             owner[id(s)] = r
             waiting.append(s)
-    engine = Engine(model)
     while engine.sequences or waiting:
         room = len(waiting) if max_batch is None else max(0, max_batch - len(engine.sequences))
         if room and waiting:
@@ -163,11 +190,45 @@ def agent_rollouts(
             r = owner.pop(id(seq))
             if _end_turn(r, seq, tokenizer, tools, max_turns, thinking, max_pos):
                 continue
+            r.past = seq.kv
             nxt = sequence(r)
             if nxt is not None:
                 owner[id(nxt)] = r
                 waiting.append(nxt)  # joins the running batch before the next step
     return [r.result for r in rollouts]
+
+
+def shared_prefixes(engine: Engine, prompts: list[list[int]]) -> list[RowKV | None]:
+    """A past for each prompt: the KV of the longest prefix it shares with its group, read once
+    per group. Groups: runs of the sorted prompts whose common prefix is at least
+    MIN_SHARED_PREFIX tokens (it always leaves each prompt at least one token to read)."""
+    order = sorted(range(len(prompts)), key=lambda i: prompts[i])
+    groups: list[tuple[list[int], int]] = []  # (members, common prefix length)
+    for i in order:
+        if groups:
+            members, common = groups[-1]
+            first = prompts[members[0]]
+            n = _common_length(first[:common], prompts[i])
+            if min(n, len(prompts[i]) - 1) >= MIN_SHARED_PREFIX:
+                groups[-1] = (members + [i], min(n, len(prompts[i]) - 1))
+                continue
+        groups.append(([i], len(prompts[i]) - 1))
+    pasts: list[RowKV | None] = [None] * len(prompts)
+    for members, common in groups:
+        if len(members) > 1:
+            past = engine.read(prompts[members[0]][:common])
+            for i in members:
+                pasts[i] = past
+    return pasts
+
+
+def _common_length(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _end_turn(r: _Rollout, seq: Sequence, tokenizer, tools: ToolBox, max_turns, thinking, max_pos) -> bool:
