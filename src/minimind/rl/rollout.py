@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, replace
+from os.path import commonprefix  # works on any sequences, token lists too
 
 import torch
 
@@ -207,10 +208,9 @@ def shared_prefixes(engine: Engine, prompts: list[list[int]]) -> list[RowKV | No
     for i in order:
         if groups:
             members, common = groups[-1]
-            first = prompts[members[0]]
-            n = _common_length(first[:common], prompts[i])
-            if min(n, len(prompts[i]) - 1) >= MIN_SHARED_PREFIX:
-                groups[-1] = (members + [i], min(n, len(prompts[i]) - 1))
+            n = min(len(commonprefix([prompts[members[0]][:common], prompts[i]])), len(prompts[i]) - 1)
+            if n >= MIN_SHARED_PREFIX:
+                groups[-1] = (members + [i], n)
                 continue
         groups.append(([i], len(prompts[i]) - 1))
     pasts: list[RowKV | None] = [None] * len(prompts)
@@ -220,15 +220,6 @@ def shared_prefixes(engine: Engine, prompts: list[list[int]]) -> list[RowKV | No
             for i in members:
                 pasts[i] = past
     return pasts
-
-
-def _common_length(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _end_turn(r: _Rollout, seq: Sequence, tokenizer, tools: ToolBox, max_turns, thinking, max_pos) -> bool:
