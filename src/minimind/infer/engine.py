@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 
 from ..model.cache import RowKV
+from .compiled import compile_decode, compiled_decoder
 from .sampling import BatchSampling
 from .sequence import Sequence, TokenLogprob
 
@@ -42,8 +43,12 @@ class Engine:
     """The sequences currently generating, their shared KV cache and next-token logits, and
     the penalty state of each row (prompt + generated tokens; generated-token counts)."""
 
-    def __init__(self, model):
+    def __init__(self, model, compile: bool = False):
+        """compile: run one-row decode steps through torch.compile (infer/compiled.py): faster
+        after a first step that compiles; the model's weights must not change afterwards. Also
+        on for every model given to compile_decode."""
         self.model = model
+        self.decoder = compile_decode(model) if compile else compiled_decoder(model)
         self.device = next(model.parameters()).device
         self.vocab = model.config.vocab_size
         self.sequences: list[Sequence] = []
@@ -195,14 +200,18 @@ class Engine:
         if keep:
             next_ids = tokens if len(keep) == len(stepped) else tokens[torch.tensor(keep, device=self.device)]
             self.cache.reserve(1)
-            out = self.model(
-                next_ids[:, None],
-                attention_mask=self.cache.attention_mask(1),
-                position_ids=self.positions,
-                cache=self.cache,
-                logits_to_keep=1,
-            )
-            self.logits, self.positions = out.logits[:, -1], self.positions + 1
+            if self.decoder is not None and len(keep) == 1:
+                self.logits = self.decoder.step(next_ids[:, None], self.positions, self.cache)
+            else:
+                out = self.model(
+                    next_ids[:, None],
+                    attention_mask=self.cache.attention_mask(1),
+                    position_ids=self.positions,
+                    cache=self.cache,
+                    logits_to_keep=1,
+                )
+                self.logits = out.logits[:, -1]
+            self.positions = self.positions + 1
         return stepped
 
     def _record_logprobs(self, tokens: torch.Tensor, chosen: list[int]) -> None:

@@ -33,6 +33,7 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import MiniMindError
+from .compiled import compile_decode
 from .sampling import BatchSampling
 from .sequence import Completion, SamplingParams, Sequence, TokenLogprob
 
@@ -276,6 +277,8 @@ def load_for_inference(args, export=None):
     if threads is not None and threads < 1:
         raise MiniMindError(f"--threads must be at least 1, got {threads}")
     if getattr(args, "backend", "torch") == "llama.cpp":
+        if getattr(args, "compile", False):
+            raise MiniMindError("--compile is for the torch backend (llama.cpp runs its own compiled kernels)")
         if args.lora:
             raise MiniMindError(
                 "--backend llama.cpp cannot apply --lora: merge it first (`minimind lora merge`) and export that"
@@ -287,4 +290,8 @@ def load_for_inference(args, export=None):
     if threads is not None:
         torch.set_num_threads(threads)
     device = resolve_device(args.device)
-    return load(args.model, device=device, dtype=resolve_inference_dtype(args.dtype, device), lora=args.lora)
+    dtype = resolve_inference_dtype(args.dtype, device)
+    model, tokenizer = load(args.model, device=device, dtype=dtype, lora=args.lora)
+    if getattr(args, "compile", False):
+        compile_decode(model)
+    return model, tokenizer

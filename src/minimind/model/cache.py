@@ -114,6 +114,12 @@ class KVCache:
             return
         self._rebuild(self.length + new + max(headroom, self.length // 2))
 
+    def resize(self, capacity: int) -> None:
+        """Move the live part into buffers of exactly `capacity` columns (starting at column 0)."""
+        if capacity < self.length:
+            raise ValueError(f"cannot resize a KV cache holding {self.length} positions to {capacity}")
+        self._rebuild(capacity)
+
     def _rebuild(self, capacity: int, width: int | None = None) -> None:
         """Copy the live part, right-aligned in `width` columns (left-padded), into new buffers."""
         width = self.length if width is None else width
