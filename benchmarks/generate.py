@@ -3,6 +3,7 @@
     python benchmarks/generate.py                 # minimind2-small and tiny, batch 1 and 8
     python benchmarks/generate.py --models tiny --batches 1 --new-tokens 64
     python benchmarks/generate.py --compare /tmp/before/src   # also another checkout's minimind
+    python benchmarks/generate.py --compile --batches 1       # also ours with the compiled decode step
 
 For each preset we build our model with random weights and load the very same tensors into
 the transformers class with the same architecture (strict load, names match exactly):
@@ -22,11 +23,17 @@ worktree of an earlier commit), loaded in this process under another name and gi
 weights, so a change to the engine is measured before against after in one run (its ratio
 column is ours / theirs). --sample adds a sampled run (temperature 0.8, top-p 0.9, seeded) of
 ours against the other tree, where transformers' sampler would draw different tokens anyway.
+
+--compile adds, at batch 1, ours with the compiled decode step (infer/compiled.py) on a copy of
+the same model: its first run (the compile, plus one generation) is reported in seconds, then it
+takes turns with the others like any side. (At batch 8 every row runs to the end together, so
+no step would be a one-row step.)
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import importlib.util
 import sys
@@ -40,6 +47,7 @@ from machine import machine_line  # noqa: E402
 
 from minimind import MiniMindForCausalLM, preset  # noqa: E402
 from minimind.infer import SamplingParams, generate  # noqa: E402
+from minimind.infer.compiled import compile_decode  # noqa: E402
 
 SHARED_TOKENIZER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tokenizer" / "minimind3"
 
@@ -190,6 +198,7 @@ def bench(
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     with_hf: bool = True,
+    compiled: bool = False,
 ):
     ours, hf = build_pair(name, with_hf=with_hf)
     g = torch.Generator().manual_seed(1)
@@ -242,7 +251,21 @@ def bench(
         hot = {"max_new_tokens": new_tokens, "temperature": 0.8, "top_p": 0.9, "seed": 0, "stop_token_ids": ()}
         sides.append(lambda: generate(ours, tokenizer, prompt.tolist(), SamplingParams(**hot)))
         sides.append(lambda: other_infer.generate(twin, tokenizer, prompt.tolist(), other_infer.SamplingParams(**hot)))
+    compile_s = None
+    if compiled and batch == 1:
+        fast = copy.deepcopy(ours)  # its own model: compile_decode turns it on for the model
+        compile_decode(fast)
+
+        def run_compiled():
+            return [c.token_ids for c in generate(fast, tokenizer, prompt.tolist(), params)]
+
+        t0 = time.perf_counter()
+        run_compiled()
+        compile_s = time.perf_counter() - t0
+        sides.append(run_compiled)
     timed = best_of(sides, repeats)
+    if compile_s is not None:
+        t_compiled, ids_compiled = timed.pop()
     (t_ours, ids_ours), (t_hf, ids_hf) = timed[:2]
     n = batch * new_tokens
     same = ids_ours == ids_hf
@@ -261,6 +284,14 @@ def bench(
         "first_diff": first_diff,
         "logit_diff": diff,
     }
+    if compile_s is not None:
+        result.update(
+            compiled=n / t_compiled,
+            compiled_over_ours=t_ours / t_compiled,
+            compiled_over_hf=t_hf / t_compiled,
+            compile_s=compile_s,
+            compiled_same=ids_compiled == ids_ours,
+        )
     if original is not None:
         t_orig, ids_orig = timed[2]
         result.update(original=n / t_orig, original_ratio=t_orig / t_ours, original_same=ids_orig == ids_ours)
@@ -288,6 +319,7 @@ def main():
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--no-transformers", action="store_true", help="skip the transformers side (not installed)")
+    ap.add_argument("--compile", action="store_true", help="at batch 1, also ours with the compiled decode step")
     args = ap.parse_args()
     other = load_other_minimind(args.compare) if args.compare else None
     if args.threads:
@@ -308,6 +340,8 @@ def main():
         header += " other tok/s | ours / other | same ids |"
         if args.sample:
             header += " sampled: ours | other | ours / other |"
+    if args.compile:
+        header += " compiled tok/s | / ours | / transformers | first run s | same ids |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for name in args.models:
@@ -324,6 +358,7 @@ def main():
                 args.device,
                 getattr(torch, args.dtype),
                 not args.no_transformers,
+                args.compile,
             )
             same = "yes" if r["same"] else f"no (from token {r['first_diff']})"
             line = (
@@ -343,6 +378,13 @@ def main():
                 line += f" {r['other']:>11.1f} | {r['other_ratio']:>11.2f}x | {'yes' if r['other_same'] else 'no'} |"
             if "sampled" in r:
                 line += f" {r['sampled']:>14.1f} | {r['sampled_other']:>5.1f} | {r['sampled_ratio']:>11.2f}x |"
+            if "compiled" in r:
+                line += (
+                    f" {r['compiled']:>14.1f} | {r['compiled_over_ours']:>5.2f}x | {r['compiled_over_hf']:>12.2f}x |"
+                    f" {r['compile_s']:>11.1f} | {'yes' if r['compiled_same'] else 'no'} |"
+                )
+            elif args.compile:
+                line += " - | - | - | - | - |"
             print(line, flush=True)
 
 
