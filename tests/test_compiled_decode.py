@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from minimind import MiniMindForCausalLM, preset
+from minimind.errors import MiniMindError
 from minimind.infer import Engine, SamplingParams, Sequence, generate, stream
 from minimind.infer.compiled import MIN_CAPACITY, compile_decode, compiled_decoder
 
@@ -72,6 +73,12 @@ def test_generate_and_stream_use_a_compiled_model(model, tok):
     assert s.completion.token_ids == done.token_ids and text == done.text
     other = MiniMindForCausalLM(preset("nano")).init_weights(1).eval()
     assert compiled_decoder(other) is None and Engine(other).decoder is None  # per model
+
+
+def test_compile_refused_for_moe():
+    moe = MiniMindForCausalLM(preset("tiny-moe"))
+    with pytest.raises(MiniMindError, match="dense models only"):
+        Engine(moe, compile=True)
 
 
 def test_compile_refused_with_llama_cpp(capsys):

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import MiniMindError
+
 MIN_CAPACITY = 256  # smallest cache width compiled for: short chats share one compiled step
 
 
@@ -65,6 +67,11 @@ def compile_decode(model) -> CompiledDecoder:
     """Make every Engine of `model` run its one-row decode steps compiled (see the module's
     docstring); returns the model's CompiledDecoder. It is kept on the model, so a chat's
     second reply (a new Engine) does not compile again, and it goes when the model goes."""
+    if getattr(model.config, "use_moe", False):
+        raise MiniMindError(
+            "compiled decode (--compile) supports dense models only: an MoE layer picks its experts from the data, "
+            "so each step would compile again (measured slower than eager); run without --compile"
+        )
     if compiled_decoder(model) is None:
         model.compiled_decoder = CompiledDecoder(model)
     return model.compiled_decoder
