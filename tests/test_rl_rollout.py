@@ -10,7 +10,8 @@ import torch
 from helpers import scrambled_model, write_jsonl
 from minimind.cli import main
 from minimind.infer import Engine, SamplingParams
-from minimind.rl.rollout import MIN_SHARED_PREFIX, agent_rollouts, shared_prefixes
+from minimind.infer.engine import MIN_SHARED_PREFIX
+from minimind.rl.rollout import agent_rollouts
 from minimind.rl.tools import BUILTIN_SCHEMAS, ToolBox
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -137,7 +138,7 @@ def test_prompts_that_begin_alike_share_one_read_of_their_common_prefix(tok):
     convs = alike + [other, lonely, other]
     prompts = [tok.encode_chat(c, tools=CALC, add_generation_prompt=True) for c in alike]
     prompts += [tok.encode_chat(c, add_generation_prompt=True) for c in (other, lonely, other)]
-    pasts = shared_prefixes(Engine(model), prompts)
+    pasts = Engine(model).shared_prefixes(prompts)
     common = min(next(j for j, (x, y) in enumerate(zip(prompts[0], p)) if x != y) for p in prompts[1:4])
     assert common >= MIN_SHARED_PREFIX and all(p is pasts[0] for p in pasts[1:4]) and pasts[0].length == common
     assert pasts[4] is pasts[6] and pasts[4].length == len(prompts[4]) - 1  # two copies: all but one token

@@ -22,10 +22,13 @@ A conversation that goes on after a reply (agentic rollouts: the reply, a tool's
 next reply) need not read its whole history again: a Sequence made with keep_kv leaves its
 keys and values in `seq.kv` when it finishes, and the next turn's Sequence, given them as
 `past`, is prefilled from where they end. Many prompts that begin alike (one system prompt,
-G samples of one question) can share one `past` made by `read`.
+G samples of one question) can share one `past` made by `read`; `shared_prefixes` finds such
+groups among many prompts and reads each group's prefix once.
 """
 
 from __future__ import annotations
+
+from os.path import commonprefix  # works on any sequences, token lists too
 
 import torch
 
@@ -33,6 +36,10 @@ from ..model.cache import RowKV
 from .compiled import compile_decode, compiled_decoder
 from .sampling import BatchSampling
 from .sequence import Sequence, TokenLogprob
+
+# Prompts share a past (shared_prefixes) only when they begin with at least this many equal
+# tokens: below it, the extra forward pass would cost more than it saves.
+MIN_SHARED_PREFIX = 32
 
 # Cache columns reserved past the prompts when a caller does not say how long it will run:
 # enough for most replies, and the cache grows on demand past it (a copy every 64+ steps).
@@ -119,6 +126,29 @@ class Engine:
         cache = self.model.new_cache(1, len(tokens))
         self.model(torch.tensor([tokens], device=self.device), cache=cache, logits_to_keep=1)
         return cache.row(0)
+
+    def shared_prefixes(self, prompts: list[list[int]]) -> list[RowKV | None]:
+        """A past for each prompt: the KV of the longest prefix it shares with its group, read
+        once per group (G samples of one question, one system prompt and tool list). Groups:
+        runs of the sorted prompts whose common prefix is at least MIN_SHARED_PREFIX tokens (it
+        always leaves each prompt at least one token to read)."""
+        order = sorted(range(len(prompts)), key=lambda i: prompts[i])
+        groups: list[tuple[list[int], int]] = []  # (members, common prefix length)
+        for i in order:
+            if groups:
+                members, common = groups[-1]
+                n = min(len(commonprefix([prompts[members[0]][:common], prompts[i]])), len(prompts[i]) - 1)
+                if n >= MIN_SHARED_PREFIX:
+                    groups[-1] = (members + [i], n)
+                    continue
+            groups.append(([i], len(prompts[i]) - 1))
+        pasts: list[RowKV | None] = [None] * len(prompts)
+        for members, common in groups:
+            if len(members) > 1:
+                past = self.read(prompts[members[0]][:common])
+                for i in members:
+                    pasts[i] = past
+        return pasts
 
     def _penalty_state(self, sequences):
         """The newcomers' `seen` (their prompts) and `counts` (zeros), when any row needs them."""

@@ -42,7 +42,6 @@ from ..infer import Engine, SamplingParams, Sequence
 from ..train.objectives import Objective, SetupContext
 from .data import read_rl_prompts
 from .rewards import combine, parse_weights
-from .rollout import shared_prefixes
 
 
 class PromptSet:
@@ -207,7 +206,7 @@ class GRPOObjective(Objective):
             with ctx.autocast():
                 engine = Engine(model)
                 # the G copies of a prompt (and prompts that begin alike) read their common prefix once
-                pasts = shared_prefixes(engine, prompts)
+                pasts = engine.shared_prefixes(prompts)
                 generators = [torch.Generator(device=ctx.device).manual_seed(seed % 2**63) for seed in seeds]
                 sequences = [
                     Sequence(model, tok, prompt, params, generator=gen, track_text=False, past=past)

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, replace
-from os.path import commonprefix  # works on any sequences, token lists too
 
 import torch
 
@@ -50,12 +49,7 @@ from ..errors import MiniMindError
 from ..infer.engine import Engine
 from ..infer.sequence import SamplingParams, Sequence
 from ..infer.toolcalls import CALL_OPEN, THINK_OPEN, parse_output
-from ..model.cache import RowKV
 from .tools import ToolBox
-
-# Prompts share a past only when they begin with at least this many equal tokens: below it,
-# the extra forward pass would cost more than it saves.
-MIN_SHARED_PREFIX = 32
 
 
 @dataclass
@@ -173,7 +167,7 @@ def agent_rollouts(
 
     engine = Engine(model)
     if reuse_kv:
-        for r, past in zip(rollouts, shared_prefixes(engine, [r.result.token_ids for r in rollouts])):
+        for r, past in zip(rollouts, engine.shared_prefixes([r.result.token_ids for r in rollouts])):
             r.past = past
     waiting: deque[Sequence] = deque()
     owner = {}  # id(Sequence) -> its _Rollout
@@ -197,29 +191,6 @@ def agent_rollouts(
                 owner[id(nxt)] = r
                 waiting.append(nxt)  # joins the running batch before the next step
     return [r.result for r in rollouts]
-
-
-def shared_prefixes(engine: Engine, prompts: list[list[int]]) -> list[RowKV | None]:
-    """A past for each prompt: the KV of the longest prefix it shares with its group, read once
-    per group. Groups: runs of the sorted prompts whose common prefix is at least
-    MIN_SHARED_PREFIX tokens (it always leaves each prompt at least one token to read)."""
-    order = sorted(range(len(prompts)), key=lambda i: prompts[i])
-    groups: list[tuple[list[int], int]] = []  # (members, common prefix length)
-    for i in order:
-        if groups:
-            members, common = groups[-1]
-            n = min(len(commonprefix([prompts[members[0]][:common], prompts[i]])), len(prompts[i]) - 1)
-            if n >= MIN_SHARED_PREFIX:
-                groups[-1] = (members + [i], n)
-                continue
-        groups.append(([i], len(prompts[i]) - 1))
-    pasts: list[RowKV | None] = [None] * len(prompts)
-    for members, common in groups:
-        if len(members) > 1:
-            past = engine.read(prompts[members[0]][:common])
-            for i in members:
-                pasts[i] = past
-    return pasts
 
 
 def _end_turn(r: _Rollout, seq: Sequence, tokenizer, tools: ToolBox, max_turns, thinking, max_pos) -> bool:
