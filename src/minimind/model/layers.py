@@ -148,6 +148,12 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:  # write the new K/V into the preallocated cache, read all of it
             k, v = cache.update(self.layer_idx, k, v)  # [B, K, T, D]
+        dtype = q.dtype
+        if L == 1 and q.device.type == "cpu" and dtype != torch.float32:
+            # One query against the cache (a decode step): PyTorch's CPU attention kernel runs
+            # it 2-5x slower in bf16 than in fp32 (118 against 49 us at 256 keys, 444 against
+            # 91 at 1024, casts included; benchmarks/README.md), so it runs in fp32.
+            q, k, v = q.float(), k.float(), v.float()
         gqa = self.n_kv_heads != self.n_heads  # each K/V head serves a group of query heads
         if gqa and not SDPA_HAS_GQA:  # torch < 2.5: copy K/V out to every query head
             k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
@@ -161,7 +167,7 @@ class Attention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
             **({"enable_gqa": gqa} if SDPA_HAS_GQA else {}),
         )
-        return self.o_proj(out.transpose(1, 2).reshape(B, L, -1))
+        return self.o_proj(out.transpose(1, 2).reshape(B, L, -1).to(dtype))
 
 
 class SwiGLU(nn.Module):
