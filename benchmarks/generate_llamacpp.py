@@ -2,6 +2,7 @@
 
     python benchmarks/generate_llamacpp.py                       # minimind3 and minimind2-small
     python benchmarks/generate_llamacpp.py --models tiny --threads 1 --new-tokens 64
+    python benchmarks/generate_llamacpp.py --models minimind2-small --compile   # also ours compiled
 
 For each preset we build our model with random weights (std 0.1, so greedy decoding does not
 just repeat one token), export it with `minimind export gguf` (f32 and the --gguf-dtypes you
@@ -10,11 +11,13 @@ f32 logits for the prompt are checked against ours. Both sides then decode greed
 same 32-token prompt for exactly --new-tokens tokens (no stop token), with the same number of
 threads. Decode tokens/s excludes the prefill: it is (N - 1) / (time for N tokens - time for
 1 token), best of 3 runs after a warm-up. llama.cpp runs with its default f16 KV cache.
+--compile adds ours with the compiled decode step (infer/compiled.py; the warm-up compiles).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import tempfile
 import time
@@ -27,6 +30,7 @@ from minimind import MiniMindForCausalLM, preset
 from minimind.checkpoint import save_model_dir
 from minimind.export import export_gguf
 from minimind.infer import SamplingParams, generate
+from minimind.infer.compiled import compile_decode
 from minimind.tokenizer import Tokenizer
 
 SHARED_TOKENIZER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tokenizer" / "minimind3"
@@ -91,6 +95,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--gguf-dtypes", nargs="+", default=["f32", "q8_0"], help="GGUF files to time (f32 always checked)")
     ap.add_argument("--tokenizer", default=str(SHARED_TOKENIZER))
+    ap.add_argument("--compile", action="store_true", help="also time ours with the compiled decode step")
+    ap.add_argument("--compiled-dtype", choices=("fp32", "bf16"), default="fp32", help="its precision (default fp32)")
     args = ap.parse_args()
 
     import llama_cpp
@@ -105,12 +111,21 @@ def main() -> None:
         f"{llama_cpp.__version__}, {args.threads} thread(s), batch 1, prompt {len(prompt)} tokens, "
         f"{args.new_tokens} new tokens, decode tokens/s (best of 3)"
     )
-    print("| model | ours fp32 | llama.cpp GGUF | llama.cpp tok/s | llama.cpp / ours |")
-    print("|---|---|---|---|---|")
+    head = "| model | ours fp32 | llama.cpp GGUF | llama.cpp tok/s | llama.cpp / ours |"
+    if args.compile:
+        head += f" ours compiled {args.compiled_dtype} | llama.cpp / compiled |"
+    print(head)
+    print("|---" * (head.count("|") - 1) + "|")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             model, files = build(name, tokenizer, Path(tmp), dtypes)
             ours = best_decode_rate(ours_runner(model, tokenizer, prompt), args.new_tokens)
+            compiled = None
+            if args.compile:
+                fast = copy.deepcopy(model)  # its own model: compile_decode turns it on for the model
+                fast = fast.to(torch.bfloat16) if args.compiled_dtype == "bf16" else fast
+                compile_decode(fast)
+                compiled = best_decode_rate(ours_runner(fast, tokenizer, prompt), args.new_tokens)
             for dtype, path in files.items():
                 llm = llama_cpp.Llama(
                     model_path=str(path),
@@ -127,7 +142,10 @@ def main() -> None:
                     err = float(np.abs(llm.scores[llm.n_tokens - 1] - want).max() / np.abs(want).max())
                     assert err < 1e-2, f"{name}: llama.cpp logits differ from ours (relative {err:.2e})"
                 rate = best_decode_rate(llama_runner(llm, prompt), args.new_tokens)
-                print(f"| {name} | {ours:.1f} | {dtype} | {rate:.1f} | {rate / ours:.2f}x |", flush=True)
+                line = f"| {name} | {ours:.1f} | {dtype} | {rate:.1f} | {rate / ours:.2f}x |"
+                if compiled is not None:
+                    line += f" {compiled:.1f} | {rate / compiled:.2f}x |"
+                print(line, flush=True)
                 del llm
 
 
