@@ -104,3 +104,16 @@ def test_chat_compile_answers_as_eager(tmp_path, tok_dir):
     compiled = subprocess.run([*argv, "--compile"], capture_output=True, text=True, timeout=300)
     assert eager.returncode == 0 and compiled.returncode == 0, compiled.stderr
     assert compiled.stdout == eager.stdout and "[40 tokens" in compiled.stderr
+
+
+def test_fused_linear_equals_separate_projections():
+    from torch import nn
+
+    from minimind.model.layers import fused_linear
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 16)
+    for bias in (False, True):
+        projections = [nn.Linear(16, n, bias=bias) for n in (16, 8, 8)]
+        for got, p in zip(fused_linear(x, *projections), projections):
+            torch.testing.assert_close(got, p(x))
