@@ -1,15 +1,15 @@
 """An optional compiled decode step: the model's one-token forward pass through `torch.compile`.
 
-    compile_decode(model)      # from now on every Engine of this model uses it
-    Engine(model, compile=True)  # the same, for one engine's caller
+    compile_decode(model)        # from now on every Engine of this model uses it
+    Engine(model, compile=True)  # the same: it calls compile_decode
 
 `minimind chat --compile` and `minimind serve --compile` turn it on.
 
 Why a separate path: a decode step runs a few hundred small operations, and at batch 1 on a
 CPU the time goes into launching them and into reading the weights, not into arithmetic.
 Compiling fuses the element-wise work (norms, RoPE, SwiGLU) into a few kernels and, on the CPU,
-*freezes* the weights: they become constants of the compiled code, laid out once in oneDNN's
-blocked format, which a matrix-vector product reads about twice as fast as a plain row-major
+*freezes* the weights: they become constants of the compiled code, packed once for MKL (fp32)
+or oneDNN (bf16), whose matrix-vector products read them faster than `F.linear` reads a plain
 weight (benchmarks/README.md, "Compiled decode").
 
 What the compiled code must not see is a shape or a Python number that changes every step,
@@ -19,10 +19,12 @@ columns, and writes the new column at an index given as a tensor. The capacity i
 rounded up to a power of two (at least 256), so a conversation that grows meets a new shape,
 and one more compile, only when it doubles. Only one-row steps are compiled (chat, a single
 stream, the last row of a batch): a batch's size changes whenever a row finishes, and each new
-size would compile again (compiling with symbolic sizes instead measured slower than eager
-decode's gain). Batched steps are compute-bound anyway and gain least.
+size would compile again. (Compiling with symbolic sizes instead kept one graph but lost most
+of the gain: 395 tok/s on `tiny` against 534 static and about 320 eager.) Batched steps are
+compute-bound anyway and gain least.
 
-The price: the first step compiles (10-20 s on a 2-core CPU), and frozen weights are copies,
+The price: the first step compiles (a first reply of 4-8 s for the small presets on a 2-core
+CPU, a few seconds more at each new width), and frozen weights are copies,
 so the model must not change afterwards (training, RL rollouts). Chat, serving and generation
 from a fixed checkpoint are what it is for.
 """
@@ -89,7 +91,6 @@ class CompiledDecoder:
         from torch._inductor import config  # here, not at the top: importing it takes about 1 s
 
         self.inductor_config = config
-        self.model = model
 
         def step(ids, positions, k, v, padding, start, column):
             # the model is reached through this closure, not passed in: an argument's
