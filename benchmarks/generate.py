@@ -47,7 +47,7 @@ from machine import machine_line  # noqa: E402
 
 from minimind import MiniMindForCausalLM, preset  # noqa: E402
 from minimind.infer import SamplingParams, generate  # noqa: E402
-from minimind.infer.compiled import compile_decode, compiled_decoder  # noqa: E402
+from minimind.infer.compiled import compile_decode  # noqa: E402
 
 SHARED_TOKENIZER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tokenizer" / "minimind3"
 
@@ -291,7 +291,6 @@ def bench(
             compiled_over_hf=t_hf / t_compiled,
             compile_s=compile_s,
             compiled_same=ids_compiled == ids_ours,
-            packed_for=compiled_decoder(fast).fp32_kernel or "inductor's default",
         )
     if original is not None:
         t_orig, ids_orig = timed[2]
@@ -345,7 +344,6 @@ def main():
         header += " compiled tok/s | / ours | / transformers | first run s | same ids |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
-    packed = {}
     for name in args.models:
         for batch in args.batches:
             r = bench(
@@ -388,10 +386,6 @@ def main():
             elif args.compile:
                 line += " - | - | - | - | - |"
             print(line, flush=True)
-            if "packed_for" in r:
-                packed[r["model"]] = r["packed_for"]
-    if packed:  # the fp32 kernel the compiled step chose on this machine (infer/compiled.py)
-        print("compiled step's packed weights: " + ", ".join(f"{m} {k}" for m, k in packed.items()))
 
 
 if __name__ == "__main__":

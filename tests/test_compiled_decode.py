@@ -11,7 +11,7 @@ import torch
 from minimind import MiniMindForCausalLM, preset
 from minimind.errors import MiniMindError
 from minimind.infer import Engine, SamplingParams, Sequence, generate, stream
-from minimind.infer.compiled import MIN_CAPACITY, CompiledDecoder, compile_decode, compiled_decoder, packed_fp32_kernel
+from minimind.infer.compiled import MIN_CAPACITY, compile_decode, compiled_decoder
 
 
 @pytest.fixture(scope="module")
@@ -106,38 +106,19 @@ def test_chat_compile_answers_as_eager(tmp_path, tok_dir):
     assert compiled.stdout == eager.stdout and "[40 tokens" in compiled.stderr
 
 
-def test_fused_linear_equals_separate_projections():
+def test_compiled_linear_equals_separate_projections():
+    # under torch.compile (inference) `linear` stacks the projections' weights, and a single
+    # row runs as multiply-and-sum on the CPU: both must equal the separate nn.Linear calls
     from torch import nn
 
-    from minimind.model.layers import fused_linear
+    from minimind.model.layers import linear
 
     torch.manual_seed(0)
-    x = torch.randn(2, 3, 16)
     for bias in (False, True):
         projections = [nn.Linear(16, n, bias=bias) for n in (16, 8, 8)]
-        for got, p in zip(fused_linear(x, *projections), projections):
-            torch.testing.assert_close(got, p(x))
-
-
-@pytest.mark.parametrize("kernel", ["mkl", "onednn"])
-def test_each_packed_fp32_kernel_equals_eager(model, tok, kernel):
-    # the fp32 weights are packed for whichever of MKL and oneDNN reads them faster here;
-    # both choices must decode exactly as eager does
-    eager_model, twin = (MiniMindForCausalLM(preset("nano")).eval() for _ in range(2))
-    for m in (eager_model, twin):  # copies: `model` itself runs compiled once an earlier test compiled it
-        m.load_state_dict(model.state_dict())
-    twin.compiled_decoder = CompiledDecoder(twin, fp32_kernel=kernel)  # what compile_decode stores
-    prompt = list(range(200, 230))
-    eager = run(eager_model, tok, [prompt], compile=False, logprobs=True)[0]
-    compiled = run(twin, tok, [prompt], compile=False, logprobs=True)[0]
-    assert compiled_decoder(eager_model) is None and compiled_decoder(twin).fp32_kernel == kernel
-    assert compiled.token_ids == eager.token_ids
-    for a, b in zip(eager.logprobs, compiled.logprobs):
-        assert abs(a.logprob - b.logprob) < 1e-4
-
-
-def test_packed_fp32_kernel_is_timed_on_the_weights(model):
-    weights = [m.weight.detach() for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    assert packed_fp32_kernel(weights, rounds=1) in ("mkl", "onednn")
-    with pytest.raises(ValueError, match="fp32_kernel"):
-        CompiledDecoder(model, fp32_kernel="blas")
+        for rows in (1, 3):
+            x = torch.randn(1, rows, 16)
+            fn = torch.compile(lambda x, ps=projections: linear(x, *ps, training=False), dynamic=False)
+            for got, p in zip(fn(x), projections):
+                torch.testing.assert_close(got, p(x))
+    assert len(linear(x, *projections, training=False)) == 3  # eager: the module calls themselves

@@ -8,9 +8,10 @@
 Why a separate path: a decode step runs a few hundred small operations, and at batch 1 on a
 CPU the time goes into launching them and into reading the weights, not into arithmetic.
 Compiling fuses the element-wise work (norms, RoPE, SwiGLU) into a few kernels and, on the CPU,
-*freezes* the weights: they become constants of the compiled code, packed once for oneDNN
-(bf16; fp32 too where it reads faster than MKL, timed on the model's weights) or MKL, whose
-matrix-vector products read them faster than `F.linear` reads a plain weight
+*freezes* the weights: they become constants of the compiled code, so q/k/v and gate/up are
+stacked once, at compile time. Each matrix-vector product is written as a multiply and a sum
+(`linear` in model/layers.py), which inductor turns into one loop streaming the weights at
+about the machine's memory bandwidth: 3-4x `F.linear` in the step as a whole
 (benchmarks/README.md, "Compiled decode").
 
 What the compiled code must not see is a shape or a Python number that changes every step,
@@ -31,9 +32,6 @@ from a fixed checkpoint are what it is for.
 """
 
 from __future__ import annotations
-
-import contextlib
-import time
 
 import torch
 
@@ -88,62 +86,10 @@ def compiled_decoder(model) -> CompiledDecoder | None:
     return getattr(model, "compiled_decoder", None)
 
 
-def packed_fp32_kernel(weights: list[torch.Tensor], rounds: int = 5) -> str:
-    """ "onednn" or "mkl": whichever packed fp32 matrix-vector product reads these weights
-    faster on this CPU, timed here on the model's own weights (a fraction of a second).
-
-    Inductor packs frozen fp32 weights for MKL on x86; oneDNN's packed product is the one it
-    uses for bf16. At batch 1 the step is bound by how fast the weights are read, and the two
-    differ: on a 2-vCPU AMD EPYC (AVX-512) oneDNN read minimind2-small's weights at 24 GB/s
-    and MKL at 16 (benchmarks/README.md, "Compiled decode"). Other CPUs may differ, so we
-    measure instead of assuming."""
-    if not (torch.backends.mkldnn.is_available() and torch._C.has_mkl):
-        return "mkl"  # nothing to choose: inductor's own default
-    rows = {w.shape[1]: torch.randn(1, w.shape[1]) for w in weights}
-    mkl = [(torch.ops.mkl._mkl_reorder_linear_weight(w, 1), w) for w in weights]
-    onednn = [(torch.ops.mkldnn._reorder_linear_weight(w, 1), w) for w in weights]
-
-    def read_mkl():
-        for packed, w in mkl:
-            torch.ops.mkl._mkl_linear(rows[w.shape[1]], packed, w, None, 1)
-
-    def read_onednn():
-        for packed, w in onednn:
-            torch.ops.mkldnn._linear_pointwise(rows[w.shape[1]], packed, None, "none", [], "")
-
-    best = {read_mkl: float("inf"), read_onednn: float("inf")}
-    for _ in range(rounds):  # interleaved, best of each: the fairest reading on a shared machine
-        for read in best:
-            t = time.perf_counter()
-            read()
-            best[read] = min(best[read], time.perf_counter() - t)
-    return "onednn" if best[read_onednn] < best[read_mkl] else "mkl"
-
-
-@contextlib.contextmanager
-def packed_for_onednn():
-    """While compiling, make inductor pack frozen fp32 weights for oneDNN instead of MKL.
-
-    Inductor 2.13 has no switch for this; it takes the oneDNN path for fp32 only when the
-    batch size is symbolic, which it learns from `has_free_symbols`. Saying "symbolic" to that
-    one check (in the weight-packing pass alone) picks oneDNN; the batch size is still the
-    static 1 everywhere else."""
-    from torch._inductor.fx_passes import mkldnn_fusion
-
-    check = mkldnn_fusion.has_free_symbols
-    mkldnn_fusion.has_free_symbols = lambda _: True
-    try:
-        yield
-    finally:
-        mkldnn_fusion.has_free_symbols = check
-
-
 class CompiledDecoder:
     """Runs decode steps of one model through torch.compile (see the module's docstring)."""
 
-    def __init__(self, model, fp32_kernel: str | None = None):
-        """fp32_kernel: "mkl" or "onednn" for a CPU fp32 model's packed weights; by default
-        the faster of the two on this machine (packed_fp32_kernel)."""
+    def __init__(self, model):
         from torch._inductor import config  # here, not at the top: importing it takes about 1 s
 
         self.inductor_config = config
@@ -161,13 +107,6 @@ class CompiledDecoder:
         else:
             self.fn = torch.compile(step, dynamic=False)
         self.device = device
-        if fp32_kernel not in (None, "mkl", "onednn"):
-            raise ValueError(f"fp32_kernel must be 'mkl' or 'onednn', not {fp32_kernel!r}")
-        weight = next(model.parameters())
-        self.fp32_kernel = None  # inductor's own choice: CUDA, or bf16/fp16 weights (oneDNN)
-        if device.type == "cpu" and weight.dtype == torch.float32:
-            linears = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
-            self.fp32_kernel = fp32_kernel or packed_fp32_kernel([w.detach() for w in linears])
 
     def step(self, ids: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
         """Logits [B, vocab] of the next token after ids [B, 1]; advances the cache by one."""
@@ -182,8 +121,7 @@ class CompiledDecoder:
         # Freezing is switched on only around our own calls, where it is read (it cannot be
         # passed through torch.compile's `options` in torch 2.13), so no other compiled code
         # (the trainer's --compile) gets its weights frozen.
-        onednn = packed_for_onednn() if self.fp32_kernel == "onednn" else contextlib.nullcontext()
-        with self.inductor_config.patch(freezing=self.device.type == "cpu"), onednn:
+        with self.inductor_config.patch(freezing=self.device.type == "cpu"):
             logits = self.fn(ids, positions, cache.k, cache.v, cache.mask, index[:1], index[1:])
         cache.length += 1
         if self.device.type == "cuda":

@@ -37,22 +37,39 @@ def decoding_attention(device: torch.device):
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
-def fusable(training: bool, *projections: nn.Module) -> bool:
-    """Whether projections of one input (q/k/v; gate/up) run as one matrix product: in
-    inference under torch.compile. In the compiled decode step (infer/compiled.py) the weights
-    are frozen constants, so their concatenation is computed once, at compile time, and a
-    decode step makes 4 matrix-vector products a layer instead of 7 (1.15-1.32x faster,
-    benchmarks/README.md). Eager code never fuses: it would copy the weights at every call.
+def linear(x: torch.Tensor, *projections: nn.Module, training: bool) -> tuple[torch.Tensor, ...]:
+    """x through one or more projections of it (q/k/v; gate/up; o; down; lm_head): one output
+    each. Eager, each projection is its own module call. Compiled for inference (the decode
+    step of infer/compiled.py) on the CPU, where the weights are frozen constants, two things
+    change, both invisible outside:
+
+    - Projections of one input run as one product with their weights stacked. The stacking
+      of constants happens once, at compile time, and a layer makes 4 products instead of 7
+      (1.15-1.32x). Elsewhere (eager, or CUDA, where weights are not frozen) it would copy
+      the weights at every call, so it is not done.
+    - A product with a single row (a batch-1 decode step) is written as a multiply
+      and a sum over the input dimension. Inductor turns that into one loop that streams the
+      weights: 37 GB/s on a 2-vCPU AMD EPYC, where the packed fp32 matrix-vector products of
+      MKL and oneDNN read 16 and 24 GB/s (benchmarks/README.md, "Compiled decode"). The sum
+      is accumulated in fp32; the weights stay in their own dtype, so bf16 reads half the bytes.
+
     Plain nn.Linear only (a LoRA-wrapped projection keeps its own forward); checkpoints keep
     the separate q_proj/k_proj/... names either way."""
-    return not training and torch.compiler.is_compiling() and all(type(p) is nn.Linear for p in projections)
-
-
-def fused_linear(x: torch.Tensor, *projections: nn.Linear) -> tuple[torch.Tensor, ...]:
-    """x through several nn.Linear at once: one product with their weights stacked, split."""
-    weight = torch.cat([p.weight for p in projections])
-    bias = None if projections[0].bias is None else torch.cat([p.bias for p in projections])
-    return F.linear(x, weight, bias).split([p.out_features for p in projections], dim=-1)
+    frozen = not training and torch.compiler.is_compiling() and x.device.type == "cpu"  # see infer/compiled.py
+    if not frozen or any(type(p) is not nn.Linear for p in projections):
+        return tuple(p(x) for p in projections)
+    weight = torch.cat([p.weight for p in projections]) if len(projections) > 1 else projections[0].weight
+    bias = None
+    if projections[0].bias is not None:
+        bias = torch.cat([p.bias for p in projections]) if len(projections) > 1 else projections[0].bias
+    if x.shape[:-1].numel() == 1:
+        # [..., 1, in] * [out, in] summed over in -> [..., out]. No .float() on the weight:
+        # freezing would fold that cast into an fp32 copy of a bf16 weight, twice the bytes.
+        y = (x.unsqueeze(-2) * weight).sum(-1, dtype=torch.float32)
+        y = (y if bias is None else y + bias).to(x.dtype)
+    else:
+        y = F.linear(x, weight, bias)
+    return y.split([p.out_features for p in projections], dim=-1)
 
 
 class RMSNorm(nn.Module):
@@ -157,10 +174,7 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask=None, is_causal=False, cache=None):
         B, L, _ = x.shape
-        if fusable(self.training, self.q_proj, self.k_proj, self.v_proj):
-            q, k, v = fused_linear(x, self.q_proj, self.k_proj, self.v_proj)
-        else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q, k, v = linear(x, self.q_proj, self.k_proj, self.v_proj, training=self.training)
         q = q.view(B, L, self.n_heads, self.head_dim)
         k = k.view(B, L, self.n_kv_heads, self.head_dim)
         v = v.view(B, L, self.n_kv_heads, self.head_dim)
@@ -189,7 +203,8 @@ class Attention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
             **({"enable_gqa": gqa} if SDPA_HAS_GQA else {}),
         )
-        return self.o_proj(out.transpose(1, 2).reshape(B, L, -1).to(dtype))
+        (out,) = linear(out.transpose(1, 2).reshape(B, L, -1).to(dtype), self.o_proj, training=self.training)
+        return out
 
 
 class SwiGLU(nn.Module):
@@ -202,8 +217,6 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x):
-        if fusable(self.training, self.gate_proj, self.up_proj):
-            gate, up = fused_linear(x, self.gate_proj, self.up_proj)
-        else:
-            gate, up = self.gate_proj(x), self.up_proj(x)
-        return self.down_proj(F.silu(gate) * up)
+        gate, up = linear(x, self.gate_proj, self.up_proj, training=self.training)
+        (out,) = linear(F.silu(gate) * up, self.down_proj, training=self.training)
+        return out

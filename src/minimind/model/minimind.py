@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..config import ModelConfig
 from .cache import KVCache
-from .layers import Attention, RMSNorm, SwiGLU, decoding_attention, rope_cos_sin, rope_inv_freq
+from .layers import Attention, RMSNorm, SwiGLU, decoding_attention, linear, rope_cos_sin, rope_inv_freq
 from .moe import MoEFeedForward
 
 
@@ -190,7 +190,7 @@ class MiniMindForCausalLM(nn.Module):
         (generation needs just the last one, saving a [L, vocab] matmul). `inputs_embeds`:
         see MiniMindModel.forward."""
         h, aux = self.model(input_ids, attention_mask, position_ids, cache, inputs_embeds)
-        logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
+        (logits,) = linear(h[:, -logits_to_keep:] if logits_to_keep else h, self.lm_head, training=self.training)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
