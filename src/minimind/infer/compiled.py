@@ -11,8 +11,8 @@ Compiling fuses the element-wise work (norms, RoPE, SwiGLU) into a few kernels a
 *freezes* the weights: they become constants of the compiled code, so q/k/v and gate/up are
 stacked once, at compile time. Each matrix-vector product is written as a multiply and a sum
 (`linear` in model/layers.py), which inductor turns into one loop streaming the weights at
-about the machine's memory bandwidth: 3-4x `F.linear` in the step as a whole
-(benchmarks/README.md, "Compiled decode").
+about the machine's memory bandwidth (37 GB/s on a 2-vCPU EPYC, where `F.linear` read 12):
+the whole step ran 2.3-3.8x eager (benchmarks/README.md, "Compiled decode").
 
 What the compiled code must not see is a shape or a Python number that changes every step,
 or it would compile again each time. Our KV cache's live part grows by one column a step, so
@@ -25,8 +25,9 @@ size would compile again. (Compiling with symbolic sizes instead kept one graph 
 of the gain: 395 tok/s on `tiny` against 534 static and about 320 eager.) Batched steps are
 compute-bound anyway and gain least.
 
-The price: the first step compiles (a first reply of 4-8 s for the small presets on a 2-core
-CPU, a few seconds more at each new width), and frozen weights are copies,
+The price: the first step compiles (a first reply of 6-18 s for the small presets on a 2-core
+CPU, 2-5 s once inductor's on-disk cache holds the code; a few seconds more at each new
+width), and frozen weights are copies,
 so the model must not change afterwards (training, RL rollouts). Chat, serving and generation
 from a fixed checkpoint are what it is for.
 """
