@@ -1,7 +1,8 @@
 """The building blocks of a MiniMind / Qwen3 decoder layer.
 
 RMSNorm, rotary position embeddings (with optional YaRN scaling), grouped-query attention
-that always runs through `F.scaled_dot_product_attention`, and the SwiGLU feed-forward.
+(through `F.scaled_dot_product_attention`, or on the CPU for 65-512 tokens without a cache,
+blocked_causal_attention), and the SwiGLU feed-forward.
 Shapes in comments: B batch, L new tokens, T all keys (cache + new), H query heads,
 K key/value heads, D head_dim.
 """
@@ -150,6 +151,50 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> 
 # ---------------------------------------------------------------------------- attention
 
 
+ATTENTION_BLOCK = 64  # query rows per block in blocked_causal_attention
+
+
+def use_blocked_attention(q: torch.Tensor, dropout: float) -> bool:
+    """Whether causal self-attention without a cache should run as blocked_causal_attention
+    rather than SDPA: on the CPU, for 2 to 8 blocks of queries, without attention dropout.
+
+    PyTorch's CPU flash attention tiles keys in blocks of 512 (for these head sizes), so up
+    to 512 tokens it computes the whole square of scores and masks out the upper half:
+    causality saves no work. Stepping 64 query rows at a time through only the keys before
+    them does half the work, and at 512 tokens one layer's forward and backward took 40.4
+    against 51.5 ms (bf16, batch 4, 8 heads; benchmarks/README.md, "Training throughput").
+    Beyond 512 tokens SDPA's own key blocks start skipping, and the blocked path would also
+    keep every block's probabilities for backward, which grows with the square of the length.
+    """
+    L = q.shape[-2]
+    return q.device.type == "cpu" and dropout == 0.0 and ATTENTION_BLOCK < L <= 8 * ATTENTION_BLOCK
+
+
+def blocked_causal_attention(q, k, v, mask=None, block: int = ATTENTION_BLOCK):
+    """Causal attention, q [B, H, L, D] against k, v [B, K, L, D], one block of query rows at
+    a time; returns [B, H, L, D] like SDPA. `mask` [B, 1, L, L] (True = may attend) may
+    restrict it further but must itself be causal: keys after a block are never looked at.
+
+    Scores and softmax run in fp32, as SDPA's CPU kernel does; the probabilities are cast
+    back to v's dtype for the second product. Grouped query heads (H = K * G) are reshaped,
+    not copied: the G query heads of a group become G * rows of one product with their K/V."""
+    B, H, L, D = q.shape
+    K = k.shape[1]
+    G = H // K
+    qg = q.view(B, K, G, L, D).float() * D**-0.5
+    kf = k.float()
+    causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
+    outs = []
+    for i in range(0, L, block):
+        e = min(i + block, L)  # this block's queries are rows i..e-1; they see keys 0..e-1
+        rows = e - i
+        scores = (qg[:, :, :, i:e].reshape(B, K, G * rows, D) @ kf[:, :, :e].mT).view(B, K, G, rows, e)
+        allowed = causal[i:e, :e] if mask is None else mask[:, :, None, i:e, :e]
+        p = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1).to(v.dtype)
+        outs.append((p.view(B, K, G * rows, e) @ v[:, :, :e]).view(B, K, G, rows, D))
+    return torch.cat(outs, dim=3).view(B, H, L, D).to(q.dtype)
+
+
 class Attention(nn.Module):
     """Grouped-query self-attention: H query heads share K key/value heads (H/K per group)."""
 
@@ -190,6 +235,10 @@ class Attention(nn.Module):
             # it 2-5x slower in bf16 than in fp32 (118 against 49 us at 256 keys, 444 against
             # 91 at 1024, casts included; benchmarks/README.md), so it runs in fp32.
             q, k, v = q.float(), k.float(), v.float()
+        if cache is None and is_causal and use_blocked_attention(q, self.dropout if self.training else 0.0):
+            out = blocked_causal_attention(q, k, v, mask)
+            (out,) = linear(out.transpose(1, 2).reshape(B, L, -1), self.o_proj, training=self.training)
+            return out
         gqa = self.n_kv_heads != self.n_heads  # each K/V head serves a group of query heads
         if gqa and not SDPA_HAS_GQA:  # torch < 2.5: copy K/V out to every query head
             k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
@@ -199,7 +248,7 @@ class Attention(nn.Module):
             k,
             v,
             attn_mask=mask,
-            is_causal=is_causal,
+            is_causal=is_causal and mask is None,  # a mask already holds the causal part
             dropout_p=self.dropout if self.training else 0.0,
             **({"enable_gqa": gqa} if SDPA_HAS_GQA else {}),
         )

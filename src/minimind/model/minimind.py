@@ -112,16 +112,24 @@ def default_position_ids(attention_mask, B, L, past, device):
 
 
 def build_attention_mask(attention_mask, B, L, past, device):
-    """Return (mask, is_causal) for `F.scaled_dot_product_attention`.
+    """Return (mask, is_causal) for the attention layers.
 
     `attention_mask` may be None, a [B, past + L] padding mask (1 = real token, as in
     transformers), or a ready boolean [B, 1, L, past + L] mask (True = may attend), e.g. one
     that keeps packed documents apart. The common cases need no mask tensor at all: a plain
     causal prefill uses SDPA's built-in causal path, and a one-token decode step attends to
     everything cached.
+
+    The model is causal whatever the mask says: a [B, 1, L, L] mask without a cache is cut to
+    the lower triangle, so it can only take keys away (other documents, padding), never let a
+    token see a later one. is_causal is then True, mask or not, and Attention may skip the
+    keys after each block of queries (blocked_causal_attention) instead of reading them all.
     """
     if attention_mask is not None and attention_mask.dim() == 4:
-        return attention_mask.to(device=device, dtype=torch.bool), False
+        mask = attention_mask.to(device=device, dtype=torch.bool)
+        if past > 0 or mask.shape[-1] != L:  # new tokens against a cache: used as given
+            return mask, False
+        return mask & torch.ones(L, L, dtype=torch.bool, device=device).tril(), True
     padded = attention_mask is not None and not bool(attention_mask.all())
     if not padded:
         if past == 0:
@@ -137,7 +145,7 @@ def build_attention_mask(attention_mask, B, L, past, device):
         # A padding query sees no real key; let it see itself so softmax stays finite
         # (its output is never used, but NaNs would leak through 0 * NaN in later layers).
         mask = mask | (key_pos == query_pos)[None, None]
-    return mask, False
+    return mask, past == 0  # without a cache, every key sits at or before its query
 
 
 class MiniMindForCausalLM(nn.Module):
