@@ -132,3 +132,87 @@ def test_a_bf16_step_casts_each_weight_once_whatever_its_micro_batches(tok_dir, 
 
     one, four = casts(1), casts(4)
     assert one >= 1 and four == one
+
+
+def test_auto_compile_only_where_it_can_pay_off(monkeypatch):
+    from minimind.train import autocompile
+    from minimind.train.autocompile import AUTO_COMPILE_MIN_REST_S, auto_compile_reason
+
+    monkeypatch.setattr(autocompile, "compile_blocker", lambda device: None)
+    cpu, long_run = torch.device("cpu"), AUTO_COMPILE_MIN_REST_S + 1
+    assert "min to go" in auto_compile_reason(True, long_run, cpu, 1, True)
+    assert auto_compile_reason(True, AUTO_COMPILE_MIN_REST_S - 1, cpu, 1, True) is None  # too short to pay
+    assert auto_compile_reason(False, long_run, cpu, 1, True) is None  # --no-auto-compile
+    assert auto_compile_reason(True, long_run, cpu, 2, True) is None  # DDP/FSDP wrap the model once
+    assert auto_compile_reason(True, long_run, cpu, 1, False) is None  # RL, images: shapes change
+    monkeypatch.setattr(autocompile, "compile_blocker", lambda device: "no C++ compiler")
+    assert auto_compile_reason(True, long_run, cpu, 1, True) is None
+
+
+def test_compile_blocker_names_what_is_missing(monkeypatch):
+    from minimind.train.autocompile import compile_blocker
+
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.delenv("CXX", raising=False)
+    assert "C++ compiler" in compile_blocker(torch.device("cpu"))
+    assert "mps" in compile_blocker(torch.device("mps"))
+
+
+def test_a_long_run_compiles_after_its_first_steps_and_resumes_compiled(tok_dir, tmp_path, monkeypatch, capsys):
+    """The run starts eager, times its first steps, finds the rest long enough (the threshold is
+    0 here) and compiles from the next step; its checkpoints say from which step, and a run
+    resumed after that compiles from its first step, giving the uninterrupted run's losses.
+    Compiled with dynamo's eager backend: the wiring, not inductor (see the test above)."""
+    import shutil
+
+    from minimind.train import autocompile, trainer
+
+    compiled = []
+
+    def compile_model(model, fall_back_to_eager):
+        assert fall_back_to_eager  # the user did not ask for it: a failure must not stop the run
+        compiled.append(model)
+        return torch.compile(model, backend="eager")
+
+    monkeypatch.setattr(trainer, "compile_model", compile_model)
+    monkeypatch.setattr(trainer, "ESTIMATE_AFTER_S", 0.0)
+    monkeypatch.setattr(autocompile, "AUTO_COMPILE_MIN_REST_S", 0)
+    monkeypatch.setattr(autocompile, "compile_blocker", lambda device: None)
+    data = write_jsonl(tmp_path / "pre.jsonl", pretrain_records(80))
+
+    def run(out, **kw):
+        cfg = TrainConfig(
+            stage="pretrain",
+            data=[str(data)],
+            out=str(out),
+            preset="nano",
+            tokenizer=str(tok_dir),
+            max_steps=8,
+            batch_size=2,
+            seq_len=64,
+            log_every=1,
+            save_every=2,
+            keep_last=10,
+            eval_every=0,
+            dtype="fp32",
+            cache_dir=str(tmp_path / "cache"),
+            progress=False,
+            **kw,
+        )
+        train(cfg)
+        rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in rows if "loss" in r]
+
+    out = tmp_path / "auto"
+    losses = run(out)
+    assert len(compiled) == 1 and "compile: turning torch.compile on" in capsys.readouterr().out
+    states = {p.name: json.loads((p / "train_state/state.json").read_text()) for p in (out / "checkpoints").iterdir()}
+    assert states["step-00000002"]["compiled_at"] is None
+    assert states["step-00000006"]["compiled_at"] == 4  # timed from step 1 to 4, compiled from step 5
+
+    shutil.rmtree(out / "checkpoints" / "step-00000008")  # the run "died" before its last save
+    assert run(out, resume=True) == losses
+    assert len(compiled) == 2  # the resumed run compiled at once, as the stopped one had
+
+    assert run(tmp_path / "eager", auto_compile=False) == pytest.approx(losses, rel=1e-5)
+    assert len(compiled) == 2

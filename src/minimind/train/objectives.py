@@ -52,6 +52,9 @@ class Objective:
     packed rows."""
 
     name = "objective"
+    # Whether the run may torch.compile the model by itself (train/autocompile.py): only for
+    # batches of one fixed shape, which compile once (not generation inside RL, not images).
+    compiles_well = False
 
     def build_data(self, cfg: TrainConfig, tokenizer):
         """(train dataset, validation dataset or None), each with len(), get_batch(rows) and
@@ -114,6 +117,7 @@ class LMObjective(Objective):
     tokens but each document's <bos>) and SFT (assistant turns only; LoRA is SFT with adapters)."""
 
     name = "lm"
+    compiles_well = True  # packed rows of seq_len tokens: every batch has the same shape
 
     def build_data(self, cfg, tokenizer):
         return self.datasets(cfg, tokenizer, cfg.data, "pretrain" if cfg.stage == "pretrain" else "sft")

@@ -34,6 +34,7 @@ from ..errors import MiniMindError
 from ..model import MiniMindForCausalLM, count_parameters
 from ..model.lora import has_lora, trainable_summary
 from ..tokenizer import Tokenizer
+from .autocompile import auto_compile_reason, compile_model
 from .config import RESUME_FIXED, TrainConfig
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
 from .flops import flops_per_token, measured_peak_flops
@@ -223,8 +224,13 @@ class Trainer:
         tracker_ids = state.get("tracker_ids", {})
 
         self.forward_model = self.model
+        # The step this run turned torch.compile on by itself (autocompile.py), kept in its
+        # checkpoints: a resumed run compiles from its first step as the stopped one had.
+        self.compiled_at = state.get("compiled_at")
         if cfg.compile:
             self.forward_model = torch.compile(self.forward_model)
+        elif self.compiled_at is not None and cfg.auto_compile and not self.dist.enabled:
+            self.forward_model = compile_model(self.model, fall_back_to_eager=True)
         if self.dist.enabled and not cfg.fsdp:
             self.forward_model = DDP(
                 self.forward_model,
@@ -288,6 +294,7 @@ class Trainer:
         bar = self._progress_bar()
         window = self.window  # (a resumed run continues the window open at its checkpoint)
         clock = None  # (step, time) at the end of this run's first step, which pays for warm-ups
+        compiling_step = None  # the step that pays for an automatic compile, to print its time
         with StopRequested() as stop:
             while self.step < self.total_steps:
                 started = time.perf_counter()
@@ -341,13 +348,20 @@ class Trainer:
                     self._save()
                 if clock is None:
                     clock = (self.step, time.perf_counter())
-                    if cfg.compile and dist.is_main:  # the price of --compile, to weigh against its gain
+                    if (cfg.compile or self.compiled_at is not None) and dist.is_main:  # the price of compiling
                         line = f"compile: the first step took {clock[1] - started:.1f} s (torch.compile builds kernels)"
                         bar.write(line) if bar is not None else print(line, flush=True)
                 elif clock[0] >= 0 and self.step - clock[0] >= 3 and time.perf_counter() - clock[1] >= ESTIMATE_AFTER_S:
+                    seconds_per_step = (time.perf_counter() - clock[1]) / (self.step - clock[0])
                     if dist.is_main:
-                        self._estimate((time.perf_counter() - clock[1]) / (self.step - clock[0]), bar)
+                        self._estimate(seconds_per_step, bar)
+                    if self._maybe_auto_compile(seconds_per_step, bar):
+                        compiling_step = self.step + 1
                     clock = (-1, 0.0)  # once
+                elif self.step == compiling_step:
+                    took = time.perf_counter() - started
+                    line = f"compile: step {self.step} took {took:.1f} s (torch.compile built kernels)"
+                    bar.write(line) if bar is not None else print(line, flush=True)
                 if stop.requested:
                     break
         if bar is not None:
@@ -405,6 +419,23 @@ class Trainer:
                 f"({seconds_per_step:.2f} s a step, {left} step{'s' if left != 1 else ''} left)"
             )
             bar.write(line) if bar is not None else print(line, flush=True)
+
+    def _maybe_auto_compile(self, seconds_per_step: float, bar) -> bool:
+        """Once, after the first timed steps: compile the model from the next step on if the
+        rest of the run is long enough to pay for it (autocompile.py). True if it did."""
+        if self.cfg.compile or self.compiled_at is not None:
+            return False
+        rest_s = seconds_per_step * (self.total_steps - self.step)
+        why = auto_compile_reason(
+            self.cfg.auto_compile, rest_s, self.device, self.dist.world_size, self.objective.compiles_well
+        )
+        if why is None:
+            return False
+        self.forward_model = compile_model(self.model, fall_back_to_eager=True)
+        self.compiled_at = self.step
+        line = f"compile: turning torch.compile on ({why}; --no-auto-compile keeps the run eager)"
+        bar.write(line) if bar is not None else print(line, flush=True)
+        return True
 
     def _progress_bar(self):
         if not (self.cfg.progress and self.dist.is_main):
@@ -529,6 +560,7 @@ class Trainer:
                 "total_steps": self.total_steps,
                 "tokens_seen": self.tokens_seen,
                 "tokens_at_step": self.tokens_seen + int(open_tokens),
+                "compiled_at": self.compiled_at,
             }
             save_checkpoint(
                 self.out,

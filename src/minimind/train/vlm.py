@@ -58,6 +58,7 @@ def parts_of(cfg) -> list[str]:
 
 class VLMObjective(LMObjective):
     name = "vlm"
+    compiles_well = False  # image features and their positions change from batch to batch
 
     def build_data(self, cfg, tokenizer):
         return build_vision_datasets(

@@ -1,0 +1,62 @@
+"""When a training run turns on torch.compile by itself (`--auto-compile`, on by default).
+
+torch.compile makes a training step faster (on a 2-vCPU AMD EPYC with AVX512-BF16: 7-18% on
+the h512 x 8 and h256 x 4 configs, benchmarks/README.md "Training throughput"), but its first
+step builds the kernels: 45-110 s there. A short run (the quickstart, a LoRA on a few hundred
+conversations) would spend more on compiling than it saves, a long pretraining run pays it
+back many times. So the trainer starts eager and, once it has timed its first steps (the
+"~N to go" line), compiles the model if the rest of the run is estimated to take at least
+AUTO_COMPILE_MIN_REST_S: with a 10% gain, a 100 s compile pays for itself after 1,000 s,
+and the threshold leaves twice that margin.
+
+It stays eager where compiling is not known to pay or to work: several processes (the DDP or
+FSDP wrapper is built around the model once), objectives whose batches change shape
+(generation inside RL, images; Objective.compiles_well), devices other than CPU and CUDA,
+and machines without what inductor builds its kernels with (a C++ compiler on the CPU,
+Triton on CUDA). If compiling fails anyway, dynamo falls back to eager (suppress_errors) and
+the run goes on. `--compile` compiles from the first step instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+
+import torch
+
+AUTO_COMPILE_MIN_REST_S = 30 * 60
+
+
+def compile_blocker(device: torch.device) -> str | None:
+    """Why torch.compile cannot build kernels for `device` on this machine, or None if it can."""
+    if device.type == "cpu":
+        compilers = [os.environ.get("CXX"), "g++", "c++", "clang++"]
+        if not any(c and shutil.which(c) for c in compilers):
+            return "no C++ compiler (g++, clang++ or $CXX) for inductor's CPU kernels"
+        return None
+    if device.type == "cuda":
+        return None if importlib.util.find_spec("triton") else "Triton is not installed"
+    return f"torch.compile is not used on {device.type}"
+
+
+def auto_compile_reason(
+    enabled: bool, rest_s: float, device: torch.device, processes: int, objective_compiles_well: bool
+) -> str | None:
+    """Why a run that is `rest_s` from its end should compile now, or None when it should not."""
+    if not enabled or processes > 1 or not objective_compiles_well or rest_s < AUTO_COMPILE_MIN_REST_S:
+        return None
+    if compile_blocker(device) is not None:
+        return None
+    return f"about {rest_s / 60:.0f} min to go, at least {AUTO_COMPILE_MIN_REST_S // 60} min"
+
+
+def compile_model(model: torch.nn.Module, fall_back_to_eager: bool) -> torch.nn.Module:
+    """torch.compile(model). With fall_back_to_eager, a kernel that fails to build leaves its
+    code eager (with a warning) instead of stopping the run: the run compiled on its own, so
+    the user did not ask for it."""
+    if fall_back_to_eager:
+        import torch._dynamo
+
+        torch._dynamo.config.suppress_errors = True
+    return torch.compile(model)
