@@ -172,8 +172,9 @@ def use_blocked_attention(q: torch.Tensor, dropout: float) -> bool:
 
 def blocked_causal_attention(q, k, v, mask=None, block: int = ATTENTION_BLOCK):
     """Causal attention, q [B, H, L, D] against k, v [B, K, L, D], one block of query rows at
-    a time; returns [B, H, L, D] like SDPA. `mask` [B, 1, L, L] (True = may attend) may
-    restrict it further but must itself be causal: keys after a block are never looked at.
+    a time; returns [B, H, L, D] like SDPA, in v's dtype. `mask` [B, 1, L, L] (True = may
+    attend) may restrict it further but must itself be causal: keys after a block are never
+    looked at (the model's build_attention_mask cuts every mask to the causal triangle).
 
     Scores and softmax run in fp32, as SDPA's CPU kernel does; the probabilities are cast
     back to v's dtype for the second product. Grouped query heads (H = K * G) are reshaped,
@@ -192,7 +193,7 @@ def blocked_causal_attention(q, k, v, mask=None, block: int = ATTENTION_BLOCK):
         allowed = causal[i:e, :e] if mask is None else mask[:, :, None, i:e, :e]
         p = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1).to(v.dtype)
         outs.append((p.view(B, K, G * rows, e) @ v[:, :, :e]).view(B, K, G, rows, D))
-    return torch.cat(outs, dim=3).view(B, H, L, D).to(q.dtype)
+    return torch.cat(outs, dim=3).view(B, H, L, D)
 
 
 class Attention(nn.Module):
@@ -229,6 +230,9 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:  # write the new K/V into the preallocated cache, read all of it
             k, v = cache.update(self.layer_idx, k, v)  # [B, K, T, D]
+        # The output's dtype: the projections' (under autocast q and k leave RoPE in fp32,
+        # as the residual stream's cos/sin are, while v stays in the compute dtype).
+        out_dtype = v.dtype
         dtype = q.dtype
         if L == 1 and q.device.type == "cpu" and dtype != torch.float32:
             # One query against the cache (a decode step): PyTorch's CPU attention kernel runs
@@ -252,7 +256,7 @@ class Attention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
             **({"enable_gqa": gqa} if SDPA_HAS_GQA else {}),
         )
-        (out,) = linear(out.transpose(1, 2).reshape(B, L, -1).to(dtype), self.o_proj, training=self.training)
+        (out,) = linear(out.transpose(1, 2).reshape(B, L, -1).to(out_dtype), self.o_proj, training=self.training)
         return out
 
 
