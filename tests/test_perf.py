@@ -58,7 +58,8 @@ def test_parameters_the_fused_kernel_cannot_take_go_the_foreach_way():
     os.environ.get("MINIMIND_TEST_COMPILE") != "1",
     reason="torch.compile builds C++ kernels (about a minute here): set MINIMIND_TEST_COMPILE=1",
 )
-def test_compiled_training_gives_the_eager_losses_and_plain_checkpoints(tok_dir, tmp_path):
+@pytest.mark.parametrize("seq_len", [64, 256])  # 256: attention runs blocked (65-512 tokens on the CPU)
+def test_compiled_training_gives_the_eager_losses_and_plain_checkpoints(tok_dir, tmp_path, seq_len):
     data = write_jsonl(tmp_path / "pre.jsonl", pretrain_records(80))
 
     def run(out, **kw):
@@ -70,7 +71,7 @@ def test_compiled_training_gives_the_eager_losses_and_plain_checkpoints(tok_dir,
             tokenizer=str(tok_dir),
             max_steps=3,
             batch_size=2,
-            seq_len=64,
+            seq_len=seq_len,
             log_every=1,
             save_every=3,
             eval_every=3,
