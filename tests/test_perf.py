@@ -137,17 +137,21 @@ def test_a_bf16_step_casts_each_weight_once_whatever_its_micro_batches(tok_dir, 
 
 def test_auto_compile_only_where_it_can_pay_off(monkeypatch):
     from minimind.train import autocompile
-    from minimind.train.autocompile import AUTO_COMPILE_MIN_REST_S, auto_compile_reason
+    from minimind.train.autocompile import AUTO_COMPILE_MIN_REST_S, auto_compile_plan
 
     monkeypatch.setattr(autocompile, "compile_blocker", lambda device: None)
-    cpu, long_run = torch.device("cpu"), AUTO_COMPILE_MIN_REST_S + 1
-    assert "min to go" in auto_compile_reason(True, long_run, cpu, 1, True)
-    assert auto_compile_reason(True, AUTO_COMPILE_MIN_REST_S - 1, cpu, 1, True) is None  # too short to pay
-    assert auto_compile_reason(False, long_run, cpu, 1, True) is None  # --no-auto-compile
-    assert auto_compile_reason(True, long_run, cpu, 2, True) is None  # DDP/FSDP wrap the model once
-    assert auto_compile_reason(True, long_run, cpu, 1, False) is None  # RL, images: shapes change
+    cpu, long_run = torch.device("cpu"), AUTO_COMPILE_MIN_REST_S + 60
+    now, line = auto_compile_plan(True, long_run, cpu, 1, True)
+    assert now and "turning torch.compile on (about 31 min to go" in line
+    assert auto_compile_plan(True, AUTO_COMPILE_MIN_REST_S - 1, cpu, 1, True) == (False, None)  # too short to pay
+    assert auto_compile_plan(False, long_run, cpu, 1, True) == (False, None)  # --no-auto-compile
+    assert auto_compile_plan(True, long_run, cpu, 2, True) == (False, None)  # DDP/FSDP wrap the model once
+    assert auto_compile_plan(True, long_run, cpu, 1, False) == (False, None)  # RL, images: shapes change
     monkeypatch.setattr(autocompile, "compile_blocker", lambda device: "no C++ compiler")
-    assert auto_compile_reason(True, long_run, cpu, 1, True) is None
+    assert auto_compile_plan(True, long_run, cpu, 1, True) == (
+        False,
+        "compile: staying eager with about 31 min to go (no C++ compiler)",
+    )
 
 
 def test_compile_blocker_names_what_is_missing(monkeypatch):

@@ -1,8 +1,9 @@
-"""When a training run turns on torch.compile by itself (`--auto-compile`, on by default).
+"""When a training run turns on torch.compile by itself (on by default; `--no-auto-compile`).
 
-torch.compile makes a training step faster (on a 2-vCPU AMD EPYC with AVX512-BF16: 7-18% on
-the h512 x 8 and h256 x 4 configs, benchmarks/README.md "Training throughput"), but its first
-step builds the kernels: 45-110 s there. A short run (the quickstart, a LoRA on a few hundred
+torch.compile makes a training step faster (on a 2-vCPU AMD EPYC with AVX512-BF16: 12% on
+the h512 x 8 config and 20% on h256 x 4, benchmarks/README.md "Training throughput"), but it
+first builds the kernels: 103 and 49 s there, for two graphs (batches with packed documents
+and without). A short run (the quickstart, a LoRA on a few hundred
 conversations) would spend more on compiling than it saves, a long pretraining run pays it
 back many times. So the trainer starts eager and, once it has timed its first steps (the
 "~N to go" line), compiles the model if the rest of the run is estimated to take at least
@@ -12,8 +13,9 @@ and the threshold leaves twice that margin.
 It stays eager where compiling is not known to pay or to work: several processes (the DDP or
 FSDP wrapper is built around the model once), objectives whose batches change shape
 (generation inside RL, images; Objective.compiles_well), devices other than CPU and CUDA,
+FSDP,
 and machines without what inductor builds its kernels with (a C++ compiler on the CPU,
-Triton on CUDA). If compiling fails anyway, dynamo falls back to eager (suppress_errors) and
+Triton on CUDA; the run then says so). If compiling fails anyway, dynamo falls back to eager (suppress_errors) and
 the run goes on. `--compile` compiles from the first step instead.
 """
 
@@ -40,15 +42,18 @@ def compile_blocker(device: torch.device) -> str | None:
     return f"torch.compile is not used on {device.type}"
 
 
-def auto_compile_reason(
+def auto_compile_plan(
     enabled: bool, rest_s: float, device: torch.device, processes: int, objective_compiles_well: bool
-) -> str | None:
-    """Why a run that is `rest_s` from its end should compile now, or None when it should not."""
+) -> tuple[bool, str | None]:
+    """(compile now?, the line to print or None) for a run that is `rest_s` from its end."""
     if not enabled or processes > 1 or not objective_compiles_well or rest_s < AUTO_COMPILE_MIN_REST_S:
-        return None
-    if compile_blocker(device) is not None:
-        return None
-    return f"about {rest_s / 60:.0f} min to go, at least {AUTO_COMPILE_MIN_REST_S // 60} min"
+        return False, None
+    left = f"about {rest_s / 60:.0f} min to go"
+    blocker = compile_blocker(device)
+    if blocker is not None:
+        return False, f"compile: staying eager with {left} ({blocker})"
+    threshold = f"at least {AUTO_COMPILE_MIN_REST_S // 60} min"
+    return True, f"compile: turning torch.compile on ({left}, {threshold}; --no-auto-compile keeps the run eager)"
 
 
 def compile_model(model: torch.nn.Module, fall_back_to_eager: bool) -> torch.nn.Module:

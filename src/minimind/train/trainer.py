@@ -34,7 +34,7 @@ from ..errors import MiniMindError
 from ..model import MiniMindForCausalLM, count_parameters
 from ..model.lora import has_lora, trainable_summary
 from ..tokenizer import Tokenizer
-from .autocompile import auto_compile_reason, compile_model
+from .autocompile import auto_compile_plan, compile_model
 from .config import RESUME_FIXED, TrainConfig
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
 from .flops import flops_per_token, measured_peak_flops
@@ -423,19 +423,18 @@ class Trainer:
     def _maybe_auto_compile(self, seconds_per_step: float, bar) -> bool:
         """Once, after the first timed steps: compile the model from the next step on if the
         rest of the run is long enough to pay for it (autocompile.py). True if it did."""
-        if self.cfg.compile or self.compiled_at is not None:
+        if self.cfg.compile or self.cfg.fsdp or self.compiled_at is not None:
             return False
         rest_s = seconds_per_step * (self.total_steps - self.step)
-        why = auto_compile_reason(
+        now, line = auto_compile_plan(
             self.cfg.auto_compile, rest_s, self.device, self.dist.world_size, self.objective.compiles_well
         )
-        if why is None:
-            return False
-        self.forward_model = compile_model(self.model, fall_back_to_eager=True)
-        self.compiled_at = self.step
-        line = f"compile: turning torch.compile on ({why}; --no-auto-compile keeps the run eager)"
-        bar.write(line) if bar is not None else print(line, flush=True)
-        return True
+        if line is not None and self.dist.is_main:
+            bar.write(line) if bar is not None else print(line, flush=True)
+        if now:
+            self.forward_model = compile_model(self.model, fall_back_to_eager=True)
+            self.compiled_at = self.step
+        return now
 
     def _progress_bar(self):
         if not (self.cfg.progress and self.dist.is_main):
