@@ -46,7 +46,7 @@ from minimind.device import resolve_train_dtype  # noqa: E402
 from minimind.export.common import build_model  # noqa: E402
 from minimind.export.minimind_pth import infer_config  # noqa: E402
 from minimind.tokenizer import Tokenizer  # noqa: E402
-from minimind.train.autocompile import AUTO_COMPILE_MIN_REST_S  # noqa: E402
+from minimind.train.autocompile import AUTO_COMPILE_MIN_REST_S, compile_model  # noqa: E402
 from minimind.train.flops import flops_per_token, measured_peak_flops  # noqa: E402
 from minimind.train.objectives import LMObjective, autocast, packed_attention_mask, real_tokens, to_device  # noqa: E402
 from minimind.train.optim import make_optimizer  # noqa: E402
@@ -161,7 +161,7 @@ class OurStep:
         self.batches = cycle(lambda: iterate_batches(train_ds, batch_size, seed=0, epoch=next(epochs)))
         self.optimizer = make_optimizer(self.model, lr=5e-4)
         self.objective, self.dtype = LMObjective(), dtype
-        self.forward = torch.compile(self.model) if compile else self.model
+        self.forward = compile_model(self.model, fall_back_to_eager=False) if compile else self.model
         self.config = self.model.config
         self.mask_kinds = set()  # seen batches with packed documents (True) and without (False)
 

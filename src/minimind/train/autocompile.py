@@ -57,11 +57,22 @@ def auto_compile_plan(
 
 
 def compile_model(model: torch.nn.Module, fall_back_to_eager: bool) -> torch.nn.Module:
-    """torch.compile(model). With fall_back_to_eager, a kernel that fails to build leaves its
-    code eager (with a warning) instead of stopping the run: the run compiled on its own, so
-    the user did not ask for it."""
+    """Compile each decoder layer of `model` in place (nn.Module.compile) and return the model.
+
+    Regional compilation: the layers share one code path, so torch.compile builds one layer's
+    kernels and reuses them for the others, where compiling the whole model unrolls every
+    layer. On the 2-vCPU AMD EPYC (h512 x 8, bf16, cold caches) it built in 69 s against 232
+    s and trained 1.16x eager against 1.09x (benchmarks/README.md). Names in the state dict
+    stay the same. With fall_back_to_eager, a kernel that fails to build leaves its code
+    eager (with a warning) instead of stopping the run: the run compiled on its own, so the
+    user did not ask for it."""
+    from ..model.minimind import DecoderLayer
+
     if fall_back_to_eager:
         import torch._dynamo
 
         torch._dynamo.config.suppress_errors = True
-    return torch.compile(model)
+    for module in model.modules():
+        if isinstance(module, DecoderLayer):
+            module.compile()
+    return model

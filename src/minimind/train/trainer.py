@@ -210,6 +210,8 @@ class Trainer:
         self.warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, self.total_steps // 100)
         self.min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.lr / 10
 
+        if cfg.compile:  # each layer in place, before FSDP wraps the layers (as torchtitan orders them)
+            compile_model(self.model, fall_back_to_eager=False)
         if cfg.fsdp:
             self._shard()
         self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay, device_type=self.device.type)
@@ -227,10 +229,8 @@ class Trainer:
         # The step this run turned torch.compile on by itself (autocompile.py), kept in its
         # checkpoints: a resumed run compiles from its first step as the stopped one had.
         self.compiled_at = state.get("compiled_at")
-        if cfg.compile:
-            self.forward_model = torch.compile(self.forward_model)
-        elif self.compiled_at is not None and cfg.auto_compile and not self.dist.enabled:
-            self.forward_model = compile_model(self.model, fall_back_to_eager=True)
+        if not cfg.compile and self.compiled_at is not None and cfg.auto_compile and not self.dist.enabled:
+            compile_model(self.model, fall_back_to_eager=True)
         if self.dist.enabled and not cfg.fsdp:
             self.forward_model = DDP(
                 self.forward_model,
@@ -432,7 +432,7 @@ class Trainer:
         if line is not None and self.dist.is_main:
             bar.write(line) if bar is not None else print(line, flush=True)
         if now:
-            self.forward_model = compile_model(self.model, fall_back_to_eager=True)
+            compile_model(self.model, fall_back_to_eager=True)
             self.compiled_at = self.step
         return now
 
