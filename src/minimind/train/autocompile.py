@@ -27,7 +27,7 @@ import shutil
 
 import torch
 
-AUTO_COMPILE_MIN_REST_S = 30 * 60
+AUTO_COMPILE_MIN_REST_S = 20 * 60
 
 
 def compile_blocker(device: torch.device) -> str | None:
