@@ -1,22 +1,21 @@
 """When a training run turns on torch.compile by itself (on by default; `--no-auto-compile`).
 
-torch.compile makes a training step faster (on a 2-vCPU AMD EPYC with AVX512-BF16: 12% on
-the h512 x 8 config and 20% on h256 x 4, benchmarks/README.md "Training throughput"), but it
-first builds the kernels: 103 and 49 s there, for two graphs (batches with packed documents
-and without). A short run (the quickstart, a LoRA on a few hundred
-conversations) would spend more on compiling than it saves, a long pretraining run pays it
+torch.compile makes a training step faster (on a 2-vCPU AMD EPYC with AVX512-BF16: 17% on
+the h512 x 8 config and 21% on h256 x 4, benchmarks/README.md "Training throughput"), but it
+first builds the kernels: 83 and 57 s there with a cold cache, for two graphs (batches with
+packed documents and without). A short run (the quickstart, a LoRA on a few hundred
+conversations) would spend more on compiling than it saves; a long pretraining run pays it
 back many times. So the trainer starts eager and, once it has timed its first steps (the
 "~N to go" line), compiles the model if the rest of the run is estimated to take at least
-AUTO_COMPILE_MIN_REST_S: with a 10% gain, a 100 s compile pays for itself after 1,000 s,
-and the threshold leaves twice that margin.
+AUTO_COMPILE_MIN_REST_S. There the compile paid for itself after 5-8 minutes, and the
+threshold leaves more than twice that margin for slower compilers and smaller gains.
 
-It stays eager where compiling is not known to pay or to work: several processes (the DDP or
-FSDP wrapper is built around the model once), objectives whose batches change shape
+It stays eager where compiling is not known to pay or to work: several processes (the DDP
+wrapper is built around the model once), FSDP, objectives whose batches change shape
 (generation inside RL, images; Objective.compiles_well), devices other than CPU and CUDA,
-FSDP,
 and machines without what inductor builds its kernels with (a C++ compiler on the CPU,
-Triton on CUDA; the run then says so). If compiling fails anyway, dynamo falls back to eager (suppress_errors) and
-the run goes on. `--compile` compiles from the first step instead.
+Triton on CUDA; the run then says so). If compiling fails anyway, dynamo falls back to eager
+(suppress_errors) and the run goes on. `--compile` compiles from the first step instead.
 """
 
 from __future__ import annotations

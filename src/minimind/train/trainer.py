@@ -229,8 +229,11 @@ class Trainer:
         # The step this run turned torch.compile on by itself (autocompile.py), kept in its
         # checkpoints: a resumed run compiles from its first step as the stopped one had.
         self.compiled_at = state.get("compiled_at")
-        if not cfg.compile and self.compiled_at is not None and cfg.auto_compile and not self.dist.enabled:
-            compile_model(self.model, fall_back_to_eager=True)
+        if not cfg.compile and self.compiled_at is not None:
+            if cfg.auto_compile and not self.dist.enabled:
+                compile_model(self.model, fall_back_to_eager=True)
+            else:  # --no-auto-compile (or now under torchrun): this run stays eager
+                self.compiled_at = None
         if self.dist.enabled and not cfg.fsdp:
             self.forward_model = DDP(
                 self.forward_model,
@@ -423,7 +426,7 @@ class Trainer:
     def _maybe_auto_compile(self, seconds_per_step: float, bar) -> bool:
         """Once, after the first timed steps: compile the model from the next step on if the
         rest of the run is long enough to pay for it (autocompile.py). True if it did."""
-        if self.cfg.compile or self.cfg.fsdp or self.compiled_at is not None:
+        if self.cfg.compile or self.cfg.fsdp or self.dist.enabled or self.compiled_at is not None:
             return False
         rest_s = seconds_per_step * (self.total_steps - self.step)
         now, line = auto_compile_plan(
