@@ -54,35 +54,35 @@ def test_parameters_the_fused_kernel_cannot_take_go_the_foreach_way():
     assert not can_fuse([torch.zeros(2, dtype=torch.long)])
 
 
+def _pretrain_losses(tmp_path, tok_dir, out, **settings) -> list[float]:
+    """A nano pretraining run on 80 synthetic documents (fp32, losses logged every step); its
+    logged losses. `settings` override the defaults below."""
+    data = write_jsonl(tmp_path / "pre.jsonl", pretrain_records(80))
+    defaults = dict(max_steps=3, batch_size=2, seq_len=64, log_every=1, save_every=3, eval_every=3, dtype="fp32")
+    cfg = TrainConfig(
+        stage="pretrain",
+        data=[str(data)],
+        out=str(out),
+        preset="nano",
+        tokenizer=str(tok_dir),
+        cache_dir=str(tmp_path / "cache"),
+        progress=False,
+        **{**defaults, **settings},
+    )
+    train(cfg)
+    rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if "loss" in r]
+
+
 @pytest.mark.skipif(
     os.environ.get("MINIMIND_TEST_COMPILE") != "1",
     reason="torch.compile builds C++ kernels (about a minute here): set MINIMIND_TEST_COMPILE=1",
 )
 @pytest.mark.parametrize("seq_len", [64, 256])  # 256: attention runs blocked (65-512 tokens on the CPU)
 def test_compiled_training_gives_the_eager_losses_and_plain_checkpoints(tok_dir, tmp_path, seq_len):
-    data = write_jsonl(tmp_path / "pre.jsonl", pretrain_records(80))
-
     def run(out, **kw):
-        cfg = TrainConfig(
-            stage="pretrain",
-            data=[str(data)],
-            out=str(out),
-            preset="nano",
-            tokenizer=str(tok_dir),
-            max_steps=3,
-            batch_size=2,
-            seq_len=seq_len,
-            log_every=1,
-            save_every=3,
-            eval_every=3,
-            dtype="fp32",
-            cache_dir=str(tmp_path / "cache"),
-            progress=False,
-            **kw,
-        )
-        train(cfg)
-        rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-        return [r["loss"] for r in rows if "loss" in r], load_file(str(Path(out) / "model.safetensors"))
+        losses = _pretrain_losses(tmp_path, tok_dir, out, seq_len=seq_len, **kw)
+        return losses, load_file(str(Path(out) / "model.safetensors"))
 
     eager_losses, eager_weights = run(tmp_path / "eager")
     compiled_losses, compiled_weights = run(tmp_path / "compiled", compile=True)
@@ -186,30 +186,9 @@ def test_a_long_run_compiles_after_its_first_steps_and_resumes_compiled(tok_dir,
     monkeypatch.setattr(trainer, "ESTIMATE_AFTER_S", 0.0)
     monkeypatch.setattr(autocompile, "AUTO_COMPILE_MIN_REST_S", 0)
     monkeypatch.setattr(autocompile, "compile_blocker", lambda device: None)
-    data = write_jsonl(tmp_path / "pre.jsonl", pretrain_records(80))
 
     def run(out, **kw):
-        cfg = TrainConfig(
-            stage="pretrain",
-            data=[str(data)],
-            out=str(out),
-            preset="nano",
-            tokenizer=str(tok_dir),
-            max_steps=8,
-            batch_size=2,
-            seq_len=64,
-            log_every=1,
-            save_every=2,
-            keep_last=10,
-            eval_every=0,
-            dtype="fp32",
-            cache_dir=str(tmp_path / "cache"),
-            progress=False,
-            **kw,
-        )
-        train(cfg)
-        rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-        return [r["loss"] for r in rows if "loss" in r]
+        return _pretrain_losses(tmp_path, tok_dir, out, max_steps=8, save_every=2, keep_last=10, eval_every=0, **kw)
 
     out = tmp_path / "auto"
     losses = run(out)
