@@ -248,9 +248,9 @@ def bench_config(hidden, layers, args) -> list[dict]:
         }
     )
     if args.compile and ours_default == "ours bf16":
-        # A run with `threshold` min or more to go compiles itself after its first steps,
-        # train/autocompile.py): over a whole run of T minutes it pays the compile steps once
-        # (first step(s) above: both builds, with and without a packed mask).
+        # A run with `threshold` min or more to go compiles itself after its first steps
+        # (train/autocompile.py): over a whole run of T minutes it pays the compile steps once
+        # (the first steps above: both builds, with and without a packed mask).
         compile_s = setup["ours bf16 compiled"]
         for minutes in (threshold, 120):
             compiled_share = max(0.0, 1 - compile_s / (minutes * 60))

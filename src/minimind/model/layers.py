@@ -161,8 +161,8 @@ def use_blocked_attention(q: torch.Tensor, dropout: float) -> bool:
     PyTorch's CPU flash attention tiles keys in blocks of 512 (for these head sizes), so up
     to 512 tokens it computes the whole square of scores and masks out the upper half:
     causality saves no work. Stepping 64 query rows at a time through only the keys before
-    them does half the work, and at 512 tokens one layer's forward and backward took 40.4
-    against 51.5 ms (bf16, batch 4, 8 heads; benchmarks/README.md, "Training throughput").
+    them does half the work, and at 512 tokens one layer's forward and backward took 37.9
+    against 49.4 ms (bf16, batch 4, 8 heads; benchmarks/README.md, "Training throughput").
     Beyond 512 tokens SDPA's own key blocks start skipping, and the blocked path would also
     keep every block's probabilities for backward, which grows with the square of the length.
     """
@@ -184,7 +184,7 @@ def blocked_causal_attention(q, k, v, mask=None, block: int = ATTENTION_BLOCK):
     G = H // K
     qg = q.view(B, K, G, L, D).float() * D**-0.5
     kf = k.float()
-    causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
+    causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril() if mask is None else None
     outs = []
     for i in range(0, L, block):
         e = min(i + block, L)  # this block's queries are rows i..e-1; they see keys 0..e-1

@@ -127,6 +127,11 @@ def shown(text: str, quote: bool = True) -> str:
 ESTIMATE_AFTER_S = 10.0
 
 
+def _say(line: str, bar) -> None:
+    """Print a line of the run's story above the progress bar (or plainly, without one)."""
+    bar.write(line) if bar is not None else print(line, flush=True)
+
+
 def _duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
@@ -353,7 +358,7 @@ class Trainer:
                     clock = (self.step, time.perf_counter())
                     if (cfg.compile or self.compiled_at is not None) and dist.is_main:  # the price of compiling
                         line = f"compile: the first step took {clock[1] - started:.1f} s (torch.compile builds kernels)"
-                        bar.write(line) if bar is not None else print(line, flush=True)
+                        _say(line, bar)
                 elif clock[0] >= 0 and self.step - clock[0] >= 3 and time.perf_counter() - clock[1] >= ESTIMATE_AFTER_S:
                     seconds_per_step = (time.perf_counter() - clock[1]) / (self.step - clock[0])
                     if dist.is_main:
@@ -364,7 +369,7 @@ class Trainer:
                 elif self.step == compiling_step:
                     took = time.perf_counter() - started
                     line = f"compile: step {self.step} took {took:.1f} s (torch.compile built kernels)"
-                    bar.write(line) if bar is not None else print(line, flush=True)
+                    _say(line, bar)
                 if stop.requested:
                     break
         if bar is not None:
@@ -421,7 +426,7 @@ class Trainer:
                 f"{self.cfg.stage}: ~{_duration(seconds_per_step * left)} to go at this speed "
                 f"({seconds_per_step:.2f} s a step, {left} step{'s' if left != 1 else ''} left)"
             )
-            bar.write(line) if bar is not None else print(line, flush=True)
+            _say(line, bar)
 
     def _maybe_auto_compile(self, seconds_per_step: float, bar) -> bool:
         """Once, after the first timed steps: compile the model from the next step on if the
@@ -433,7 +438,7 @@ class Trainer:
             self.cfg.auto_compile, rest_s, self.device, self.dist.world_size, self.objective.compiles_well
         )
         if line is not None and self.dist.is_main:
-            bar.write(line) if bar is not None else print(line, flush=True)
+            _say(line, bar)
         if now:
             compile_model(self.model, fall_back_to_eager=True)
             self.compiled_at = self.step
