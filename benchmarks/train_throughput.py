@@ -5,9 +5,9 @@ model (`MiniMindForCausalLM`), its dataset class (`lm_dataset.PretrainDataset`: 
 row, padded to seq_len) and its training step as trainer/train_pretrain.py runs it (forward
 with labels, loss + aux_loss, GradScaler, clip 1.0, torch.optim.AdamW with its defaults,
 zero_grad). Its CPU default is fp32 (no autocast on the CPU); `original bf16` patches a bf16
-autocast into the same step. Ours is the trainer's step (packed rows, our AdamW: fused on the
+autocast into the same step (timed only where the CPU has bf16 matrix units, or with --bf16). Ours is the trainer's step (packed rows, our AdamW: fused on the
 CPU, clip) in fp32, in bf16 autocast, and optionally compiled as the trainer compiles it
-(each decoder layer, train/autocompile.py). Both models start from
+(each decoder layer, train/autocompile.py, in the dtype `--dtype auto` picks on this CPU). Both models start from
 the same weights (ours is built from the original's state dict), both read the same JSONL,
 both pay for their data loading (in the main process), both count only real (non-padding)
 tokens.
@@ -21,7 +21,7 @@ reads the JSONL into a list of dicts is put in its place (load_dataset('json', .
 
     python benchmarks/train_throughput.py                         # h512 x 8 and h256 x 4, seq 512
     python benchmarks/train_throughput.py --configs 256x4 --steps 2 --rounds 2   # a quick check
-    python benchmarks/train_throughput.py --compile               # adds ours compiled (bf16)
+    python benchmarks/train_throughput.py --compile               # adds ours compiled
 
 Exits 2 when the original code (../shared) is not there: it is not part of a user's clone.
 """
@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe_machine, machine_line  # noqa: E402
 
 from minimind.data import build_datasets, iterate_batches  # noqa: E402
-from minimind.device import resolve_train_dtype  # noqa: E402
+from minimind.device import cpu_has_fast_bf16, resolve_train_dtype  # noqa: E402
 from minimind.export.common import build_model  # noqa: E402
 from minimind.export.minimind_pth import infer_config  # noqa: E402
 from minimind.tokenizer import Tokenizer  # noqa: E402
@@ -182,28 +182,34 @@ class OurStep:
 
 
 def bench_config(hidden, layers, args) -> list[dict]:
-    default = resolve_train_dtype("auto", CPU)
+    default = resolve_train_dtype("auto", CPU)  # each side's default: ours follows the CPU, the original is fp32
     bf16, fp32 = torch.bfloat16, torch.float32
+    name_of = {fp32: "fp32", bf16: "bf16"}
     modes = {
         "original fp32 (its CPU default)": (
             lambda: OriginalStep(hidden, layers, args.seq_len, args.batch_size, False),
             fp32,
         ),
-        "original bf16 (autocast patched in)": (
+        "ours fp32": (lambda: OurStep(hidden, layers, args.seq_len, args.batch_size, fp32), fp32),
+    }
+    if args.bf16:
+        modes["original bf16 (autocast patched in)"] = (
             lambda: OriginalStep(hidden, layers, args.seq_len, args.batch_size, True),
             bf16,
-        ),
-        "ours fp32": (lambda: OurStep(hidden, layers, args.seq_len, args.batch_size, fp32), fp32),
-        "ours bf16": (lambda: OurStep(hidden, layers, args.seq_len, args.batch_size, bf16), bf16),
-    }
+        )
+        modes["ours bf16"] = (lambda: OurStep(hidden, layers, args.seq_len, args.batch_size, bf16), bf16)
+    compiled = f"ours {name_of[default]} compiled"  # the dtype a run compiles itself in: its default
     if args.compile:
-        modes["ours bf16 compiled"] = (lambda: OurStep(hidden, layers, args.seq_len, args.batch_size, bf16, True), bf16)
+        modes[compiled] = (
+            lambda: OurStep(hidden, layers, args.seq_len, args.batch_size, default, True),
+            default,
+        )
     steps, setup = {}, {}
     for name, (make, _) in modes.items():
         started = time.perf_counter()
         steps[name] = make()
         steps[name]()  # warm-up (and compile)
-        if name == "ours bf16 compiled":  # compiled once for batches with a packed mask, once without
+        if name == compiled:  # compiled once for batches with a packed mask, once without
             for _ in range(20):
                 if len(steps[name].mask_kinds) == 2:
                     break
@@ -224,7 +230,7 @@ def bench_config(hidden, layers, args) -> list[dict]:
             {
                 "config": f"h{hidden} x {layers}",
                 "mode": name,
-                "dtype": str(dtype).replace("torch.", ""),
+                "dtype": name_of[dtype],
                 "tokens_per_s": tps,
                 "rounds": rates[name],
                 "mfu": tps * flops / measured_peak_flops(CPU, dtype),
@@ -232,26 +238,26 @@ def bench_config(hidden, layers, args) -> list[dict]:
             }
         )
     by = {r["mode"]: r["tokens_per_s"] for r in rows}
-    ours_default = "ours bf16" if default == bf16 else "ours fp32"
+    original_of = {fp32: "original fp32 (its CPU default)", bf16: "original bf16 (autocast patched in)"}
     for r in rows:
-        r["ratio"] = {
-            "ours fp32": by["ours fp32"] / by["original fp32 (its CPU default)"],
-            "ours bf16": by["ours bf16"] / by["original bf16 (autocast patched in)"],
-            "ours bf16 compiled": by.get("ours bf16 compiled", 0) / by["original bf16 (autocast patched in)"],
-        }.get(r["mode"])
+        original_same_dtype = original_of[bf16 if r["dtype"] == "bf16" else fp32]
+        if r["mode"].startswith("ours") and original_same_dtype in by:
+            r["ratio"] = r["tokens_per_s"] / by[original_same_dtype]
     original, threshold = by["original fp32 (its CPU default)"], AUTO_COMPILE_MIN_REST_S // 60
-    rows.append(
-        {
-            "config": f"h{hidden} x {layers}",
-            "mode": f"default vs default, a run under {threshold} min ({ours_default} / original fp32)",
-            "ratio": by[ours_default] / original,
-        }
-    )
-    if args.compile and ours_default == "ours bf16":
+    ours_default = f"ours {name_of[default]}"
+    if ours_default in by:
+        rows.append(
+            {
+                "config": f"h{hidden} x {layers}",
+                "mode": f"default vs default, a run under {threshold} min ({ours_default} / original fp32)",
+                "ratio": by[ours_default] / original,
+            }
+        )
+    if args.compile:
         # A run with `threshold` min or more to go compiles itself after its first steps
         # (train/autocompile.py): over a whole run of T minutes it pays the compile steps once
         # (the first steps above: both builds, with and without a packed mask).
-        compile_s = setup["ours bf16 compiled"]
+        compile_s = setup[compiled]
         for minutes in (threshold, 120):
             compiled_share = max(0.0, 1 - compile_s / (minutes * 60))
             rows.append(
@@ -259,7 +265,7 @@ def bench_config(hidden, layers, args) -> list[dict]:
                     "config": f"h{hidden} x {layers}",
                     "mode": f"default vs default over {minutes} min (ours compiles itself in a run that long, "
                     "its compile steps counted / original fp32)",
-                    "ratio": by["ours bf16 compiled"] * compiled_share / original,
+                    "ratio": by[compiled] * compiled_share / original,
                 }
             )
     return rows
@@ -297,9 +303,20 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--steps", type=int, default=3, help="timed steps per mode per round (default 3)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    p.add_argument("--compile", action="store_true", help="also time ours with torch.compile (bf16)")
+    p.add_argument(
+        "--compile", action="store_true", help="also time ours compiled, in the dtype a run picks here (--dtype auto)"
+    )
+    p.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also time both sides in bf16 autocast (default: only where the CPU has bf16 matrix units; "
+        "elsewhere a bf16 step can take minutes)",
+    )
     p.add_argument("--json", help="write the results here too")
     args = p.parse_args()
+    if args.bf16 is None:
+        args.bf16 = cpu_has_fast_bf16()
     upstream()  # exits 2 without the original code
     if not DATA.is_file():
         print(f"needs {DATA} (../shared/data)", file=sys.stderr)
