@@ -5,9 +5,10 @@ model (`MiniMindForCausalLM`), its dataset class (`lm_dataset.PretrainDataset`: 
 row, padded to seq_len) and its training step as trainer/train_pretrain.py runs it (forward
 with labels, loss + aux_loss, GradScaler, clip 1.0, torch.optim.AdamW with its defaults,
 zero_grad). Its CPU default is fp32 (no autocast on the CPU); `original bf16` patches a bf16
-autocast into the same step (timed only where the CPU has bf16 matrix units, or with --bf16). Ours is the trainer's step (packed rows, our AdamW: fused on the
-CPU, clip) in fp32, in bf16 autocast, and optionally compiled as the trainer compiles it
-(each decoder layer, train/autocompile.py, in the dtype `--dtype auto` picks on this CPU). Both models start from
+autocast into the same step (timed only where the CPU has bf16 matrix units, or with --bf16).
+Ours is the trainer's step (packed rows, our AdamW: fused on the CPU, clip) in fp32, in bf16
+autocast, and optionally compiled as the trainer compiles it (each decoder layer,
+train/autocompile.py, in the dtype `--dtype auto` picks on this CPU). Both models start from
 the same weights (ours is built from the original's state dict), both read the same JSONL,
 both pay for their data loading (in the main process), both count only real (non-padding)
 tokens.
