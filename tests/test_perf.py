@@ -137,19 +137,24 @@ def test_a_bf16_step_casts_each_weight_once_whatever_its_micro_batches(tok_dir, 
 
 def test_auto_compile_only_where_it_can_pay_off(monkeypatch):
     from minimind.train import autocompile
-    from minimind.train.autocompile import AUTO_COMPILE_MIN_REST_S, auto_compile_plan
+    from minimind.train.autocompile import AUTO_COMPILE_MIN_REST_S, AUTO_COMPILE_MIN_REST_S_FP32, auto_compile_plan
 
     monkeypatch.setattr(autocompile, "compile_blocker", lambda device: None)
-    cpu, long_run = torch.device("cpu"), AUTO_COMPILE_MIN_REST_S + 60
-    now, line = auto_compile_plan(True, long_run, cpu, 1, True)
+    cpu, bf16, fp32 = torch.device("cpu"), torch.bfloat16, torch.float32
+    long_run = AUTO_COMPILE_MIN_REST_S + 60
+    now, line = auto_compile_plan(True, long_run, cpu, bf16, 1, True)
     minutes = long_run // 60
-    assert now and f"turning torch.compile on (about {minutes} min to go" in line
-    assert auto_compile_plan(True, AUTO_COMPILE_MIN_REST_S - 1, cpu, 1, True) == (False, None)  # too short to pay
-    assert auto_compile_plan(False, long_run, cpu, 1, True) == (False, None)  # --no-auto-compile
-    assert auto_compile_plan(True, long_run, cpu, 2, True) == (False, None)  # DDP/FSDP wrap the model once
-    assert auto_compile_plan(True, long_run, cpu, 1, False) == (False, None)  # RL, images: shapes change
+    assert now and f"turning torch.compile on (about {minutes} min to go, at least 20 min in bfloat16" in line
+    assert auto_compile_plan(True, AUTO_COMPILE_MIN_REST_S - 1, cpu, bf16, 1, True) == (False, None)  # too short
+    # an fp32 step gains less from compiling (its matrix products stay as they are): it needs longer
+    assert AUTO_COMPILE_MIN_REST_S_FP32 > long_run
+    assert auto_compile_plan(True, long_run, cpu, fp32, 1, True) == (False, None)
+    assert auto_compile_plan(True, AUTO_COMPILE_MIN_REST_S_FP32, cpu, fp32, 1, True)[0]
+    assert auto_compile_plan(False, long_run, cpu, bf16, 1, True) == (False, None)  # --no-auto-compile
+    assert auto_compile_plan(True, long_run, cpu, bf16, 2, True) == (False, None)  # DDP/FSDP wrap the model once
+    assert auto_compile_plan(True, long_run, cpu, bf16, 1, False) == (False, None)  # RL, images: shapes change
     monkeypatch.setattr(autocompile, "compile_blocker", lambda device: "no C++ compiler")
-    assert auto_compile_plan(True, long_run, cpu, 1, True) == (
+    assert auto_compile_plan(True, long_run, cpu, bf16, 1, True) == (
         False,
         f"compile: staying eager with about {minutes} min to go (no C++ compiler)",
     )
@@ -185,6 +190,7 @@ def test_a_long_run_compiles_after_its_first_steps_and_resumes_compiled(tok_dir,
     monkeypatch.setattr(trainer, "compile_model", compile_model)
     monkeypatch.setattr(trainer, "ESTIMATE_AFTER_S", 0.0)
     monkeypatch.setattr(autocompile, "AUTO_COMPILE_MIN_REST_S", 0)
+    monkeypatch.setattr(autocompile, "AUTO_COMPILE_MIN_REST_S_FP32", 0)
     monkeypatch.setattr(autocompile, "compile_blocker", lambda device: None)
 
     def run(out, **kw):

@@ -214,7 +214,7 @@ class TrainConfig:
     auto_compile: bool = setting(
         True,
         "never turn torch.compile on by itself: by default a single-process language-model run "
-        "compiles after its first steps if the rest is estimated to take 20 min or more",
+        "compiles after its first steps if the rest is estimated to take 20 min or more (2 h in fp32)",
     )
     grad_checkpointing: bool = setting(False, "recompute activations in backward (less memory, ~30% slower)")
     fsdp: bool = setting(False, "shard the model over the torchrun processes (FSDP) instead of replicating it (DDP)")

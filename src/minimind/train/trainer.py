@@ -435,7 +435,7 @@ class Trainer:
             return False
         rest_s = seconds_per_step * (self.total_steps - self.step)
         now, line = auto_compile_plan(
-            self.cfg.auto_compile, rest_s, self.device, self.dist.world_size, self.objective.compiles_well
+            self.cfg.auto_compile, rest_s, self.device, self.dtype, self.dist.world_size, self.objective.compiles_well
         )
         if line is not None and self.dist.is_main:
             _say(line, bar)
