@@ -1,11 +1,11 @@
-"""The language-model loss with a hand-written backward (train/losses.py) against
+"""The language-model loss with a hand-written backward (model/losses.py) against
 F.cross_entropy on the shifted logits, the form it replaces."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from minimind.train.losses import next_token_loss_sum
+from minimind.model.losses import next_token_loss_sum, next_token_nll
 
 
 def _reference(logits, labels):
@@ -47,3 +47,46 @@ def test_a_second_backward_is_an_error_not_a_wrong_gradient():
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
+
+
+def test_next_token_nll_per_position_and_its_gradient_under_per_token_weights():
+    """The per-token form DPO, reasoning and GRPO use: each position's own upstream gradient
+    (a token weight, a per-row sum) reaches its row of the logits."""
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 9, 13, generator=gen) * 2
+    labels = torch.randint(0, 13, (2, 9), generator=gen)
+    labels[1, :4] = -100
+    weights = torch.rand(2, 9, generator=gen)
+    ours_leaf, ref_leaf = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    nll = next_token_nll(ours_leaf, labels)
+    want = F.cross_entropy(ref_leaf[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), reduction="none").view(2, 8)
+    assert nll.shape == (2, 9) and nll.dtype == torch.float32 and not nll[:, -1].any() and not nll[1, :3].any()
+    torch.testing.assert_close(nll[:, :-1], want)
+    (nll[:, :-1] * weights[:, :-1]).sum().backward()
+    (want * weights[:, :-1]).sum().backward()
+    torch.testing.assert_close(ours_leaf.grad, ref_leaf.grad)
+
+
+def test_model_forward_labels_is_the_mean_cross_entropy():
+    from minimind.config import ModelConfig
+    from minimind.model import MiniMindForCausalLM
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        intermediate_size=64,
+        vocab_size=40,
+    )
+    model = MiniMindForCausalLM(cfg)
+    ids = torch.randint(0, 40, (2, 7))
+    labels = ids.clone()
+    labels[0, :3] = -100
+    out = model(ids, labels=labels)
+    want = F.cross_entropy(out.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+    torch.testing.assert_close(out.loss, want)
+    out.loss.backward()
+    assert model.lm_head.weight.grad is not None

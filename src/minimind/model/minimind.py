@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 from ..config import ModelConfig
 from .cache import KVCache
 from .layers import Attention, RMSNorm, SwiGLU, decoding_attention, linear, rope_cos_sin, rope_inv_freq
+from .losses import IGNORE_INDEX, next_token_loss_sum
 from .moe import MoEFeedForward
 
 
@@ -201,7 +202,7 @@ class MiniMindForCausalLM(nn.Module):
         (logits,) = linear(h[:, -logits_to_keep:] if logits_to_keep else h, self.lm_head, training=self.training)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+            loss = next_token_loss_sum(logits, labels) / (labels[:, 1:] != IGNORE_INDEX).sum()
         return CausalLMOutput(logits=logits, loss=loss, aux_loss=aux, hidden_states=h)
 
     def new_cache(self, batch_size: int, capacity: int) -> KVCache:

@@ -39,6 +39,7 @@ import torch
 from ..errors import MiniMindError
 from ..files import atomic_write
 from ..infer import Engine, SamplingParams, Sequence
+from ..model.losses import next_token_nll
 from ..train.objectives import Objective, SetupContext
 from .data import read_rl_prompts
 from .rewards import combine, parse_weights
@@ -313,8 +314,7 @@ def reply_seed(seed: int, epoch: int, position: int, sample: int) -> int:
 def token_logprobs(model, batch: dict) -> torch.Tensor:
     """log pi(token t | tokens before it) for t = 1.. of every row: [B, L - 1]."""
     out = model(batch["input_ids"], attention_mask=batch["attention_mask"])
-    logits = out.logits[:, :-1].float()
-    return torch.log_softmax(logits, dim=-1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    return -next_token_nll(out.logits, batch["input_ids"])[:, :-1]
 
 
 def policy_loss(logp, old_logp, advantages, loss: str, epsilon: float, epsilon_high: float):

@@ -37,6 +37,7 @@ from ..checkpoint import load_model
 from ..data.pairs import build_pair_datasets, length_grouped_batches, padding_fraction
 from ..errors import MiniMindError
 from ..files import atomic_write
+from ..model.losses import IGNORE_INDEX, next_token_nll
 from ..tokenizer import Tokenizer
 from .config import DPO_LOSSES
 from .distributed import all_reduce_sum
@@ -69,11 +70,8 @@ def sequence_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torc
     Rows are right-padded: with causal attention no real token attends to the padding after
     it, so the model runs without a mask (SDPA's fast causal kernel)."""
     out = model(batch["input_ids"], position_ids=batch["position_ids"])
-    targets = batch["labels"][:, 1:]
-    token_logp = -F.cross_entropy(
-        out.logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="none"
-    ).view_as(targets)
-    return token_logp.sum(1), (targets != -100).sum(1), out.aux_loss
+    labels = batch["labels"]
+    return -next_token_nll(out.logits, labels).sum(1), (labels[:, 1:] != IGNORE_INDEX).sum(1), out.aux_loss
 
 
 class DPOObjective(Objective):

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 
 from ..data import attention_mask_from_segments, build_datasets, iterate_batches
+from ..model.losses import next_token_loss_sum
 from .config import TrainConfig
 from .distributed import DistInfo
-from .losses import next_token_loss_sum
 
 
 def autocast(device: torch.device, dtype: torch.dtype):

@@ -17,11 +17,11 @@ import random
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..data import BadRecords, default_cache_dir, read_records
 from ..errors import MiniMindError
 from ..files import atomic_write_text
+from ..model.losses import next_token_nll
 from .objectives import LMObjective, SetupContext, packed_attention_mask
 
 MIX_VERSION = 1  # bump when the mixing rules change, so old mixed files are not reused
@@ -199,9 +199,8 @@ class ReasonObjective(LMObjective):
     def loss_sum(self, model, batch: dict):
         out = model(batch["input_ids"], attention_mask=packed_attention_mask(batch), position_ids=batch["position_ids"])
         logits, targets = out.logits[:, :-1], batch["labels"][:, 1:]
-        ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="none")
         w = self.token_weights(targets, self.weight)
-        loss = (ce * w.flatten()).sum()
+        loss = (next_token_nll(out.logits, batch["labels"])[:, :-1] * w).sum()
         # the unlikelihood of a tag on the trained tokens after the block closed (a tag that is
         # the data's own target there is left to cross entropy)
         where = (

@@ -26,13 +26,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..checkpoint import load_model, save_model_dir
 from ..config import ModelConfig
 from ..data.vision import build_vision_datasets
 from ..data.vision_cache import cache_image_features, encoder_fingerprint
 from ..errors import MiniMindError
+from ..model.losses import next_token_loss_sum
 from ..model.vision import IMAGE_PAD, VisionConfig
 from ..model.vlm import MiniMindVLM, set_trainable
 from ..tokenizer import Tokenizer
@@ -119,8 +119,7 @@ class VLMObjective(LMObjective):
             pixel_values=batch.get("pixel_values"),
             image_features=batch.get("image_features"),
         )
-        logits, targets = out.logits[:, :-1], batch["labels"][:, 1:]
-        ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
+        ce = next_token_loss_sum(out.logits, batch["labels"])
         aux = out.aux_loss
         images = "pixel_values" in batch or "image_features" in batch
         if not images and self.touch:  # see the module docstring (DDP)
