@@ -68,20 +68,11 @@ def test_next_token_nll_per_position_and_its_gradient_under_per_token_weights():
 
 
 def test_model_forward_labels_is_the_mean_cross_entropy():
-    from minimind.config import ModelConfig
+    from minimind.config import preset
     from minimind.model import MiniMindForCausalLM
 
+    model = MiniMindForCausalLM(preset("nano", vocab_size=40)).init_weights(0)
     torch.manual_seed(0)
-    cfg = ModelConfig(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        intermediate_size=64,
-        vocab_size=40,
-    )
-    model = MiniMindForCausalLM(cfg)
     ids = torch.randint(0, 40, (2, 7))
     labels = ids.clone()
     labels[0, :3] = -100
